@@ -1,0 +1,45 @@
+"""Time the stored model alone at each batch size: the curve MAX_BATCH_SIZE and MAX_LATENCY_MS come from.
+
+    BENTOML_HOME=... python bench/batch_times.py [TAG]
+
+Prints median milliseconds per batch and images/s for batch sizes 1..32 with ONNX Runtime,
+as the service runs it (same session options, same threads).
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import bentoml
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from imgserve import config, predict, store
+
+REPEATS = 15
+
+
+def main() -> None:
+    tag = sys.argv[1] if len(sys.argv) > 1 else config.model_tag()
+    entry = bentoml.models.get(tag)
+    card = store.ModelCard.from_stored(entry)
+    session = predict.open_session(entry.path_of(store.ONNX_FILE))
+    crop = card.preprocessing.crop
+    sys.stdout.write(f"{tag}, {config.MODEL_THREADS} threads\nbatch  ms/batch  img/s\n")
+    for batch in (1, 2, 4, 8, 16, 32):
+        x = np.random.default_rng(0).integers(0, 256, (batch, 3, crop, crop), np.uint8)
+        predict.run(session, x)  # warm-up
+        times = []
+        for _ in range(REPEATS):
+            t0 = time.perf_counter()
+            predict.run(session, x)
+            times.append(time.perf_counter() - t0)
+        ms = statistics.median(times) * 1000
+        sys.stdout.write(f"{batch:5d}  {ms:8.1f}  {batch / ms * 1000:5.0f}\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,59 @@
+"""The model store entry: what import writes and what serve reads, in one schema.
+
+An entry holds `model.onnx` (uint8 pixels in, probabilities out) and metadata with the
+labels, preprocessing and provenance. No pickle, no model code: serving needs neither.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import bentoml
+
+from imgserve.preprocess import Preprocessing
+
+ONNX_FILE = "model.onnx"
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """Everything the service needs to know about a stored model besides its weights."""
+
+    tag: str
+    labels: list[str]
+    preprocessing: Preprocessing
+    title: str
+    description: str
+    metadata: dict
+
+    @classmethod
+    def from_stored(cls, stored: bentoml.Model) -> ModelCard:
+        meta = stored.info.metadata
+        return cls(
+            tag=str(stored.tag),
+            labels=list(meta["labels"]),
+            preprocessing=Preprocessing.from_dict(meta["preprocessing"]),
+            title=meta.get("title") or stored.tag.name,
+            description=meta.get("description") or "",
+            metadata=meta,
+        )
+
+
+def save(name: str, onnx_file: Path, metadata: dict) -> str:
+    """Store a verified ONNX file with its metadata; returns the new `name:version` tag."""
+    with bentoml.models.create(
+        name,
+        labels={"task": "image-classification", "runtime": "onnxruntime", "arch": str(metadata["arch"])},
+        metadata=metadata,
+    ) as entry:
+        Path(entry.path_of(ONNX_FILE)).write_bytes(onnx_file.read_bytes())
+    return str(entry.tag)
+
+
+def exists(tag: str) -> bool:
+    try:
+        bentoml.models.get(tag)
+    except bentoml.exceptions.NotFound:
+        return False
+    return True

@@ -1,0 +1,168 @@
+"""Shared fixtures: an isolated model store, the real default model, tiny exact models, real servers."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+# The model store of the test session, isolated from the user's: set before bentoml is imported.
+BENTOML_HOME = Path(tempfile.mkdtemp(prefix="imgserve-test-home-"))
+os.environ["BENTOML_HOME"] = str(BENTOML_HOME)
+os.environ["BENTOML_DO_NOT_TRACK"] = "true"
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "data"
+PYTHON = sys.executable
+BENTOML = str(Path(sys.executable).with_name("bentoml"))
+READY_TIMEOUT_S = 60
+CAT_CLASSES = {"tabby", "tiger cat", "Egyptian cat", "Persian cat", "Siamese cat"}
+COLOURS = ["red", "green", "blue"]
+
+sys.path.insert(0, str(ROOT))
+import import_model  # noqa: E402
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(BENTOML_HOME, ignore_errors=True)
+
+
+def run_import(*args: str | Path) -> subprocess.CompletedProcess:
+    """import_model.py as a user runs it: a separate process, its output captured."""
+    return subprocess.run(
+        [PYTHON, str(ROOT / "import_model.py"), *map(str, args)], capture_output=True, text=True, cwd=ROOT
+    )
+
+
+def imported_tag(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="session")
+def default_model() -> str:
+    """The real default model (EfficientNet-Lite0, ImageNet) in the test store."""
+    assert import_model.main([]) == 0
+    import bentoml
+
+    return str(bentoml.models.get(f"{import_model.config.DEFAULT_MODEL_NAME}:latest").tag)
+
+
+def colour_module():
+    """Mean colour -> class: red, green or blue. Fixed weights, so answers are exact."""
+    import torch
+    from torch import nn
+
+    model = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 3))
+    with torch.no_grad():
+        model[2].weight.copy_(10 * torch.eye(3))
+        model[2].bias.zero_()
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def colour_model(tmp_path_factory) -> str:
+    """A tiny TorchScript model with exact answers, imported with [0, 1] inputs."""
+    import torch
+
+    tmp = tmp_path_factory.mktemp("colour")
+    path = tmp / "colour.pt"
+    torch.jit.script(colour_module()).save(str(path))
+    labels = tmp / "labels.txt"
+    labels.write_text("\n".join(COLOURS) + "\n")
+    args = ["--labels", labels, "--name", "colours", "--mean", "0", "0", "0", "--std", "1", "1", "1"]
+    return imported_tag(run_import(path, *args, "--resize", "32", "--crop", "32", "--title", "Colours"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Server:
+    url: str
+    process: subprocess.Popen
+    log: Path
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=60)
+
+    def metric(self, name: str) -> float:
+        """Sum of a Prometheus metric over all its label sets."""
+        text = httpx.get(f"{self.url}/metrics", timeout=10).text
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{"))
+
+
+def start_server(tag: str, log_dir: Path, env: dict[str, str] | None = None) -> Server:
+    port = free_port()
+    log = log_dir / f"serve-{port}.log"
+    process = subprocess.Popen(
+        [BENTOML, "serve", "service:ImageClassifier", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=ROOT,
+        env={**os.environ, "CLASSIFIER_MODEL": tag, **(env or {})},
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group: stopped whole, workers included
+    )
+    server = Server(f"http://127.0.0.1:{port}", process, log)
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"bentoml serve exited {process.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"{server.url}/readyz", timeout=2).status_code == 200:
+                return server
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    stop_server(server)
+    raise RuntimeError(f"not ready after {READY_TIMEOUT_S} s:\n{log.read_text()[-3000:]}")
+
+
+def stop_server(server: Server) -> None:
+    try:
+        os.killpg(server.process.pid, signal.SIGTERM)
+        server.process.wait(timeout=20)
+    except ProcessLookupError:
+        return
+    except subprocess.TimeoutExpired:
+        os.killpg(server.process.pid, signal.SIGKILL)
+        server.process.wait()
+
+
+@pytest.fixture(scope="session")
+def server(default_model, tmp_path_factory) -> Iterator[Server]:
+    """A real `bentoml serve` of the default model."""
+    s = start_server(default_model, tmp_path_factory.mktemp("logs"))
+    yield s
+    stop_server(s)
+
+
+@pytest.fixture(scope="session")
+def colour_server(colour_model, tmp_path_factory) -> Iterator[Server]:
+    s = start_server(colour_model, tmp_path_factory.mktemp("logs"))
+    yield s
+    stop_server(s)
+
+
+def image_bytes(colour=(255, 0, 0), size=(64, 48), fmt="PNG", mode="RGB", **save) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new(mode, size, colour).save(buf, fmt, **save)
+    return buf.getvalue()

@@ -1,0 +1,142 @@
+"""Decoding and preprocessing on tiny generated images and the real photos in data/."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from conftest import DATA, image_bytes
+from PIL import Image
+
+from imgserve.preprocess import ImageRejected, Preprocessing, open_image, preprocess
+
+PREP = Preprocessing(resize=32, crop=32)
+
+
+def centre(arr: np.ndarray) -> tuple[int, int, int]:
+    return tuple(int(v) for v in arr[:, arr.shape[1] // 2, arr.shape[2] // 2])
+
+
+def test_output_is_uint8_chw_of_the_crop_size():
+    out = preprocess(image_bytes(size=(300, 200)), Preprocessing(resize=64, crop=56))
+    assert out.dtype == np.uint8 and out.shape == (3, 56, 56)
+    assert centre(out) == (255, 0, 0)
+
+
+@pytest.mark.parametrize(
+    ("mode", "colour", "expected"),
+    [
+        ("RGBA", (0, 0, 255, 0), (255, 255, 255)),  # fully transparent -> white, not the hidden blue
+        ("RGBA", (0, 0, 255, 255), (0, 0, 255)),
+        ("LA", (0, 0), (255, 255, 255)),
+        ("L", 128, (128, 128, 128)),
+        ("CMYK", (0, 255, 255, 0), (255, 0, 0)),
+    ],
+)
+def test_modes_become_rgb(mode, colour, expected):
+    fmt = "JPEG" if mode == "CMYK" else "PNG"
+    out = preprocess(image_bytes(colour, mode=mode, fmt=fmt), PREP)
+    assert np.allclose(centre(out), expected, atol=3)
+
+
+def test_palette_with_transparency_becomes_white_where_transparent():
+    img = Image.new("P", (40, 40), 1)
+    img.putpalette([0, 0, 0, 0, 255, 0] + [0] * 762)
+    buf = io.BytesIO()
+    img.save(buf, "PNG", transparency=1)
+    assert centre(preprocess(buf.getvalue(), PREP)) == (255, 255, 255)
+
+
+def test_16_bit_png_keeps_its_range():
+    arr = np.full((40, 40), 32768, dtype=np.uint16)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, "PNG")
+    assert Image.open(io.BytesIO(buf.getvalue())).mode.startswith("I")
+    assert np.allclose(centre(preprocess(buf.getvalue(), PREP)), (127, 127, 127), atol=1)
+
+
+def test_animated_gif_uses_the_first_frame():
+    frames = [Image.new("RGB", (40, 40), c) for c in [(255, 0, 0), (0, 0, 255)]]
+    buf = io.BytesIO()
+    frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:])
+    assert np.allclose(centre(preprocess(buf.getvalue(), PREP)), (255, 0, 0), atol=3)
+
+
+def test_exif_rotated_photo_equals_the_upright_one():
+    upright = Image.open(DATA / "cat.jpg")
+    # Stored turned on its side, with EXIF orientation 6 ("rotate 90 CW to view").
+    sideways = upright.transpose(Image.Transpose.ROTATE_90)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buf_rot, buf_up = io.BytesIO(), io.BytesIO()
+    sideways.save(buf_rot, "PNG", exif=exif)
+    upright.save(buf_up, "PNG")
+    prep = Preprocessing()
+    assert np.array_equal(preprocess(buf_rot.getvalue(), prep), preprocess(buf_up.getvalue(), prep))
+
+
+def test_one_pixel_image_is_accepted():
+    assert preprocess(image_bytes(size=(1, 1)), PREP).shape == (3, 32, 32)
+
+
+def test_a_long_thin_strip_costs_no_more_than_its_crop():
+    out = preprocess(image_bytes(size=(20000, 2)), Preprocessing())
+    assert out.shape == (3, 224, 224)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"", "empty file"),
+        (b"hello, this is text\n" * 10, "not a supported image"),
+        (b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj\n<<>>\nendobj\n", "not a supported image"),
+        (b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"/>', "not a supported image"),
+    ],
+)
+def test_non_images_are_rejected_with_a_reason(data, message):
+    with pytest.raises(ImageRejected, match=message) as e:
+        preprocess(data, PREP)
+    assert e.value.status == 400
+
+
+def test_truncated_jpeg_is_rejected():
+    data = (DATA / "cat.jpg").read_bytes()
+    with pytest.raises(ImageRejected, match="truncated or corrupt"):
+        preprocess(data[: len(data) // 2], PREP)
+
+
+def test_decompression_bomb_is_refused_from_the_header():
+    # 2000 x 2000 of one colour compresses to a few kB; the limit refuses it before decoding.
+    data = image_bytes(size=(2000, 2000), fmt="PNG")
+    assert len(data) < 50_000
+    with pytest.raises(ImageRejected, match="too large: 2000x2000") as e:
+        open_image(data, max_pixels=1_000_000)
+    assert e.value.status == 413
+    assert open_image(data, max_pixels=4_000_000).size == (2000, 2000)  # exactly at the limit: fine
+
+
+def test_matches_the_textbook_torchvision_pipeline_on_a_real_photo():
+    """Same recipe as Resize(256) + CenterCrop(224) on the full decode, up to resampling noise."""
+    from torchvision import transforms
+
+    prep = Preprocessing()
+    data = (DATA / "coffee.jpg").read_bytes()
+    textbook = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.PILToTensor()])
+    expected = textbook(Image.open(io.BytesIO(data)).convert("RGB")).numpy().astype(np.int16)
+    got = preprocess(data, prep).astype(np.int16)
+    assert np.abs(got - expected).mean() < 2.0
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [{"crop": 300, "resize": 256}, {"interpolation": "magic"}, {"std": (0.0, 1.0, 1.0)}],
+)
+def test_invalid_preprocessing_is_refused(bad):
+    with pytest.raises(ValueError):
+        Preprocessing(**bad)
+
+
+def test_preprocessing_round_trips_through_metadata():
+    prep = Preprocessing(resize=300, crop=288, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), interpolation="bicubic")
+    assert Preprocessing.from_dict(prep.to_dict()) == prep
