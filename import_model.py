@@ -51,7 +51,7 @@ def imagenet_labels() -> list[str]:
     return list(torchvision.models.EfficientNet_B0_Weights.IMAGENET1K_V1.meta["categories"])
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", nargs="?", type=Path, help="the .pth/.pt file; omit for the default model")
     p.add_argument("--arch", help="torchvision architecture of a state_dict, e.g. resnet18 (see --list-archs)")
@@ -67,6 +67,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--interpolation", choices=sorted(INTERPOLATIONS), default=config.DEFAULT_INTERPOLATION)
     p.add_argument("--if-missing", action="store_true", help="do nothing when NAME:latest is already stored")
     p.add_argument("--list-archs", action="store_true", help="list the architectures --arch accepts")
+    return p
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """No model file means the default model, imported like any user's state_dict."""
+    p = build_parser()
     args = p.parse_args(argv)
     if args.model is None and not args.list_archs:
         args = p.parse_args(default_model_args() + argv)

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import os
 
-# --- The default model (issue 2): EfficientNet-Lite0, ImageNet, installed offline from PyPI.
+# --- The default model: EfficientNet-Lite0, ImageNet, installed offline from PyPI.
 DEFAULT_MODEL_NAME = "efficientnet-lite0"
 DEFAULT_ARCH = "efficientnet-lite0"
-# Measured on 8 real photos (bench/preprocessing_check.py, results in bench/results/):
-# TF's (x - 127) / 128 scaling gives the highest median top-1 confidence (0.36, vs 0.28
-# with ImageNet mean/std and 0.35 with raw [0, 1]), and resize 256 + centre crop 224 with
-# bilinear beats bicubic (0.31) and a plain 224 resize (0.32).
+# Measured on 5 real photos (bench/preprocessing_check.py -> bench/results/): TF's
+# (x - 127) / 128 scaling gives the highest median top-1 probability (0.43, vs 0.34 with
+# ImageNet mean/std and 0.37 with raw [0, 1]; espresso 0.95 vs 0.83), and resize 256 +
+# centre crop 224, bilinear, beats bicubic (0.40) and a plain 224 resize (0.40).
 DEFAULT_MODEL_MEAN = (127.0 / 255, 127.0 / 255, 127.0 / 255)
 DEFAULT_MODEL_STD = (128.0 / 255, 128.0 / 255, 128.0 / 255)
 

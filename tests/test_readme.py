@@ -1,0 +1,119 @@
+"""The README's commands, run as written (against a real server where they need one)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import re
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+from conftest import BENTOML, CAT_CLASSES, PYTHON, ROOT, imported_tag
+
+import import_model
+from imgserve import config
+
+README = (ROOT / "README.md").read_text()
+
+
+def blocks(lang: str) -> list[str]:
+    return re.findall(rf"```{lang}\n(.*?)```", README, flags=re.S)
+
+
+def commands(block: str) -> list[str]:
+    """Command lines of a sh block, comments stripped."""
+    lines = (line.split("  #")[0].strip() for line in block.splitlines())
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def test_quick_start_is_make_serve_and_make_test_and_ci_runs_make_test():
+    assert commands(blocks("sh")[0]) == ["make serve", "make test"]
+    assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_the_plain_commands_are_what_make_runs():
+    makefile = (ROOT / "Makefile").read_text().replace("$(BIN)/", ".venv/bin/").replace("$(VENV)", ".venv")
+    makefile = makefile.replace("$(PORT)", "3000").replace("$(PYTHON)", "python3")
+    for line in commands(blocks("sh")[1]):
+        assert line.replace(".venv/bin/", "").split()[0] in makefile, line
+        assert line.split(" --port")[0] in makefile or line.startswith(".venv/bin/pip"), line
+    assert ".venv/bin/pip install --quiet --disable-pip-version-check -r requirements/dev.txt" in makefile
+
+
+@pytest.mark.serve
+def test_the_curl_example_answers_as_shown(server):
+    [curl] = [c for c in commands(blocks("sh")[2]) if c.startswith("curl")]
+    argv = shlex.split(curl.replace("http://localhost:3000", server.url))
+    answers = json.loads(subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, check=True).stdout)
+    shown = json.loads(blocks("json")[0])
+    assert [a["predictions"][0]["label"] for a in answers] == [a["predictions"][0]["label"] for a in shown]
+    assert answers[0]["predictions"][0]["label"] in CAT_CLASSES
+    assert [len(a["predictions"]) for a in answers] == [len(a["predictions"]) for a in shown] == [3, 3]
+    assert set(answers[0]) == set(shown[0]) and set(answers[0]["predictions"][0]) == {"label", "score"}
+
+
+@pytest.mark.serve
+def test_the_python_client_example_runs(server, monkeypatch):
+    [code] = blocks("python")
+    monkeypatch.chdir(ROOT)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(code.replace("http://localhost:3000", server.url), {})
+    first, second = out.getvalue().splitlines()
+    assert first.rsplit(" ", 1)[0] in CAT_CLASSES
+    assert second.rsplit(" ", 1)[0] in {"missile", "projectile", "space shuttle"}
+
+
+def test_the_three_import_examples_run_as_written(tmp_path):
+    """The README's file names, with small models of the same kinds standing in for real ones."""
+    torch.save(torchvision.models.resnet18(num_classes=3).state_dict(), tmp_path / "birds_resnet18.pth")
+    flowers = torchvision.models.mobilenet_v3_small(num_classes=3)
+    flowers.classifier.append(torch.nn.LogSoftmax(dim=1))
+    torch.save(flowers, tmp_path / "flowers.pth")
+    torch.jit.script(torchvision.models.mobilenet_v3_small(num_classes=3).eval()).save(str(tmp_path / "cells.pt"))
+    for name in ("birds", "flowers", "cells"):
+        (tmp_path / f"{name}.txt").write_text("one\ntwo\nthree\n")
+    block = next(b for b in blocks("sh") if "--trust-pickle" in b)
+    lines = [c for c in commands(block) if "import_model.py" in c]
+    assert len(lines) == 3
+    for line in lines:
+        argv = shlex.split(line.replace(".venv/bin/python import_model.py", ""))
+        result = subprocess.run(
+            [PYTHON, str(ROOT / "import_model.py"), *argv], cwd=tmp_path, capture_output=True, text=True
+        )
+        name = argv[argv.index("--name") + 1]
+        assert imported_tag(result).startswith(f"{name}:")
+
+
+def test_the_options_table_lists_every_import_option():
+    table = set(re.findall(r"^\| `(--[a-z-]+)", README, flags=re.M))
+    table |= set(re.findall(r"`, `(--[a-z-]+)", README))  # rows naming two options
+    parser_options = {
+        opt for action in import_model.build_parser()._actions for opt in action.option_strings if opt != "-h"
+    }
+    assert parser_options - {"--help", "--list-archs"} == table
+
+
+def test_the_configuration_table_lists_every_environment_variable():
+    documented = set(re.findall(r"^\| `([A-Z_]+)` \|", README, flags=re.M))
+    in_config = {v for k, v in vars(config).items() if k.startswith("ENV_")}
+    assert documented == in_config | {"BENTOML_HOME"}
+
+
+def test_bentoml_build_packs_the_served_model_and_no_torch(default_model):
+    env = {**os.environ, "CLASSIFIER_MODEL": default_model}
+    subprocess.run([BENTOML, "build"], cwd=ROOT, env=env, check=True, capture_output=True)
+    import bentoml
+
+    bento = bentoml.get("image-classifier:latest")
+    assert default_model in {str(m.tag) for m in bento.info.all_models}
+    src = Path(bento.path_of("src"))
+    assert (src / "service.py").is_file() and (src / "imgserve" / "preprocess.py").is_file()
+    assert not (src / "imgserve" / "convert.py").exists() and not (src / "tests").exists()
+    assert "torch" not in Path(bento.path_of("env/python/requirements.txt")).read_text()

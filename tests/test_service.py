@@ -1,0 +1,122 @@
+"""The service as users reach it: a real `bentoml serve`, over HTTP and through the BentoML client."""
+
+from __future__ import annotations
+
+import math
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import bentoml
+import pytest
+from conftest import CAT_CLASSES, DATA, image_bytes
+
+pytestmark = pytest.mark.serve
+
+
+def jpeg(name: str) -> tuple[str, bytes, str]:
+    return (name, (DATA / name).read_bytes(), "image/jpeg")
+
+
+def classify(client, *files, **data):
+    return client.post("/classify", files=[("images", f) for f in files], data=data)
+
+
+def test_a_cat_photo_gets_a_cat_class(server, default_model):
+    with server.client() as c:
+        r = classify(c, jpeg("cat.jpg"))
+    assert r.status_code == 200, r.text
+    [answer] = r.json()
+    assert answer["model"] == default_model
+    assert answer["predictions"][0]["label"] in CAT_CLASSES
+    scores = [p["score"] for p in answer["predictions"]]
+    assert len(scores) == 5 and scores == sorted(scores, reverse=True) and 0 < sum(scores) <= 1.0001
+
+
+def test_several_images_answer_in_upload_order_with_top_k(server):
+    with server.client() as c:
+        r = classify(c, jpeg("coffee.jpg"), jpeg("cat.jpg"), jpeg("rocket.jpg"), top_k="2")
+    assert r.status_code == 200, r.text
+    answers = r.json()
+    assert [len(a["predictions"]) for a in answers] == [2, 2, 2]
+    assert answers[0]["predictions"][0]["label"] == "espresso"
+    assert answers[1]["predictions"][0]["label"] in CAT_CLASSES
+    assert answers[2]["predictions"][0]["label"] in {"missile", "projectile", "space shuttle"}
+
+
+def test_a_bad_image_gets_a_400_that_says_so_and_the_next_request_still_works(server):
+    truncated = (DATA / "cat.jpg").read_bytes()[:3000]
+    with server.client() as c:
+        r = classify(c, jpeg("coffee.jpg"), ("broken.jpg", truncated, "image/jpeg"))
+        assert r.status_code == 400
+        assert "image 2: image data is truncated or corrupt" in r.text
+        assert "Traceback" not in r.text
+        assert classify(c, jpeg("cat.jpg")).json()[0]["predictions"][0]["label"] in CAT_CLASSES
+
+
+@pytest.mark.parametrize(("top_k", "status", "message"), [("0", 400, "between 1 and 1000"), ("1001", 400, "1000")])
+def test_top_k_out_of_range_names_the_allowed_range(server, top_k, status, message):
+    with server.client() as c:
+        r = classify(c, jpeg("cat.jpg"), top_k=top_k)
+    assert r.status_code == status and message in r.text
+
+
+def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(colour_server):
+    colours = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255)}
+    jobs = [name for _ in range(8) for name in colours]
+    batches_before = colour_server.metric("bentoml_service_adaptive_batch_size_count")
+    images_before = colour_server.metric("bentoml_service_adaptive_batch_size_sum")
+
+    def one(name: str) -> str:
+        with colour_server.client() as c:
+            r = classify(c, (f"{name}.png", image_bytes(colours[name]), "image/png"), top_k="1")
+        assert r.status_code == 200, r.text
+        return r.json()[0]["predictions"][0]["label"]
+
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        assert list(pool.map(one, jobs)) == jobs
+    batches = colour_server.metric("bentoml_service_adaptive_batch_size_count") - batches_before
+    images = colour_server.metric("bentoml_service_adaptive_batch_size_sum") - images_before
+    assert images == len(jobs)
+    assert batches < len(jobs), f"{len(jobs)} concurrent requests ran as {batches} model calls: not batched"
+
+
+def test_model_comes_from_configuration_and_scores_are_exact(colour_server, colour_model):
+    with colour_server.client() as c:
+        r = classify(c, ("b.png", image_bytes((0, 0, 255)), "image/png"), top_k="3")
+    [answer] = r.json()
+    assert answer["model"] == colour_model
+    assert [p["label"] for p in answer["predictions"]] == ["blue", "red", "green"]
+    assert answer["predictions"][0]["score"] == pytest.approx(math.exp(10) / (math.exp(10) + 2), abs=1e-6)
+
+
+def test_the_bentoml_python_client(server):
+    with bentoml.SyncHTTPClient(server.url) as client:
+        answers = client.classify(images=[DATA / "coffee.jpg", DATA / "cat.jpg"], top_k=1)
+    assert answers[0]["predictions"][0]["label"] == "espresso"
+    assert answers[1]["predictions"][0]["label"] in CAT_CLASSES
+
+
+def test_bentoml_endpoints_stay_working(server):
+    with server.client() as c:
+        assert c.get("/readyz").status_code == 200
+        assert c.get("/livez").status_code == 200
+        assert "bentoml_service_request_total" in c.get("/metrics").text
+        assert "swagger" in c.get("/").text.lower()
+        schema = c.get("/docs.json").json()
+        assert "/classify" in schema["paths"]
+
+
+def test_a_png_sent_as_jpeg_is_read_by_its_bytes(server):
+    png = image_bytes((250, 250, 250), size=(300, 300))
+    with server.client() as c:
+        r = classify(
+            c, ("looks.jpg", png, "image/jpeg"), ("cat", (DATA / "cat.jpg").read_bytes(), "application/octet-stream")
+        )
+    assert r.status_code == 200, r.text
+    assert r.json()[1]["predictions"][0]["label"] in CAT_CLASSES
+
+
+def test_request_paths_never_name_files_on_disk(server):
+    with server.client() as c:
+        r = c.post("/classify", json={"images": [str(Path(__file__).resolve())]})
+    assert r.status_code == 400 and "Invalid file type" in r.text  # a string is never opened as a path
