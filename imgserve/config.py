@@ -40,6 +40,9 @@ def model_tag() -> str:
     return os.environ.get(ENV_MODEL, "").strip() or DEFAULT_MODEL_TAG
 
 
+# --- Access: when set, every endpoint but /livez and /readyz needs "Authorization: Bearer <key>".
+ENV_API_KEY = "CLASSIFIER_API_KEY"
+
 # --- Request limits, checked at the boundary before anything reaches the batch.
 DEFAULT_TOP_K = 5
 ENV_MAX_IMAGES = "CLASSIFIER_MAX_IMAGES_PER_REQUEST"
@@ -48,6 +51,10 @@ ENV_MAX_PIXELS = "CLASSIFIER_MAX_IMAGE_PIXELS"
 # 50 MP admits every phone photo in common use (48 MP sensors) and refuses
 # decompression bombs from the header, before a byte of pixel data is decoded.
 MAX_IMAGE_PIXELS = int(os.environ.get(ENV_MAX_PIXELS, str(50_000_000)))
+ENV_MAX_REQUEST_BYTES = "CLASSIFIER_MAX_REQUEST_BYTES"
+# A whole request body: 32 phone photos of 2-5 MB each fit. Bigger bodies get 413 from the
+# Content-Length header, or the moment a streamed body passes the limit.
+MAX_REQUEST_BYTES = int(os.environ.get(ENV_MAX_REQUEST_BYTES, str(100 * 1024 * 1024)))
 # Formats a camera, phone or microscope exports; detected from the bytes, never the name.
 ACCEPTED_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF")
 
@@ -56,11 +63,35 @@ ACCEPTED_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF")
 # (bench/batch_times.py; README "Batching"): 7 ms at 1 image, 13 ms at 2, 27 ms at 4,
 # 67 ms at 8. Throughput peaks at 2-4 images (150 img/s) and falls past 8, so batches
 # stop at 8: a request never waits behind more than ~70 ms of someone else's batch.
-MAX_BATCH_SIZE = 8
+# $CLASSIFIER_MAX_BATCH_SIZE=1 switches batching off (the benchmark's "unbatched" server).
+ENV_MAX_BATCH_SIZE = "CLASSIFIER_MAX_BATCH_SIZE"
+MAX_BATCH_SIZE = max(1, int(os.environ.get(ENV_MAX_BATCH_SIZE, "8")))
 # BentoML sheds (503) a request whose predicted wait in the model queue exceeds this.
 # 64 clients x 7 ms = ~0.45 s of queue fits; past twice that, more load only adds delay.
 MAX_LATENCY_MS = 1000
 # ONNX Runtime intra-op threads: one per core; more oversubscribes a 2-core machine.
 ENV_MODEL_THREADS = "CLASSIFIER_MODEL_THREADS"
 MODEL_THREADS = int(os.environ.get(ENV_MODEL_THREADS, str(os.cpu_count() or 1)))
-REQUEST_TIMEOUT_S = 60  # a whole request, 32 large photos on a busy 2-core machine included
+ENV_REQUEST_TIMEOUT_S = "CLASSIFIER_REQUEST_TIMEOUT_S"
+# A whole request, 32 large photos on a busy 2-core machine included; past it: 504.
+REQUEST_TIMEOUT_S = float(os.environ.get(ENV_REQUEST_TIMEOUT_S, "60"))
+# In-flight /classify requests the entry service holds before answering 503: bounds the
+# memory of decoded pixels (32 images x 150 kB x 96 = 460 MB at worst) while letting the
+# 64 concurrent clients of the soak test in without a single 503.
+ENV_MAX_CONCURRENT = "CLASSIFIER_MAX_CONCURRENT_REQUESTS"
+MAX_CONCURRENT_REQUESTS = int(os.environ.get(ENV_MAX_CONCURRENT, "96"))
+# Decoding threads: Pillow releases the GIL while decoding and resizing, so two threads per
+# core keep both cores busy while a thread waits on I/O; more only adds memory.
+DECODE_THREADS = 2 * (os.cpu_count() or 1)
+RETRY_AFTER_S = 1  # what 429/503 answers tell clients: about one second of queue
+
+# --- The web page (imgserve/ui.py): Gradio, served by the entry service's own process.
+UI_PATH = "/ui"
+# The slider's top: past 10 bars the page is a wall of near-zero scores; /classify gives any top_k.
+UI_MAX_TOP_K = 10
+# Page classifications in progress at once: two model batches' worth, so concurrent page users
+# share batches; the rest wait in Gradio's queue, which shows them their place in it.
+UI_CONCURRENCY = 2 * MAX_BATCH_SIZE
+# Uploaded photos are deleted from the server's temp folder after an hour (checked as often):
+# a public page should not keep people's photos.
+UI_UPLOAD_TTL_S = 3600

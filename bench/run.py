@@ -1,0 +1,487 @@
+"""`make bench`: the served throughput and latency against the limits and the alternatives, in one run.
+
+    BENTOML_HOME=... python bench/run.py            # full run (about 15 minutes on 2 cores)
+    BENTOML_HOME=... python bench/run.py --smoke    # every step, tiny: checks the benchmark works
+
+For each model (the default EfficientNet-Lite0 and a heavy VGG-11 with random weights):
+1. in-process limits: the model alone at each batch size; decode + preprocess + model in one
+   process at each thread and batch setting (the best is the limit); one image at a time;
+2. servers, each started fresh (time to ready measured) and loaded by closed-loop clients at
+   1..64 concurrency over a mix of small and ~12 MP JPEGs: this bundle's `bentoml serve`, the same
+   with batching off (CLASSIFIER_MAX_BATCH_SIZE=1), LitServe with its batching on serving the same
+   ONNX model and preprocessing, and the tutorials' one-image-at-a-time Gradio app (torch eager).
+Plus our preprocessing against the textbook torchvision path (time and answers). Writes
+bench/results/bench.json and bench/results/bench.png; the README's "Performance" shows them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "bench"
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(BENCH))
+import inprocess  # noqa: E402
+import loadgen  # noqa: E402
+import models  # noqa: E402
+import photos as bench_photos  # noqa: E402
+import plot  # noqa: E402
+import preprocess_speed  # noqa: E402
+
+from imgserve import config, predict, store  # noqa: E402
+from imgserve.preprocess import preprocess  # noqa: E402
+
+BIN = Path(sys.executable).parent
+READY_TIMEOUT_S = 180
+SERVERS = ("bentoml", "bentoml_unbatched", "litserve", "gradio")
+LEVELS = [1, 2, 4, 8, 16, 32, 64]
+LARGE_EVERY = 4  # one request in four carries a ~12 MP photo, the others a small one
+TARGETS = {
+    "served_vs_inprocess_at_8": 0.85,
+    "served_vs_gradio_at_8": 10.0,
+    "served_vs_litserve_at_8": 1.0,
+    "one_client_p50_over_inprocess_ms": 15.0,
+    "large_preprocess_speedup": 4.0,
+    "ready_s": 15.0,
+    "rss_at_64_mb": 1536,
+}
+
+
+@dataclass
+class ModelPlan:
+    levels: list[int]
+    warmup_s: float
+    measure_s: float
+    servers: tuple[str, ...] = SERVERS
+    baseline_levels: list[int] | None = None  # LitServe and Gradio at these only (None: all levels)
+    batch_curve: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])
+    curve_seconds: float = 1.5
+    grid_threads: list[int] = field(default_factory=lambda: [1, 2])
+    grid_decode: list[int] = field(default_factory=lambda: [1, 2])
+    grid_batch: list[int] = field(default_factory=lambda: [1, 4, 8])
+    grid_seconds: float = 3.0
+    single_rounds: int = 2
+
+
+FULL = {
+    models.DEFAULT: ModelPlan(levels=LEVELS, warmup_s=2.0, measure_s=6.0),
+    models.HEAVY: ModelPlan(
+        levels=LEVELS,
+        warmup_s=3.0,
+        measure_s=10.0,
+        baseline_levels=[1, 8, 64],
+        batch_curve=[1, 2, 4, 8],
+        curve_seconds=2.0,
+        grid_decode=[1],
+        grid_batch=[1, 4],
+        grid_seconds=6.0,
+        single_rounds=1,
+    ),
+}
+SMOKE = {
+    models.DEFAULT: ModelPlan(
+        levels=[1, 4],
+        warmup_s=0.5,
+        measure_s=2.0,
+        batch_curve=[1, 4],
+        curve_seconds=0.1,
+        grid_threads=[config.MODEL_THREADS],
+        grid_decode=[1],
+        grid_batch=[1, 4],
+        grid_seconds=0.3,
+        single_rounds=1,
+    )
+}
+
+
+def machine() -> dict:
+    lines = Path("/proc/cpuinfo").read_text().splitlines()
+    cpu = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), platform.processor())
+    mem = next(line for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal"))
+    versions = {}
+    for pkg in ("bentoml", "onnxruntime", "torch", "torchvision", "pillow", "numpy", "litserve", "gradio", "uvloop"):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = None
+    return {
+        "nproc": os.cpu_count(),
+        "cpu_model": cpu,
+        "memory_gb": round(int(mem.split()[1]) / 2**20, 1),
+        "python": platform.python_version(),
+        "versions": versions,
+    }
+
+
+def load_average() -> list[float]:
+    return [round(v, 2) for v in os.getloadavg()]
+
+
+# --- Servers
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Server:
+    kind: str
+    port: int
+    process: subprocess.Popen
+    ready_s: float
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+def start(kind: str, tag: str, log_dir: Path) -> Server:
+    port = free_port()
+    env = {**os.environ, config.ENV_MODEL: tag, "BENTOML_DO_NOT_TRACK": "true", "GRADIO_ANALYTICS_ENABLED": "False"}
+    env.pop(config.ENV_API_KEY, None)
+    ready_path = "/readyz"
+    if kind.startswith("bentoml"):
+        argv = [str(BIN / "bentoml"), "serve", "service:ImageClassifier", "--host", "127.0.0.1", "--port", str(port)]
+        if kind == "bentoml_unbatched":
+            env[config.ENV_MAX_BATCH_SIZE] = "1"
+    elif kind == "litserve":
+        argv, ready_path = [sys.executable, str(BENCH / "baselines" / "litserve_app.py"), tag, str(port)], "/health"
+    elif kind == "gradio":
+        argv, ready_path = [sys.executable, str(BENCH / "baselines" / "gradio_app.py"), tag, str(port)], "/"
+    else:
+        raise ValueError(kind)
+    log = log_dir / f"{kind}-{port}.log"
+    t0 = time.perf_counter()
+    process = subprocess.Popen(
+        argv, cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True
+    )
+    while time.perf_counter() - t0 < READY_TIMEOUT_S:
+        if process.poll() is not None:
+            raise RuntimeError(f"{kind} exited {process.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}{ready_path}", timeout=2).status_code == 200:
+                return Server(kind, port, process, round(time.perf_counter() - t0, 2))
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    stop(Server(kind, port, process, 0))
+    raise RuntimeError(f"{kind} not ready after {READY_TIMEOUT_S} s:\n{log.read_text()[-3000:]}")
+
+
+def stop(server: Server) -> None:
+    try:
+        os.killpg(server.process.pid, signal.SIGTERM)
+        server.process.wait(timeout=30)
+    except ProcessLookupError:
+        return
+    except subprocess.TimeoutExpired:
+        os.killpg(server.process.pid, signal.SIGKILL)
+        server.process.wait()
+
+
+def batch_metrics(url: str) -> tuple[float, float]:
+    """BentoML's adaptive batch histogram: (sum, count) over all workers; it counts requests per batch."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+
+    def total(name: str) -> float:
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{"))
+
+    return total("bentoml_service_adaptive_batch_size_sum"), total("bentoml_service_adaptive_batch_size_count")
+
+
+def load_server(server: Server, plan: ModelPlan, sequence: list[bench_photos.Photo], expected: dict[str, str]) -> dict:
+    """Warm a started server up, run every level."""
+    kind = server.kind
+    levels = plan.levels if kind.startswith("bentoml") or plan.baseline_levels is None else plan.baseline_levels
+    out: dict = {"ready_s": server.ready_s, "levels": []}
+    host = "127.0.0.1"
+    if kind == "gradio":
+        requests = [
+            loadgen.gradio_upload_request(host, f"{p.name}.jpg", p.data, expected[p.name], p.kind) for p in sequence
+        ]
+        exchange = loadgen.gradio_exchange(host, "classify")
+    else:
+        requests = [
+            loadgen.multipart_request(host, "/classify", p.kind, f"{p.name}.jpg", p.data, 5, expected[p.name])
+            for p in sequence
+        ]
+        exchange = loadgen.send
+    metrics = (lambda: batch_metrics(server.url)) if kind.startswith("bentoml") else None
+
+    def level(clients: int, warmup: float, measure: float) -> dict:
+        return asyncio.run(
+            loadgen.http_level(
+                host, server.port, requests, clients, warmup, measure, server.process.pid, metrics, exchange
+            )
+        )
+
+    # Warm-up, not recorded: first model calls, and BentoML's batching optimizer trained on one
+    # client (trained under a queue, it would hold a lone request back for the wait it learned).
+    level(1, 0.0, plan.warmup_s * 2)
+    for clients in levels:
+        row = {"clients": clients, **level(clients, plan.warmup_s, plan.measure_s)}
+        if kind == "bentoml_unbatched":
+            row["mean_batch_size"] = 1.0  # not batchable: one request per model call, no histogram
+        row["load_avg_1m"] = load_average()[0]
+        out["levels"].append(row)
+        print(f"  {kind:18s} {clients:3d} clients: {row['images_per_s']:7.1f} img/s  p50 {row['p50_ms']}"
+              f"  p99 {row['p99_ms']} ms  errors {row['errors']}  batch {row.get('mean_batch_size')}"
+              f"  server {row['server_cpu_cores']} cores, gen {row['loadgen_cpu_cores']}"
+              f"  rss {row['server_peak_rss_mb']} MB  load {row['load_avg_1m']}", flush=True)  # fmt: skip
+    return out
+
+
+def serve_and_load(
+    tag: str,
+    plan: ModelPlan,
+    sequence: list[bench_photos.Photo],
+    expected: dict[str, dict[str, str]],
+    log_dir: Path,
+    parallel_start: bool,
+) -> dict:
+    """Each server in turn: started (alone, so its time to ready is its own), loaded, stopped.
+
+    With `parallel_start` (smoke runs) all start at once first: quicker, start times meaningless.
+    """
+    results = {}
+    if not parallel_start:
+        for kind in plan.servers:
+            server = start(kind, tag, log_dir)
+            try:
+                results[kind] = load_server(server, plan, sequence, expected[kind])
+            finally:
+                stop(server)
+        return results
+    with ThreadPoolExecutor(len(plan.servers)) as pool:
+        futures = {kind: pool.submit(start, kind, tag, log_dir) for kind in plan.servers}
+    started = {kind: f.result() for kind, f in futures.items() if f.exception() is None}
+    try:
+        for f in futures.values():
+            if f.exception() is not None:
+                raise f.exception()
+        for kind in plan.servers:
+            results[kind] = load_server(started[kind], plan, sequence, expected[kind])
+    finally:
+        for server in started.values():
+            stop(server)
+    return results
+
+
+# --- In process
+
+
+def expected_answers(session, card, sequence: list[bench_photos.Photo]) -> dict[str, str]:
+    """Top-1 label of each photo down the served path, to check every served answer against."""
+    return {
+        p.name: card.labels[int(predict.run(session, preprocess(p.data, card.preprocessing)[None])[0].argmax())]
+        for p in {p.name: p for p in sequence}.values()
+    }
+
+
+def textbook_answers(torch_model, card, all_photos: list[bench_photos.Photo]) -> dict[str, str]:
+    """Top-1 label of each photo down the tutorials' path (the Gradio baseline's)."""
+    import torch
+
+    transform = preprocess_speed.textbook_transform(card.preprocessing)
+    with torch.inference_mode():
+        return {
+            p.name: card.labels[int(torch_model(preprocess_speed.textbook(p.data, transform)[None]).argmax())]
+            for p in all_photos
+        }
+
+
+def in_process(entry, card, plan: ModelPlan, sequence: list[bench_photos.Photo]) -> dict:
+    onnx_path = entry.path_of(store.ONNX_FILE)
+    images = [p.data for p in sequence]
+    served_session = predict.open_session(onnx_path)  # the service's own threads
+    curve = inprocess.batch_curve(served_session, card.preprocessing.crop, plan.batch_curve, plan.curve_seconds)
+    print(f"  model alone ({config.MODEL_THREADS} threads): {curve}", flush=True)
+    grid = []
+    for threads in plan.grid_threads:
+        session = predict.open_session(onnx_path, threads=threads)
+        for decode in plan.grid_decode:
+            for batch in plan.grid_batch:
+                row = {
+                    "model_threads": threads,
+                    **inprocess.pipeline(session, card.preprocessing, images, decode, batch, plan.grid_seconds),
+                }
+                grid.append(row)
+                print(f"  pipeline {row}", flush=True)
+    single = inprocess.single_latency(
+        served_session, card.preprocessing, [(p.kind, p.data) for p in sequence], plan.single_rounds
+    )
+    print(f"  one image at a time: {single}", flush=True)
+    return {
+        "model_threads_served": config.MODEL_THREADS,
+        "batch_curve": curve,
+        "pipeline_grid": grid,
+        "limit": max(grid, key=lambda r: r["images_per_s"]),
+        "single": single,
+    }
+
+
+# --- Targets
+
+
+def at(levels: list[dict], clients: int) -> dict | None:
+    return next((row for row in levels if row["clients"] == clients), None)
+
+
+def targets(result: dict) -> list[dict]:
+    """Each target of the issue, per model: measured value, target, met or not."""
+    rows = []
+
+    def add(name: str, model: str | None, value: float | None, met: bool | None, detail: str) -> None:
+        rows.append(
+            {"target": name, "model": model, "value": value, "goal": TARGETS[name], "met": met, "detail": detail}
+        )
+
+    prep = result["preprocessing"]["large"]
+    add(
+        "large_preprocess_speedup",
+        None,
+        prep["speedup"],
+        prep["speedup"] >= TARGETS["large_preprocess_speedup"],
+        f"12 MP JPEG: ours {prep['ours_ms']} ms, textbook {prep['textbook_ms']} ms",
+    )
+    for name, m in result["models"].items():
+        servers = m["servers"]
+        served = servers["bentoml"]["levels"]
+        clients = 8 if at(served, 8) else served[-1]["clients"]
+        ours = at(served, clients)["images_per_s"]
+        limit = m["inprocess"]["limit"]["images_per_s"]
+        add(
+            "served_vs_inprocess_at_8",
+            name,
+            round(ours / limit, 3),
+            ours / limit >= TARGETS["served_vs_inprocess_at_8"],
+            f"{ours} img/s served at {clients} clients, in-process limit {limit} img/s",
+        )
+        for other, target in (("gradio", "served_vs_gradio_at_8"), ("litserve", "served_vs_litserve_at_8")):
+            row = at(servers[other]["levels"], clients)
+            if row is None or row["images_per_s"] == 0:
+                add(target, name, None, None, f"{other} not measured at {clients} clients")
+                continue
+            ratio = ours / row["images_per_s"]
+            add(target, name, round(ratio, 2), ratio >= TARGETS[target], f"{ours} vs {row['images_per_s']} img/s")
+        one = at(served, 1)
+        single = m["inprocess"]["single"]["p50_ms"]
+        over = None if one["p50_ms"] is None else round(one["p50_ms"] - single, 1)
+        add(
+            "one_client_p50_over_inprocess_ms",
+            name,
+            over,
+            None if over is None else over <= TARGETS["one_client_p50_over_inprocess_ms"],
+            f"p50 {one['p50_ms']} ms served to one client, {single} ms in process",
+        )
+        ready = servers["bentoml"]["ready_s"]
+        add("ready_s", name, ready, ready <= TARGETS["ready_s"], "bentoml serve started -> /readyz 200")
+        top = at(served, 64) or served[-1]
+        add(
+            "rss_at_64_mb",
+            name,
+            top["server_peak_rss_mb"],
+            top["server_peak_rss_mb"] <= TARGETS["rss_at_64_mb"],
+            f"peak RSS of the server's process tree at {top['clients']} clients",
+        )
+    return rows
+
+
+# --- Main
+
+
+def run(plans: dict[str, ModelPlan], out_dir: Path, mode: str) -> dict:
+    import bentoml
+
+    started = time.perf_counter()
+    result: dict = {
+        "schema": 1,
+        "mode": mode,
+        "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "load_average_before": load_average(),
+        "plan": {name: asdict(plan) for name, plan in plans.items()},
+        "mix": {"large_every": LARGE_EVERY},
+        "targets_goal": TARGETS,
+        "models": {},
+    }
+    log_dir = BENCH / ".cache" / "logs" if mode == "full" else out_dir / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    all_photos = bench_photos.photos()
+    sequence = bench_photos.mix(all_photos, LARGE_EVERY)
+    result["photos"] = [
+        {"name": p.name, "kind": p.kind, "megapixels": round(p.size[0] * p.size[1] / 1e6, 2), "bytes": len(p.data)}
+        for p in all_photos
+    ]
+    for name, plan in plans.items():
+        print(f"{name}:", flush=True)
+        tag = models.ensure(name)
+        entry = bentoml.models.get(tag)
+        card = store.ModelCard.from_stored(entry)
+        torch_model = models.torch_model(card).eval()
+        if name == models.DEFAULT:
+            print("  preprocessing: ours against the textbook path", flush=True)
+            session = predict.open_session(entry.path_of(store.ONNX_FILE), threads=1)
+            result["preprocessing"] = preprocess_speed.compare(
+                all_photos, card.preprocessing, session, torch_model, repeats=5 if mode == "full" else 1
+            )
+            print(f"  { ({k: v for k, v in result['preprocessing'].items() if k in ('small', 'large')}) }", flush=True)
+        m: dict = {"tag": tag, "load_average_start": load_average()}
+        m["inprocess"] = in_process(entry, card, plan, sequence)
+        session = predict.open_session(entry.path_of(store.ONNX_FILE))
+        expected = expected_answers(session, card, sequence)
+        tutorial = textbook_answers(torch_model, card, all_photos)
+        del session, torch_model
+        answers = {kind: tutorial if kind == "gradio" else expected for kind in plan.servers}
+        m["servers"] = serve_and_load(tag, plan, sequence, answers, log_dir, parallel_start=mode == "smoke")
+        m["load_average_end"] = load_average()
+        result["models"][name] = m
+    result["targets"] = targets(result)
+    result["load_average_after"] = load_average()
+    result["duration_s"] = round(time.perf_counter() - started)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "bench.json").write_text(json.dumps(result, indent=1) + "\n")
+    plot.plot(result, out_dir / "bench.png")
+    for t in result["targets"]:
+        print(f"target {t['target']:34s} {t['model'] or '':20s} {t['value']!s:>8} goal {t['goal']!s:>6}: "
+              f"{'met' if t['met'] else 'MISSED' if t['met'] is False else 'n/a'} ({t['detail']})")  # fmt: skip
+    print(f"wrote {out_dir / 'bench.json'} and bench.png in {result['duration_s']} s", flush=True)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--smoke", action="store_true", help="every step, tiny: seconds, numbers meaningless")
+    p.add_argument("--out", type=Path, help="output folder (default: bench/results)")
+    p.add_argument("--models", nargs="+", help=f"only these of {list(FULL)}")
+    args = p.parse_args(argv)
+    plans = SMOKE if args.smoke else FULL
+    if args.models:
+        plans = {name: plans[name] for name in args.models}
+    out = args.out or (BENCH / "results" if not args.smoke else BENCH / ".cache" / "smoke")
+    run(plans, out, "smoke" if args.smoke else "full")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

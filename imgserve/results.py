@@ -1,0 +1,114 @@
+"""The results table of client.py: one row per image, CSV or JSON Lines, read back for --resume.
+
+Each row is flushed as it is written, so an interrupted run keeps every finished row; a row
+cut off by a hard kill is dropped when the file is resumed. Paths are stored as given and
+compared resolved, so `photos/a.jpg` and `./photos/a.jpg` are the same image.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+FORMATS = (".csv", ".jsonl")
+STDOUT = "-"
+
+
+class ResultsError(Exception):
+    """The output cannot be used as asked; the message says what to do."""
+
+
+@dataclass
+class Row:
+    path: str
+    model: str = ""
+    predictions: list[dict[str, Any]] = field(default_factory=list)  # [{"label", "score"}], best first
+    error: str = ""
+
+
+def columns(top_k: int) -> list[str]:
+    """path, label_1, score_1, ... label_k, score_k, model, error."""
+    ranks = [(f"label_{i}", f"score_{i}") for i in range(1, top_k + 1)]
+    return ["path", *(name for pair in ranks for name in pair), "model", "error"]
+
+
+class Results:
+    """The output named by --out (`-`: CSV on stdout). Read when built; written inside `with`."""
+
+    def __init__(self, out: str, top_k: int, resume: bool) -> None:
+        self.out, self.top_k = out, top_k
+        self.name = "stdout" if out == STDOUT else out
+        self.jsonl = out.endswith(".jsonl")
+        self.done: set[str] = set()  # resolved paths that already have a row
+        self.exists = False
+        self.file: IO[str] | None = None
+        if out == STDOUT:
+            if resume:
+                raise ResultsError("--resume needs --out FILE: there is nothing to resume on stdout")
+            return
+        if not out.endswith(FORMATS):
+            raise ResultsError(f"--out {out}: name a .csv or a .jsonl file")
+        path = Path(out)
+        self.exists = path.is_file() and path.stat().st_size > 0
+        if self.exists and not resume:
+            raise ResultsError(f"{out} exists: add --resume to continue it, or remove it to start again")
+        if self.exists:
+            drop_partial_last_line(path)
+            self.done = self._read_done(path)
+
+    def _read_done(self, path: Path) -> set[str]:
+        with path.open(newline="", encoding="utf-8", errors="surrogateescape") as f:
+            if self.jsonl:
+                paths = [json.loads(line)["path"] for line in f if line.strip()]
+            else:
+                reader = csv.reader(f)
+                header = next(reader, [])
+                if header != columns(self.top_k):
+                    found = sum(name.startswith("label_") for name in header)
+                    raise ResultsError(f"{path} holds top-{found} rows: resume it with --top-k {found}")
+                paths = [row[0] for row in reader if row]
+        return {str(Path(p).resolve()) for p in paths}
+
+    def is_done(self, path: Path) -> bool:
+        return str(path.resolve()) in self.done
+
+    def __enter__(self) -> Results:
+        """Start writing (appending when resumed); the CSV header goes first into a new file."""
+        if self.out == STDOUT:
+            self.file, new = sys.stdout, True
+        else:
+            # surrogateescape: file names that are not UTF-8 are written and read back unchanged.
+            self.file = Path(self.out).open("a", newline="", encoding="utf-8", errors="surrogateescape")
+            new = not self.exists
+        self._csv = None if self.jsonl else csv.writer(self.file)
+        if self._csv and new:
+            self._csv.writerow(columns(self.top_k))
+            self.file.flush()
+        return self
+
+    def write(self, row: Row) -> None:
+        assert self.file is not None, "write inside `with results:`"
+        if self._csv is None:
+            record = {"path": row.path, "model": row.model or None, "predictions": row.predictions}
+            self.file.write(json.dumps({**record, "error": row.error or None}) + "\n")
+        else:
+            ranked = [(p["label"], f"{p['score']:.6f}") for p in row.predictions]
+            ranked += [("", "")] * (self.top_k - len(ranked))
+            self._csv.writerow([row.path, *(v for pair in ranked for v in pair), row.model, row.error])
+        self.file.flush()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.file is not None and self.file is not sys.stdout:
+            self.file.close()
+
+
+def drop_partial_last_line(path: Path) -> None:
+    """A row cut off by a hard kill would resume as a path that matches nothing: drop it."""
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        with path.open("r+b") as f:
+            f.truncate(data.rfind(b"\n") + 1)

@@ -1,0 +1,146 @@
+"""The web page at /ui: upload, drop, paste or photograph an image and see its top classes.
+
+A Gradio page mounted into the entry service's own process. It classifies with the code of
+`/classify` itself, called in-process, so its images are decoded by the same checks, sent to
+the same batched `Model` (they share batches with API traffic) and refused with the same
+messages. Title, description, model tag and labels come from the model's card in the store.
+
+Gradio is imported only when the page is built: every BentoML process imports service.py,
+but only the entry service's worker serves the page.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from bentoml.exceptions import BentoMLException
+from starlette.applications import Starlette
+
+from imgserve import config
+from imgserve.store import ModelCard
+
+if TYPE_CHECKING:
+    import gradio as gr
+
+log = logging.getLogger("bentoml.service")
+
+EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "data"  # packed into the Bento by bentofile.yaml
+# ImageClassifier.classify's own code: (images=[Path], top_k=int) -> one answer per image.
+Classify = Callable[..., Awaitable[list[Any]]]
+
+
+def asgi_app() -> Starlette:
+    """What service.py mounts at /ui, while importing: empty until `mount` puts the page in it.
+
+    A bare Starlette app (already loaded by BentoML) rather than FastAPI: Gradio needs only its
+    router and `mount`, and BentoML enters a mounted Starlette app's lifespan, which starts
+    Gradio's queue.
+    """
+    return Starlette()
+
+
+def mount(app: Starlette, card: ModelCard, classify: Classify) -> None:
+    """Build the page for this model and put it in `app`; call before the server starts."""
+    started = time.monotonic()
+    import gradio as gr
+
+    gr.mount_gradio_app(
+        app,  # type: ignore[arg-type]  # Gradio uses only what Starlette has (see asgi_app)
+        page(card, classify),
+        path="",
+        # Where service.py mounts it. Gradio works its root out of each request, but answers that are not
+        # queued (showing an example) would lose the prefix: the photo's preview URL then 404s.
+        root_path=config.UI_PATH,
+        show_error=False,  # only gr.Error messages reach the page; anything else stays in the log
+        max_file_size=config.MAX_REQUEST_BYTES,  # the browser refuses what the server would (413)
+        footer_links=["gradio"],
+        run_history=False,  # people's photos are not kept, not even in their own browser
+    )
+    log.info("web page for %s built in %.1f s (Gradio %s)", card.tag, time.monotonic() - started, gr.__version__)
+
+
+def page(card: ModelCard, classify: Classify) -> gr.Blocks:
+    """The photo and slider in, the top classes out as labelled bars, example photos below."""
+    import gradio as gr
+
+    max_top_k = min(config.UI_MAX_TOP_K, len(card.labels))
+
+    async def on_image(image: dict | None, top_k: float) -> dict[str, float] | None:
+        """The image as uploaded (see preprocess=False below) -> {label: probability}, best first."""
+        if not image:
+            return None  # cleared: clear the answer too
+        k = int(top_k) if isinstance(top_k, int | float) else 0  # raw: the slider is not preprocessed either
+        if not 1 <= k <= max_top_k:
+            raise gr.Error(f"top_k must be from 1 to {max_top_k}, got {top_k!r}", print_exception=False)
+        try:
+            [answer] = await classify(images=[Path(image["path"])], top_k=k)
+        except BentoMLException as e:  # what /classify answers with a 4xx or 503
+            raise gr.Error(e.message, print_exception=False) from None
+        except Exception:
+            log.exception("the web page failed to classify %s", image.get("orig_name"))
+            raise gr.Error("the server failed to classify this image; its log has the details") from None
+        return confidences(answer.predictions)
+
+    n = len(card.labels)
+    about = (
+        f"# {card.title}\n\n{card.description}\n\n"
+        f"Model `{card.tag}`, {n} classes. Programs use the same model through `POST /classify`: "
+        "see the [API docs](/)."
+    )
+    with gr.Blocks(title=card.title, analytics_enabled=False, delete_cache=(config.UI_UPLOAD_TTL_S,) * 2) as blocks:
+        gr.Markdown(about)
+        with gr.Row():
+            with gr.Column():
+                image = gr.Image(
+                    type="filepath",
+                    sources=["upload", "webcam", "clipboard"],
+                    label="Photo: choose a file, drop one here, paste one or use the webcam",
+                    elem_id="photo",
+                )
+                top_k = gr.Slider(
+                    1, max_top_k, value=min(config.DEFAULT_TOP_K, max_top_k), step=1, label="Classes shown"
+                )
+            answer = gr.Label(label="Top classes", elem_id="answer")
+        examples = gr.Examples(
+            [[str(p)] for p in sorted(EXAMPLES_DIR.glob("*.jpg"))],
+            inputs=[image],
+            label="Example photos",
+            elem_id="examples",
+        )
+        # gr.Image's own preprocessing opens the upload with Pillow before the callback sees it (with
+        # its own error for a non-image) and re-saves any image that is not RGB. With preprocess=False
+        # the callback gets the uploaded file itself, already checked to lie in Gradio's upload folder,
+        # and /classify's decoder reads the very bytes the person chose.
+        run = {
+            "fn": on_image,
+            "inputs": [image, top_k],
+            "outputs": answer,
+            "preprocess": False,
+            "concurrency_limit": config.UI_CONCURRENCY,
+            "concurrency_id": "classify",  # the three events below share the one limit
+            "show_progress": "minimal",
+            # A new photo while the last is being classified runs next, it is not dropped ("once"):
+            # pasting fires a clearing event and then the photo, close together.
+            "trigger_mode": "always_last",
+        }
+        # Not image.change: Gradio 6.31 fires it twice when a new upload replaces a photo.
+        image.input(**run, api_name="classify")  # upload, drop, paste, webcam, and clearing
+        examples.load_input_event.then(**run, api_visibility="private")  # an example, once shown
+        top_k.release(**run, api_visibility="private")
+    return blocks
+
+
+def confidences(predictions: list[Any]) -> dict[str, float]:
+    """Top-k as gr.Label wants it; a repeated class name (ImageNet has two "crane"s) stays two bars."""
+    out: dict[str, float] = {}
+    for p in predictions:
+        name, n = p.label, 1
+        while name in out:
+            n += 1
+            name = f"{p.label} ({n})"
+        out[name] = p.score
+    return out

@@ -1,0 +1,340 @@
+"""client.py as users run it: a separate process against a real `bentoml serve`, rows read back from its file."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+from pathlib import Path
+from urllib.parse import urlparse
+
+import httpx
+import pytest
+from conftest import CAT_CLASSES, DATA, PYTHON, ROOT, Server, image_bytes, start_server, stop_server
+
+import client
+from imgserve import config
+
+KEY = "test-key-7"
+IN_FLIGHT = 2  # the guarded server's bound on requests in progress, before it answers 503
+COLOURS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255)}
+ROCKET_CLASSES = {"missile", "projectile", "space shuttle"}
+
+
+def run_client(*args: str | Path, key: str | None = None, **popen) -> subprocess.CompletedProcess:
+    return subprocess.run(command(*args), env=client_env(key), capture_output=True, text=True, timeout=120, **popen)
+
+
+def command(*args: str | Path) -> list[str]:
+    return [PYTHON, str(ROOT / "client.py"), *map(str, args)]
+
+
+def client_env(key: str | None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != config.ENV_API_KEY}
+    return env | ({config.ENV_API_KEY: key} if key else {})
+
+
+def csv_rows(path: Path) -> dict[str, dict[str, str]]:
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len({r["path"] for r in rows}) == len(rows), "a path has two rows"
+    return {r["path"]: r for r in rows}
+
+
+def colour_folder(folder: Path, names: list[str]) -> None:
+    """PNGs named `<colour>-<n>.png`, each filled with its colour: the colour model's exact answer."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        (folder / f"{name}.png").write_bytes(image_bytes(COLOURS[name.split("-")[0]]))
+
+
+def classify_requests(server: Server, headers: dict[str, str] | None = None, status: str = "") -> float:
+    """Requests to /classify the server has answered (with `status`, if given), from its /metrics."""
+    text = httpx.get(f"{server.url}/metrics", headers=headers, timeout=10).text
+    wanted = f'http_response_code="{status}"' if status else ""
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("bentoml_service_request_total{") and 'endpoint="/classify"' in line and wanted in line
+    )
+
+
+@pytest.mark.serve
+def test_a_folder_gets_one_row_per_image_right_classes_and_error_rows_for_bad_files(server, default_model, tmp_path):
+    photos = tmp_path / "photos"
+    (photos / "trip").mkdir(parents=True)
+    for name in ("cat.jpg", "coffee.jpg", "rocket.jpg"):
+        shutil.copy(DATA / name, photos / "trip" / name)
+    (photos / "broken.jpg").write_bytes((DATA / "cat.jpg").read_bytes()[:3000])  # a copy cut short
+    (photos / "scan.png").write_text("an image extension, text inside")
+    (photos / "notes.txt").write_text("field notes")
+    out = tmp_path / "results.csv"
+
+    r = run_client("photos", "--url", server.url, "--top-k", "3", "--out", out, cwd=tmp_path)
+
+    assert r.returncode == 1, r.stderr  # some images failed
+    rows = csv_rows(out)
+    assert set(rows) == {"photos/trip/cat.jpg", "photos/trip/coffee.jpg", "photos/trip/rocket.jpg"} | {
+        "photos/broken.jpg",
+        "photos/scan.png",
+    }
+    for path, expected in [("cat", CAT_CLASSES), ("coffee", {"espresso"}), ("rocket", ROCKET_CLASSES)]:
+        row = rows[f"photos/trip/{path}.jpg"]
+        assert row["label_1"] in expected, row
+        scores = [float(row[f"score_{i}"]) for i in (1, 2, 3)]
+        assert scores == sorted(scores, reverse=True) and 0 < sum(scores) <= 1.00001
+        assert row["model"] == default_model and row["error"] == ""
+    assert "truncated or corrupt" in rows["photos/broken.jpg"]["error"]
+    assert "not a supported image" in rows["photos/scan.png"]["error"]
+    assert rows["photos/scan.png"]["label_1"] == rows["photos/scan.png"]["model"] == ""
+    assert "skipped, not images: .txt 1" in r.stderr
+    assert "3 ok, 2 failed, 1 skipped" in r.stderr
+    assert "━" not in r.stderr and "\r" not in r.stderr  # no progress bar in a pipe
+    assert r.stdout == ""
+
+
+@pytest.mark.serve
+def test_resume_sends_nothing_twice(colour_server, colour_model, tmp_path, capsys):
+    """Counted on the server: with one image per request, its /classify count is the images sent.
+    In-process, to save a start of the BentoML client per run; the other tests run it as a program."""
+    colour_folder(tmp_path / "in", ["red-1", "green-1", "blue-1"])
+    out = tmp_path / "results.jsonl"
+    argv = [str(tmp_path / "in"), "--url", colour_server.url, "--out", str(out), "--top-k", "1", "--batch-size", "1"]
+
+    sent = classify_requests(colour_server)
+    assert client.main(argv) == client.EXIT_OK
+    assert classify_requests(colour_server) - sent == 3
+
+    colour_folder(tmp_path / "in", ["blue-2", "red-2"])
+    capsys.readouterr()
+    sent = classify_requests(colour_server)
+    assert client.main([*argv, "--resume"]) == client.EXIT_OK
+    stderr = capsys.readouterr().err
+    assert "3 images already in" in stderr and "2 ok, 0 failed, 3 skipped" in stderr
+    assert classify_requests(colour_server) - sent == 2  # only the new ones
+
+    sent = classify_requests(colour_server)
+    assert client.main([*argv, "--resume"]) == client.EXIT_OK
+    assert classify_requests(colour_server) == sent  # nothing at all
+
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(Path(r["path"]).stem for r in lines) == ["blue-1", "blue-2", "green-1", "red-1", "red-2"]
+    for r in lines:
+        assert r["predictions"][0]["label"] == Path(r["path"]).name.split("-")[0], r
+        assert r["model"] == colour_model and r["error"] is None
+
+
+@pytest.mark.serve
+def test_ctrl_c_keeps_every_finished_row_and_resume_completes_the_rest(colour_server, tmp_path):
+    names = [f"{colour}-{i}" for i in range(20) for colour in COLOURS]
+    colour_folder(tmp_path / "in", names)
+    out = tmp_path / "results.csv"
+    # One image per request, one at a time: slow enough to interrupt in the middle.
+    args = [tmp_path / "in", "--url", colour_server.url, "--out", out, "--top-k", "1"]
+    proc = subprocess.Popen(
+        command(*args, "--batch-size", "1", "--concurrency", "1"),
+        env=client_env(None),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while (not out.exists() or len(out.read_text().splitlines()) < 4) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    stderr = proc.communicate(timeout=30)[1]
+
+    assert proc.returncode == 130, stderr
+    assert "interrupted" in stderr and "--resume" in stderr
+    kept = csv_rows(out)
+    assert 3 <= len(kept) < len(names)
+    assert all(row["label_1"] == Path(path).name.split("-")[0] for path, row in kept.items())
+
+    r = run_client(*args, "--resume")
+    assert r.returncode == 0, r.stderr
+    rows = csv_rows(out)  # each path once
+    assert sorted(Path(p).stem for p in rows) == sorted(names)
+    assert all(row["label_1"] == Path(path).name.split("-")[0] for path, row in rows.items())
+
+
+@pytest.fixture(scope="module")
+def guarded_server(colour_model, tmp_path_factory) -> Iterator[Server]:
+    """A real server that requires an API key and holds few requests at once."""
+    env = {config.ENV_API_KEY: KEY, config.ENV_MAX_CONCURRENT: str(IN_FLIGHT)}
+    s = start_server(colour_model, tmp_path_factory.mktemp("logs"), env)
+    yield s
+    stop_server(s)
+
+
+@contextlib.contextmanager
+def uploads_held_open(server: Server, n: int) -> Iterator[None]:
+    """`n` /classify requests whose bodies never finish: each stays in flight until released."""
+    address = urlparse(server.url)
+    head = (
+        "POST /classify HTTP/1.1\r\nHost: test\r\n"
+        f"Authorization: Bearer {KEY}\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+        "Content-Length: 100000\r\n\r\n--b\r\n"
+    ).encode()
+    sockets = []
+    try:
+        for _ in range(n):
+            sockets.append(socket.create_connection((address.hostname, address.port)))
+            sockets[-1].sendall(head)
+        yield
+    finally:
+        for s in sockets:
+            s.close()
+
+
+@pytest.mark.serve
+def test_a_server_that_sheds_load_is_retried_until_every_image_is_classified(guarded_server, tmp_path):
+    """Real shedding, made deterministic: the server answers 503 + Retry-After once
+    $CLASSIFIER_MAX_CONCURRENT_REQUESTS requests are in flight, so the test holds that many
+    uploads open, starts the client, waits until the server's /metrics show the client's own
+    request was shed, then lets the uploads go. The batcher's own 503 depends on timing and
+    cannot be forced; this is the same answer from the same server, on demand."""
+    colour_folder(tmp_path / "in", ["red-1", "green-1", "blue-1"])
+    out = tmp_path / "results.csv"
+    auth = {"Authorization": f"Bearer {KEY}"}
+    with uploads_held_open(guarded_server, IN_FLIGHT):
+        time.sleep(0.3)
+        probe = httpx.post(f"{guarded_server.url}/classify", headers=auth, files={"images": image_bytes()})
+        assert probe.status_code == 503 and probe.headers["Retry-After"] == str(config.RETRY_AFTER_S)
+        shed = classify_requests(guarded_server, auth, "503")
+        proc = subprocess.Popen(
+            command(tmp_path / "in", "--url", guarded_server.url, "--out", out, "--top-k", "1", "-v"),
+            env=client_env(KEY),
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + 60
+        while classify_requests(guarded_server, auth, "503") == shed and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.communicate()[1]
+            time.sleep(0.1)
+        assert classify_requests(guarded_server, auth, "503") > shed, "the client was never shed"
+    stderr = proc.communicate(timeout=60)[1]
+
+    assert proc.returncode == 0, stderr
+    assert "3 ok, 0 failed" in stderr
+    waits = [float(s) for s in re.findall(r"HTTP 503: .*; retrying in ([\d.]+) s", stderr)]
+    assert waits and min(waits) >= config.RETRY_AFTER_S  # Retry-After honoured, never sooner
+    rows = csv_rows(out)
+    assert {Path(p).stem: row["label_1"] for p, row in rows.items()} == {
+        "red-1": "red",
+        "green-1": "green",
+        "blue-1": "blue",
+    }
+
+
+@pytest.mark.serve
+def test_without_the_right_api_key_the_run_stops_at_once_and_names_the_variable(
+    guarded_server, tmp_path, monkeypatch, capsys
+):
+    """In-process (the shed test above runs the client with the right key as a user would)."""
+    colour_folder(tmp_path / "in", ["green-1"])
+    out = tmp_path / "results.csv"
+    argv = [str(tmp_path / "in"), "--url", guarded_server.url, "--out", str(out)]
+    monkeypatch.delenv(config.ENV_API_KEY, raising=False)
+    assert client.main(argv) == client.EXIT_FATAL
+    assert f"the server needs an API key (HTTP 401): set ${config.ENV_API_KEY}" in capsys.readouterr().err
+    monkeypatch.setenv(config.ENV_API_KEY, "not-the-key")
+    assert client.main(argv) == client.EXIT_FATAL
+    assert f"the server refused the API key in ${config.ENV_API_KEY}" in capsys.readouterr().err
+    assert not out.exists()  # a run that cannot start leaves no file to --resume or remove
+
+
+def test_an_unreachable_server_stops_the_run_at_once_with_a_message(tmp_path, capsys):
+    colour_folder(tmp_path / "in", ["red-1"])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))  # a port that nothing listens on
+        url = f"http://127.0.0.1:{s.getsockname()[1]}"
+        code = client.main([str(tmp_path / "in"), "--url", url, "--out", str(tmp_path / "results.csv")])
+    assert code == client.EXIT_FATAL
+    assert f"cannot reach {url}" in capsys.readouterr().err
+    assert not (tmp_path / "results.csv").exists()
+
+
+# --- The pieces, without a server
+
+
+def test_folders_are_walked_for_image_extensions_and_named_files_are_taken_as_given(tmp_path):
+    for name in ["a.jpg", "b.JPEG", "sub/c.png", "sub/deeper/d.webp", "e.tiff", "notes.txt", "raw.dat", ".DS_Store"]:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / ".thumbnails").mkdir()
+    (tmp_path / ".thumbnails" / "t.jpg").write_bytes(b"x")
+    images, skipped = client.find_images([tmp_path, tmp_path / "raw.dat", tmp_path / "a.jpg"])
+    assert [p.relative_to(tmp_path).as_posix() for p in images] == [
+        "a.jpg",
+        "b.JPEG",
+        "e.tiff",
+        "sub/c.png",
+        "sub/deeper/d.webp",
+        "raw.dat",  # named on the command line: sent, the server judges the bytes
+    ]
+    assert skipped == {".txt": 1, ".dat": 1, "hidden": 2}
+    with pytest.raises(client.Fatal, match="no such file or folder"):
+        client.find_images([tmp_path / "missing"])
+
+
+def test_batches_hold_at_most_n_images_and_fit_one_request_body(tmp_path):
+    sizes = [40, 40, 40, 10, 10, 10, 10, 10, 200]
+    paths = []
+    for i, size in enumerate(sizes):
+        paths.append(tmp_path / f"{i}.jpg")
+        paths[-1].write_bytes(b"x" * size)
+    groups = [[sizes[int(p.stem)] for p in batch] for batch in client.batches(paths, 4, max_bytes=100)]
+    assert groups == [[40, 40], [40, 10, 10, 10], [10, 10], [200]]  # an oversized file goes alone
+    assert client.local_problem(paths[-1], 100).startswith("file too large: 200 bytes")
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ('[{"error":"image 2: not a supported image"}]', "image 2: not a supported image"),  # BentoML's 4xx list
+        ('{"error":"server busy"}', "server busy"),  # the guard's own answers
+        (
+            '{"error":"1 validation error for Input","detail":[{"msg":"Value error, top_k must be 1 to 3"}]}',
+            "1 validation error for Input; Value error, top_k must be 1 to 3",
+        ),
+        ("<html>Bad Gateway</html>", "<html>Bad Gateway</html>"),  # a proxy in front
+    ],
+)
+def test_the_servers_message_is_read_from_each_error_body(body, message):
+    assert client.error_message(body) == message
+
+
+def test_retry_after_is_read_as_seconds_or_as_a_date():
+    assert client.retry_after_s("3") == 3.0
+    in_ten = format_datetime(datetime.now(UTC) + timedelta(seconds=10), usegmt=True)
+    assert 8 <= client.retry_after_s(in_ten) <= 10
+    assert client.retry_after_s(None) is None and client.retry_after_s("soon") is None
+
+
+def test_dropped_connections_are_retried_with_backoff_until_retry_for_runs_out(monkeypatch):
+    monkeypatch.setattr(client, "BACKOFF_FIRST_S", 0.01)
+    outcomes = iter([httpx.ConnectError("refused"), httpx.ReadTimeout("slow"), "answer"])
+
+    def flaky() -> str:
+        if isinstance(outcome := next(outcomes), Exception):
+            raise outcome
+        return outcome
+
+    sender = client.Sender("http://unused", None, top_k=1, retry_for=5, max_bytes=1)
+    assert sender.retrying(flaky) == "answer" and sender.retries == 2
+
+    def refused() -> str:
+        raise httpx.ConnectError("refused")
+
+    sender = client.Sender("http://unused", None, top_k=1, retry_for=0.2, max_bytes=1)
+    with pytest.raises(client.Fatal, match=r"gave up after \d+ attempts \(--retry-for 0.2 s\): ConnectError"):
+        sender.retrying(refused)

@@ -1,0 +1,336 @@
+"""Bad input against a real server: the right status and message every time, and the next request still answered.
+
+The corpus is generated here; only the three photos in data/ are files.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+import struct
+import zipfile
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from conftest import (
+    CAT_CLASSES,
+    COLOURS,
+    DATA,
+    ROOT,
+    colour_module,
+    image_bytes,
+    imported_tag,
+    run_import,
+    start_server,
+    stop_server,
+)
+from PIL import Image
+
+from imgserve import config
+
+pytestmark = pytest.mark.serve
+
+CAT = (DATA / "cat.jpg").read_bytes()
+API_KEY = "test-key-0123456789"
+SCRIPT_LABEL = "<script>alert('x')</script>"
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG that claims width x height pixels in a few dozen bytes: a decompression bomb's header."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def save(img: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def zipped() -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("cat.jpg", CAT)
+    return buf.getvalue()
+
+
+def middle(data: bytes, junk: bytes) -> bytes:
+    mid = len(data) // 2
+    return data[:mid] + junk + data[mid + len(junk) :]
+
+
+# (name, bytes, content type, expected status, expected text in the error)
+BAD = [
+    ("empty", b"", "image/jpeg", 400, "empty file"),
+    ("text", b"just some notes\n" * 20, "text/plain", 400, "not a supported image"),
+    ("pdf", b"%PDF-1.4\n1 0 obj <<>> endobj\ntrailer <<>>\n%%EOF\n", "application/pdf", 400, "not a supported image"),
+    ("zip", zipped(), "application/zip", 400, "not a supported image"),
+    ("svg", b'<svg xmlns="http://www.w3.org/2000/svg" width="9" height="9"/>', "image/svg+xml", 400, "not a supported"),
+    ("truncated jpeg", CAT[: len(CAT) // 2], "image/jpeg", 400, "truncated or corrupt"),
+    ("jpeg, corrupt middle", middle(CAT, bytes(range(256)) * 8), "image/jpeg", 400, "truncated or corrupt"),
+    ("zero width", png_header(0, 10), "image/png", 400, "image 1: not a supported image"),
+    ("decompression bomb", png_header(100_000, 100_000), "image/png", 413, "image too large"),
+    ("bomb under Pillow's own limit", png_header(10_000, 9_000), "image/png", 413, "too large: 10000x9000"),
+]
+
+# Odd but valid: each must simply classify, and the photos must keep their answer.
+_RGBA = Image.open(DATA / "cat.jpg").convert("RGBA")
+_EXIF = Image.Exif()
+_EXIF[0x0112] = 6  # "rotate 90 degrees clockwise to view"
+_CAT_RGB = Image.open(DATA / "cat.jpg").convert("RGB")
+ANIMATED = save(_CAT_RGB.convert("P"), "GIF", save_all=True, append_images=[Image.new("P", _CAT_RGB.size)])
+ROTATED = save(_CAT_RGB.transpose(Image.Transpose.ROTATE_90), "JPEG", exif=_EXIF)
+GOOD = [
+    ("1x1", image_bytes(size=(1, 1)), "image/png", None),
+    ("rgba", save(_RGBA, "PNG"), "image/png", CAT_CLASSES),
+    ("la", image_bytes((90, 200), mode="LA"), "image/png", None),
+    ("palette+transparency", save(Image.open(DATA / "cat.jpg").convert("P"), "PNG", transparency=0), "image/png", None),
+    ("grayscale", save(Image.open(DATA / "cat.jpg").convert("L"), "PNG"), "image/png", None),
+    ("16-bit png", save(Image.fromarray(np.full((50, 60), 40000, np.uint16)), "PNG"), "image/png", None),
+    ("cmyk jpeg", save(Image.open(DATA / "cat.jpg").convert("CMYK"), "JPEG"), "image/jpeg", CAT_CLASSES),
+    ("animated gif", ANIMATED, "image/gif", CAT_CLASSES),
+    ("exif-rotated", ROTATED, "image/jpeg", CAT_CLASSES),
+    ("png sent as image/jpeg", save(Image.open(DATA / "cat.jpg"), "PNG"), "image/jpeg", CAT_CLASSES),
+    ("jpeg sent as image/jpg", CAT, "image/jpg", CAT_CLASSES),
+    ("jpeg sent as octet-stream", CAT, "application/octet-stream", CAT_CLASSES),
+    ("jpeg, zeroed middle: libjpeg resyncs", middle(CAT, bytes(2000)), "image/jpeg", None),
+]
+
+
+def post(client: httpx.Client, files: list[tuple[str, bytes, str]], **data) -> httpx.Response:
+    return client.post("/classify", files=[("images", f) for f in files], data=data)
+
+
+def error_of(r: httpx.Response) -> str:
+    body = r.json()
+    return (body[0] if isinstance(body, list) else body).get("error", "") + str(body)
+
+
+def assert_still_answers(client: httpx.Client) -> None:
+    r = post(client, [("cat.jpg", CAT, "image/jpeg")], top_k="1")
+    assert r.status_code == 200, r.text
+    assert r.json()[0]["predictions"][0]["label"] in CAT_CLASSES
+
+
+@pytest.mark.parametrize(("name", "data", "ctype", "status", "message"), BAD, ids=[b[0] for b in BAD])
+def test_bad_input_gets_its_status_and_message(server, name, data, ctype, status, message):
+    with server.client() as c:
+        r = post(c, [(f"{name}.bin", data, ctype)])
+        assert r.status_code == status, r.text
+        assert message in error_of(r) and "Traceback" not in r.text
+        assert_still_answers(c)
+
+
+@pytest.mark.parametrize(("name", "data", "ctype", "classes"), GOOD, ids=[g[0] for g in GOOD])
+def test_odd_but_valid_images_classify(server, name, data, ctype, classes):
+    with server.client() as c:
+        r = post(c, [(f"{name}.bin", data, ctype)], top_k="1")
+    assert r.status_code == 200, r.text
+    if classes:
+        assert r.json()[0]["predictions"][0]["label"] in classes
+
+
+def test_exif_rotated_photo_answers_like_the_upright_one(server):
+    with server.client() as c:
+        upright = post(c, [("a.jpg", save(Image.open(DATA / "cat.jpg"), "JPEG"), "image/jpeg")]).json()
+        turned = post(c, [("b.jpg", ROTATED, "image/jpeg")]).json()
+    assert [p["label"] for p in turned[0]["predictions"]] == [p["label"] for p in upright[0]["predictions"]]
+
+
+def test_the_bad_image_among_good_ones_is_named(server):
+    with server.client() as c:
+        r = post(c, [("a.jpg", CAT, "image/jpeg"), ("b.txt", b"hello", "text/plain"), ("c.jpg", CAT, "image/jpeg")])
+    assert r.status_code == 400 and "image 2: not a supported image" in error_of(r)
+
+
+@pytest.mark.parametrize("top_k", ["0", "-3", "1001", "abc", "2.5", ""])
+def test_top_k_outside_its_range_names_the_range(server, top_k):
+    with server.client() as c:
+        r = post(c, [("cat.jpg", CAT, "image/jpeg")], top_k=top_k)
+        assert r.status_code == 400, r.text
+        assert "top_k must be a whole number from 1 to 1000" in r.text
+        assert_still_answers(c)
+
+
+@pytest.mark.parametrize("text", ["/etc/passwd", "http://127.0.0.1:9/x.jpg", "file:///etc/hostname"])
+def test_text_in_place_of_a_file_is_never_opened_or_fetched(server, text):
+    with server.client() as c:
+        r = c.post("/classify", files=[("images", (None, text))])
+        assert r.status_code == 400, r.text
+        assert "images must be uploaded files" in error_of(r)
+        assert_still_answers(c)
+
+
+def test_a_request_without_images_is_a_400(server):
+    with server.client() as c:
+        assert c.post("/classify", data={"top_k": "3"}).status_code == 400
+        assert_still_answers(c)
+
+
+# --- Limits, API key and timeout: a server with small settings, serving a model whose labels are markup.
+
+LIMITS = {
+    config.ENV_API_KEY: API_KEY,
+    config.ENV_MAX_REQUEST_BYTES: "2000000",
+    config.ENV_MAX_IMAGES: "16",
+    config.ENV_REQUEST_TIMEOUT_S: "1",
+    config.ENV_MAX_CONCURRENT: "4",
+}
+
+
+@pytest.fixture(scope="module")
+def limited(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("limited")
+    labels = tmp / "labels.txt"
+    labels.write_text(f"{SCRIPT_LABEL}\n{COLOURS[1]}\n{COLOURS[2]}\n")
+    model = tmp / "colours.pt"
+    torch.jit.script(colour_module()).save(str(model))
+    exact = ["--mean", "0", "0", "0", "--std", "1", "1", "1", "--resize", "32", "--crop", "32"]
+    tag = imported_tag(run_import(model, "--labels", labels, "--name", "markup", *exact))
+    server = start_server(tag, tmp, LIMITS)
+    yield server
+    stop_server(server)
+
+
+def authed(server) -> httpx.Client:
+    return httpx.Client(base_url=server.url, timeout=60, headers={"Authorization": f"Bearer {API_KEY}"})
+
+
+RED = ("red.png", image_bytes((255, 0, 0)), "image/png")
+
+
+def test_labels_are_data_not_markup(limited):
+    with authed(limited) as c:
+        r = post(c, [RED], top_k="1")
+    assert r.json()[0]["predictions"][0]["label"] == SCRIPT_LABEL
+    assert r.headers["content-type"].startswith("application/json")
+
+
+BASIC = "Basic " + base64.b64encode(f"anyone:{API_KEY}".encode()).decode()  # a browser's login prompt
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        ({}, 401),
+        ({"Authorization": "Bearer wrong"}, 401),
+        ({"Authorization": f"Bearer {API_KEY}"}, 200),
+        ({"Authorization": BASIC}, 200),
+    ],
+)
+def test_the_api_key_guards_classify(limited, headers, status):
+    r = httpx.post(f"{limited.url}/classify", files=[("images", RED)], headers=headers, timeout=30)
+    assert r.status_code == status, r.text
+    if status == 401:
+        assert "API key" in r.json()["error"] and "Bearer" in r.headers["www-authenticate"]
+
+
+@pytest.mark.parametrize(("path", "status"), [("/livez", 200), ("/readyz", 200), ("/metrics", 401), ("/", 401)])
+def test_only_health_probes_are_open_with_a_key(limited, path, status):
+    assert httpx.get(f"{limited.url}{path}", timeout=10).status_code == status
+
+
+def test_the_web_page_asks_a_browser_for_the_key_as_a_password(limited):
+    r = httpx.get(f"{limited.url}{config.UI_PATH}/", timeout=30)
+    assert r.status_code == 401 and r.headers["www-authenticate"].startswith("Basic ")
+    assert httpx.get(f"{limited.url}{config.UI_PATH}/", headers={"Authorization": BASIC}, timeout=30).status_code == 200
+
+
+def test_too_many_images_is_a_400_at_limit_plus_one(limited):
+    with authed(limited) as c:
+        assert post(c, [RED] * 16).status_code == 200
+        r = post(c, [RED] * 17)
+    assert r.status_code == 400 and "too many images in one request: 17, limit is 16" in error_of(r)
+
+
+def test_an_oversized_body_is_refused_from_its_content_length(limited):
+    with authed(limited) as c:
+        r = post(c, [("big.jpg", b"\xff" * 2_100_000, "image/jpeg")])
+        assert r.status_code == 413 and "CLASSIFIER_MAX_REQUEST_BYTES" in error_of(r)
+        assert post(c, [RED]).status_code == 200
+
+
+def test_an_oversized_streamed_body_is_cut_off(limited):
+    """No Content-Length: the guard counts the stream and stops reading past the limit."""
+
+    def body():
+        yield b"--x\r\nContent-Disposition: form-data; name=images; filename=a.jpg\r\n\r\n"
+        for _ in range(100):  # 10 MB offered, 2 MB allowed
+            yield b"\xff" * 100_000
+        yield b"\r\n--x--\r\n"
+
+    with authed(limited) as c:
+        r = c.post("/classify", content=body(), headers={"Content-Type": "multipart/form-data; boundary=x"})
+        assert r.status_code == 413 and "request body too large" in r.text
+        assert post(c, [RED]).status_code == 200
+
+
+def slow_images(n: int) -> list[tuple[str, bytes, str]]:
+    """Images slow to decode for their size (9 MP in 27 kB each): 16 take 2-3 s, past a 1 s timeout."""
+    big = save(Image.new("RGB", (3000, 3000), (255, 0, 0)), "PNG")
+    return [(f"big{i}.png", big, "image/png") for i in range(n)]
+
+
+def test_a_request_past_the_timeout_gets_504_and_the_next_is_served(limited):
+    with authed(limited) as c:
+        r = post(c, slow_images(16))
+        assert r.status_code == 504, r.text
+        assert post(c, [RED]).status_code == 200
+
+
+def test_overload_is_shed_with_503_and_retry_after_never_500(limited):
+    images = slow_images(2)
+
+    def one(_: int) -> httpx.Response:
+        with authed(limited) as c:
+            return post(c, images)
+
+    with ThreadPoolExecutor(12) as pool:
+        responses = list(pool.map(one, range(12)))
+    statuses = sorted(r.status_code for r in responses)
+    shed = [r for r in responses if r.status_code == 503]
+    assert shed, f"12 concurrent slow requests against a limit of 4 were all let in: {statuses}"
+    assert all(r.headers.get("retry-after") == str(config.RETRY_AFTER_S) for r in shed)
+    assert set(statuses) <= {200, 503, 504}, statuses
+    with authed(limited) as c:
+        assert post(c, [RED]).status_code == 200
+
+
+# --- The README's table is checked against the service.
+
+TABLE = re.findall(
+    r"^\| (\d{3}) \| (.+?) \| `?([A-Z_]*)`? \| (.*?) \|$",
+    (ROOT / "README.md").read_text().split("## Errors and limits")[1].split("\n## ")[0],
+    flags=re.M,
+)
+
+
+def test_the_errors_table_defaults_are_the_real_defaults():
+    defaults = {
+        config.ENV_MAX_IMAGES: config.MAX_IMAGES_PER_REQUEST,
+        config.ENV_MAX_REQUEST_BYTES: config.MAX_REQUEST_BYTES,
+        config.ENV_MAX_PIXELS: config.MAX_IMAGE_PIXELS,
+        config.ENV_MAX_CONCURRENT: config.MAX_CONCURRENT_REQUESTS,
+        config.ENV_REQUEST_TIMEOUT_S: int(config.REQUEST_TIMEOUT_S),
+        "MAX_LATENCY_MS": config.MAX_LATENCY_MS,
+    }
+    rows = {setting: default for _, _, setting, default in TABLE if setting and setting != config.ENV_API_KEY}
+    assert set(rows) == set(defaults)
+    assert {k: int(v) for k, v in rows.items()} == defaults
+
+
+def test_every_status_in_the_errors_table_is_produced_by_this_suite():
+    """Each status the README promises is asserted by a test in this file."""
+    source = Path(__file__).read_text()
+    for status, *_ in TABLE:
+        assert re.search(rf"(status_code == |, ){status}\b", source), f"no test produces {status}"

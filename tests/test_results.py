@@ -1,0 +1,77 @@
+"""client.py's output file: rows written, read back for --resume, never overwritten by mistake."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from imgserve.results import Results, ResultsError, Row, columns
+
+CAT = Row("photos/cat.jpg", "m:1", [{"label": "tabby", "score": 0.75}, {"label": "lynx", "score": 0.2}])
+BAD = Row("photos/bad.jpg", error="image data is truncated or corrupt")
+
+
+def test_csv_rows_have_k_label_and_score_columns_and_error_rows_leave_them_empty(tmp_path):
+    out = tmp_path / "results.csv"
+    with Results(str(out), top_k=2, resume=False) as results:
+        results.write(CAT)
+        results.write(BAD)
+    assert out.read_text().splitlines() == [
+        ",".join(columns(2)),
+        "photos/cat.jpg,tabby,0.750000,lynx,0.200000,m:1,",
+        "photos/bad.jpg,,,,,,image data is truncated or corrupt",
+    ]
+
+
+def test_jsonl_rows_keep_the_servers_answer(tmp_path):
+    out = tmp_path / "results.jsonl"
+    with Results(str(out), top_k=2, resume=False) as results:
+        results.write(CAT)
+        results.write(BAD)
+    first, second = map(json.loads, out.read_text().splitlines())
+    assert first == {"path": "photos/cat.jpg", "model": "m:1", "predictions": CAT.predictions, "error": None}
+    assert second == {"path": "photos/bad.jpg", "model": None, "predictions": [], "error": BAD.error}
+
+
+@pytest.mark.parametrize("name", ["results.csv", "results.jsonl"])
+def test_resume_knows_the_paths_written_however_they_were_spelled(tmp_path, monkeypatch, name):
+    monkeypatch.chdir(tmp_path)
+    with Results(name, top_k=2, resume=False) as results:
+        results.write(CAT)
+        results.write(BAD)
+    resumed = Results(name, top_k=2, resume=True)
+    assert resumed.is_done(Path("./photos/cat.jpg")) and resumed.is_done(tmp_path / "photos" / "bad.jpg")
+    assert not resumed.is_done(Path("photos/dog.jpg"))
+    with resumed:
+        resumed.write(Row("photos/dog.jpg", error="x"))
+    assert len((tmp_path / name).read_text().splitlines()) == 3 + name.endswith(".csv")  # one header, no second
+
+
+def test_resume_drops_a_row_cut_off_by_a_kill_and_refuses_another_top_k(tmp_path):
+    out = tmp_path / "results.csv"
+    with Results(str(out), top_k=1, resume=False) as results:
+        results.write(Row("a.png", model="m:1", predictions=[{"label": "red", "score": 0.9}]))
+    with out.open("a") as f:
+        f.write("b.png,gre")  # the kill came mid-row
+    resumed = Results(str(out), top_k=1, resume=True)
+    assert resumed.is_done(Path("a.png")) and not resumed.is_done(Path("b.png"))
+    assert out.read_text().splitlines()[-1] == "a.png,red,0.900000,m:1,"
+    with pytest.raises(ResultsError, match="resume it with --top-k 1"):
+        Results(str(out), top_k=3, resume=True)
+
+
+@pytest.mark.parametrize(
+    ("out", "resume", "message"),
+    [
+        ("existing.csv", False, "exists: add --resume to continue it, or remove it"),
+        ("results.json", False, "name a .csv or a .jsonl file"),
+        ("-", True, "--resume needs --out FILE"),
+    ],
+)
+def test_outputs_that_would_lose_or_garble_rows_are_refused(tmp_path, monkeypatch, out, resume, message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "existing.csv").write_text("path\n")
+    with pytest.raises(ResultsError, match=message):
+        Results(out, top_k=1, resume=resume)

@@ -1,0 +1,272 @@
+"""The web page at /ui as people reach it: in headless Chromium, and as Gradio's API answers it.
+
+Browser tests drive Debian's Chromium (.ci/run installs it) with Playwright; each leaves a
+screenshot of its last state in test-artifacts/. The others check over HTTP that the page
+serves the stored model's card and that its work joins the model's batches.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from urllib.parse import urlsplit
+
+import bentoml
+import pytest
+from conftest import CAT_CLASSES, COLOURS, DATA, ROOT, image_bytes
+
+from imgserve import config, store
+from imgserve.ui import confidences
+
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's; a test tool's own browser download does not work here
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    # This machine's network is closed: no background calls home, no waiting on them.
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-quic",
+    "--no-first-run",
+    # A camera that shows a test pattern, allowed without asking: the webcam path runs for real.
+    "--use-fake-device-for-media-stream",
+    "--use-fake-ui-for-media-stream",
+]
+ARTIFACTS = ROOT / "test-artifacts"
+TIMEOUT_MS = 60_000  # a page load on a busy 2-core machine takes seconds; a hang still fails
+NOT_AN_IMAGE = b"meeting notes, saved with the wrong name\n"
+# What a person's drag-and-drop and copy do, given a PNG `blob` in the page.
+DROP_JS = "const dt = new DataTransfer(); dt.items.add(new File([blob], 'photo.png', {type: blob.type})); return dt;"
+COPY_JS = "await navigator.clipboard.write([new ClipboardItem({'image/png': blob})]);"
+
+
+def card_of(tag: str) -> store.ModelCard:
+    return store.ModelCard.from_stored(bentoml.models.get(tag))
+
+
+# --- Without a server
+
+
+def test_a_repeated_class_name_stays_two_bars():
+    predictions = [SimpleNamespace(label=name, score=s) for name, s in [("crane", 0.5), ("kite", 0.3), ("crane", 0.2)]]
+    assert confidences(predictions) == {"crane": 0.5, "kite": 0.3, "crane (2)": 0.2}
+
+
+# --- Over HTTP, no browser
+
+
+@pytest.mark.serve
+def test_the_page_answers_with_the_models_card_and_the_api_docs_link_to_it(server, default_model):
+    card = card_of(default_model)
+    with server.client() as c:
+        r = c.get(config.UI_PATH, follow_redirects=True)
+        assert r.status_code == 200
+        assert card.title in r.text and default_model in r.text
+        classify = c.get("/docs.json").json()["paths"]["/classify"]["post"]
+    assert f"]({config.UI_PATH})" in classify["description"]
+
+
+@pytest.mark.serve
+def test_the_pages_classifications_join_the_models_batches(colour_server, tmp_path):
+    from gradio_client import Client, handle_file
+
+    jobs = [name for _ in range(4) for name in COLOURS]
+    colours = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255)}
+    for name in COLOURS:
+        (tmp_path / f"{name}.png").write_bytes(image_bytes(colours[name]))
+    page = Client(f"{colour_server.url}{config.UI_PATH}/", verbose=False)
+    batches_before = colour_server.metric("bentoml_service_adaptive_batch_size_count")
+    images_before = colour_server.metric("bentoml_service_adaptive_batch_size_sum")
+
+    submitted = [page.submit(handle_file(tmp_path / f"{name}.png"), 1, api_name="/classify") for name in jobs]
+    assert [job.result(timeout=60)["label"] for job in submitted] == jobs
+
+    batches = colour_server.metric("bentoml_service_adaptive_batch_size_count") - batches_before
+    images = colour_server.metric("bentoml_service_adaptive_batch_size_sum") - images_before
+    assert images == len(jobs), "the page's images did not all go through the batched Model"
+    assert batches < len(jobs), f"{len(jobs)} concurrent page requests ran as {batches} model calls: not batched"
+
+
+@pytest.mark.serve
+def test_the_page_refuses_a_bad_file_with_the_apis_message(server, tmp_path):
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+
+    notes = tmp_path / "notes.jpg"
+    notes.write_bytes(NOT_AN_IMAGE)
+    with server.client() as c:
+        api = c.post("/classify", files=[("images", ("notes.jpg", NOT_AN_IMAGE, "image/jpeg"))])
+    assert api.status_code == 400
+    with pytest.raises(AppError) as refused:
+        Client(f"{server.url}{config.UI_PATH}/", verbose=False).predict(handle_file(notes), 3, api_name="/classify")
+    message = str(refused.value)
+    assert message.startswith("image 1: not a supported image") and message in api.text
+
+
+# --- In Chromium
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Iterator:
+    if not CHROMIUM.exists():
+        pytest.fail(
+            f"no {CHROMIUM}: install Debian's Chromium (apt-get install chromium), or deselect: -m 'not browser'"
+        )
+    from playwright.sync_api import expect, sync_playwright
+
+    expect.set_options(timeout=TIMEOUT_MS)
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def browser_page(chromium, request) -> Iterator:
+    """A fresh tab that records every host it talks to; its last state is saved as a screenshot."""
+    context = chromium.new_context(
+        viewport={"width": 1100, "height": 760}, permissions=["camera", "clipboard-read", "clipboard-write"]
+    )
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    page.hosts, page.http_errors = set(), []
+    page.on("request", lambda r: page.hosts.add(urlsplit(r.url).hostname))
+    page.on("response", lambda r: r.status >= 400 and page.http_errors.append(f"{r.status} {r.url}"))
+    yield page
+    page.screenshot(path=ARTIFACTS / f"ui-{request.node.name}.png", full_page=True)
+    context.close()
+    assert page.http_errors == [], "the page asked for something that failed"
+
+
+def open_ui(page, server) -> None:
+    page.goto(f"{server.url}{config.UI_PATH}")
+    page.locator("#examples img").first.wait_for()  # rendered, example photos loaded
+
+
+def shown(page) -> list[tuple[str, str]]:
+    rows = page.locator("#answer dl")
+    return [(row.locator("dt").inner_text(), row.locator("dd").inner_text()) for row in rows.all()]
+
+
+def expect_top(page, *classes: str) -> None:
+    from playwright.sync_api import expect
+
+    expect(page.locator("#answer [data-testid=label-output-value]")).to_have_text(
+        re.compile("^(" + "|".join(map(re.escape, classes)) + ")$")
+    )
+
+
+def png_in_page(page, colour: tuple[int, int, int], script: str):
+    """Run `script` in the page with a PNG of one colour as a Blob named `blob`."""
+    return page.evaluate_handle(
+        f"async (hex) => {{ const blob = await (await fetch('data:image/png;base64,' + hex)).blob(); {script} }}",
+        base64.b64encode(image_bytes(colour)).decode(),
+    )
+
+
+@pytest.mark.serve
+@pytest.mark.browser
+def test_upload_a_photo_and_see_the_same_top_classes_as_the_api(browser_page, server, default_model):
+    from playwright.sync_api import expect
+
+    page = browser_page
+    card = card_of(default_model)
+    open_ui(page, server)
+    expect(page.locator("h1")).to_have_text(card.title)
+    expect(page.get_by_text(default_model)).to_be_visible()  # name and version of the stored model
+
+    page.locator("#photo input[type=file]").set_input_files(DATA / "cat.jpg")
+    expect_top(page, *CAT_CLASSES)
+    with server.client() as c:
+        [api] = c.post("/classify", files=[("images", ("cat.jpg", (DATA / "cat.jpg").read_bytes()))]).json()
+    expected = [(p["label"], f"{round(100 * p['score'])}%") for p in api["predictions"]]
+    expect(page.locator("#answer dl")).to_have_count(len(expected))
+    assert shown(page) == expected
+    page.screenshot(path=ARTIFACTS / "ui.png")  # README's docs/ui.png, reduced to a palette
+
+    page.get_by_label("number input for Classes shown").fill("3")
+    page.keyboard.press("Tab")  # Gradio's slider answers when the box loses focus (or the handle is let go)
+    expect(page.locator("#answer dl")).to_have_count(3)
+    assert shown(page) == expected[:3]
+    assert page.hosts == {"127.0.0.1"}, "the page fetched from other hosts"
+
+
+@pytest.mark.serve
+@pytest.mark.browser
+def test_an_example_photo_is_one_click_away(browser_page, server):
+    from playwright.sync_api import expect
+
+    page = browser_page
+    open_ui(page, server)
+    page.locator("#examples button:has(img[src$='/coffee.jpg'])").click()
+    expect_top(page, "espresso")
+    preview = page.locator("#photo img")
+    expect(preview).to_have_attribute("src", re.compile(f"{config.UI_PATH}/.*/coffee.jpg$"))
+    assert preview.evaluate("img => img.decode().then(() => img.naturalWidth)") > 0  # the photo is shown
+
+
+@pytest.mark.serve
+@pytest.mark.browser
+def test_a_file_that_is_not_an_image_shows_the_apis_reason_not_a_stack_trace(browser_page, server):
+    from playwright.sync_api import expect
+
+    page = browser_page
+    open_ui(page, server)
+    page.locator("#photo input[type=file]").set_input_files(
+        {"name": "notes.jpg", "mimeType": "image/jpeg", "buffer": NOT_AN_IMAGE}
+    )
+    error = page.get_by_test_id("toast-text")
+    expect(error).to_have_text(
+        f"image 1: not a supported image: accepted formats are {', '.join(config.ACCEPTED_FORMATS)}"
+    )
+    assert "Traceback" not in page.content()
+    expect(page.locator("#answer dl")).to_have_count(0)
+
+
+@pytest.mark.serve
+@pytest.mark.browser
+def test_a_user_model_by_drop_paste_and_webcam(browser_page, colour_server, colour_model):
+    """The tiny colour model: its own title and labels from the store; exact answers."""
+    from playwright.sync_api import expect
+
+    page = browser_page
+    open_ui(page, colour_server)
+    expect(page.locator("h1")).to_have_text(card_of(colour_model).title)
+
+    dropped = png_in_page(page, (255, 0, 0), DROP_JS)
+    drop_zone = page.get_by_label("Drop an image file here to upload")
+    for event in ("dragenter", "dragover", "drop"):
+        drop_zone.dispatch_event(event, {"dataTransfer": dropped})
+    expect_top(page, "red")
+    assert [name for name, _ in shown(page)] == ["red", "green", "blue"]  # all three classes, best first
+
+    png_in_page(page, (0, 0, 255), COPY_JS)
+    page.get_by_label("Paste from clipboard").click()
+    expect_top(page, "blue")
+
+    page.get_by_label("Capture from camera").click()
+    page.get_by_text("Click to Access Webcam").click()
+    page.wait_for_function("document.querySelector('#photo video')?.readyState >= 2")  # showing frames
+    page.get_by_label("capture photo").click()
+    expect_top(page, *COLOURS)  # Chromium's fake camera: whichever colour its test pattern is
+
+
+@pytest.mark.serve
+@pytest.mark.browser
+def test_the_api_docs_link_to_the_page_and_the_page_back(browser_page, server, default_model):
+    from playwright.sync_api import expect
+
+    docs = browser_page
+    docs.goto(f"{server.url}/")
+    docs.locator(".opblock-summary", has_text="/classify").click()
+    with docs.expect_popup() as opened:
+        docs.get_by_role("link", name="the web page").click()
+    ui = opened.value
+    expect(ui.locator("h1")).to_have_text(card_of(default_model).title)
+    with ui.expect_popup() as opened:
+        ui.get_by_role("link", name="API docs").click()
+    expect(opened.value.locator(".opblock-summary", has_text="/classify")).to_be_visible()
