@@ -140,8 +140,8 @@ def refuse_text_for_files() -> None:
     """Make a text field where a file is expected a 400, not a fetch.
 
     BentoML 1.4 reads a multipart text field in a file-typed parameter as a URL and downloads
-    it from the server: a server-side request forgery on a public service (and a 500 here,
-    where that download path lacks uvloop). Uploaded files are the only input we take.
+    it from the server: a server-side request forgery on a public service (or a 500 where
+    uvloop is missing). Uploaded files are the only input we take.
     """
     from _bentoml_impl.serde import MultipartSerde
     from bentoml.exceptions import BadInput

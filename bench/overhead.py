@@ -1,0 +1,104 @@
+"""Where a served request's CPU goes: the server's two processes against the same work in process.
+
+    BENTOML_HOME=... python bench/overhead.py [TAG] > bench/results/overhead.txt
+
+Sends one photo at a time (a small one, then a ~12 MP one) to a fresh `bentoml serve` and reads
+from /proc how much CPU each server process spent per request; then times the same work in this
+process: `preprocess` (this thread's CPU) and the model call (the process's CPU, ONNX Runtime's
+threads included). What the server spends beyond that is the cost of serving: two HTTP servers,
+the hop between them, (de)serialisation, middleware, batching, logging.
+To see the server's Python stacks: `py-spy record -p PID` on either worker while this runs.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+import photos as bench_photos  # noqa: E402
+import procstat  # noqa: E402
+import run  # noqa: E402
+
+from imgserve import config, predict, store  # noqa: E402
+from imgserve.preprocess import preprocess  # noqa: E402
+
+REQUESTS = 60
+
+
+def worker_pids(server: run.Server) -> dict[str, int]:
+    pids = {}
+    for pid in procstat.tree(server.process.pid):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"--service-name" in argv:
+            pids[argv[argv.index(b"--service-name") + 1].decode()] = pid
+        elif pid == server.process.pid:
+            pids["bentoml serve"] = pid
+    return pids
+
+
+def main() -> None:
+    import bentoml
+
+    tag = sys.argv[1] if len(sys.argv) > 1 else config.model_tag()
+    entry = bentoml.models.get(tag)
+    card = store.ModelCard.from_stored(entry)
+    chosen = {p.name: p for p in bench_photos.photos() if p.name in ("cat", "cat-12mp")}
+    print(f"{tag}, load average {os.getloadavg()[0]:.2f}, CPU ms per request, {REQUESTS} requests one at a time")
+
+    session = predict.open_session(entry.path_of(store.ONNX_FILE))
+    in_process = {}
+    for name, photo in chosen.items():
+        data = photo.data
+        pixels = preprocess(data, card.preprocessing)[None]
+        for _ in range(10):  # warm-up
+            predict.run(session, pixels)
+        t0 = time.thread_time()
+        for _ in range(REQUESTS):
+            preprocess(data, card.preprocessing)
+        decode = (time.thread_time() - t0) / REQUESTS
+        t0 = time.process_time()
+        for _ in range(REQUESTS):
+            predict.run(session, pixels)
+        model = (time.process_time() - t0) / REQUESTS
+        in_process[name] = (decode * 1000, model * 1000)
+    del session
+
+    server = run.start("bentoml", tag, Path(os.environ.get("TMPDIR", "/tmp")))
+    try:
+        pids = worker_pids(server)
+        with httpx.Client(base_url=server.url, timeout=60) as client:
+            for name, photo in chosen.items():
+                files = [("images", (f"{name}.jpg", photo.data, "image/jpeg"))]
+                for _ in range(10):
+                    client.post("/classify", files=files)
+                before = {k: procstat.cpu_seconds([p]) for k, p in pids.items()}
+                t0 = time.perf_counter()
+                for _ in range(REQUESTS):
+                    client.post("/classify", files=files).raise_for_status()
+                wall = (time.perf_counter() - t0) / REQUESTS * 1000
+                spent = {k: (procstat.cpu_seconds([p]) - before[k]) / REQUESTS * 1000 for k, p in pids.items()}
+                decode, model = in_process[name]
+                served = sum(spent.values())
+                print(
+                    f"\n{name} ({photo.size[0]}x{photo.size[1]}): {wall:.1f} ms per request, one at a time\n"
+                    f"  served:     {served:5.1f} ms CPU = "
+                    + ", ".join(f"{k} {v:.1f}" for k, v in spent.items())
+                    + f"\n  in process: {decode + model:5.1f} ms CPU = preprocess {decode:.1f}, model {model:.1f}"
+                    f"\n  serving:    {served - decode - model:5.1f} ms CPU per request"
+                )
+    finally:
+        run.stop(server)
+
+
+if __name__ == "__main__":
+    main()
