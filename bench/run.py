@@ -50,6 +50,8 @@ from imgserve.preprocess import preprocess  # noqa: E402
 
 BIN = Path(sys.executable).parent
 READY_TIMEOUT_S = 180
+MAX_WARMUP_S = 15  # caps on a level's windows, which grow with clients / images per second
+MAX_MEASURE_S = 20
 SERVERS = ("bentoml", "bentoml_unbatched", "litserve", "gradio")
 LEVELS = [1, 2, 4, 8, 16, 32, 64]
 LARGE_EVERY = 4  # one request in four carries a ~12 MP photo, the others a small one
@@ -81,11 +83,11 @@ class ModelPlan:
 
 
 FULL = {
-    models.DEFAULT: ModelPlan(levels=LEVELS, warmup_s=2.0, measure_s=6.0),
+    models.DEFAULT: ModelPlan(levels=LEVELS, warmup_s=2.0, measure_s=6.0, grid_seconds=2.5),
     models.HEAVY: ModelPlan(
         levels=LEVELS,
         warmup_s=3.0,
-        measure_s=10.0,
+        measure_s=8.0,
         baseline_levels=[1, 8, 64],
         batch_curve=[1, 2, 4, 8],
         curve_seconds=2.0,
@@ -155,6 +157,19 @@ class Server:
         return f"http://127.0.0.1:{self.port}"
 
 
+def own_home(path: Path) -> Path:
+    """A BENTOML_HOME of the server's own around the shared model store. `bentoml serve` empties
+    $BENTOML_HOME/prometheus_multiproc_dir when it starts: two servers in one home break each
+    other's /metrics."""
+    from bentoml._internal.configuration.containers import BentoMLContainer
+
+    models = Path(BentoMLContainer.model_store_dir.get())
+    path.mkdir(parents=True, exist_ok=True)
+    if not (path / "models").exists():
+        (path / "models").symlink_to(models, target_is_directory=True)
+    return path
+
+
 def start(kind: str, tag: str, log_dir: Path) -> Server:
     port = free_port()
     env = {**os.environ, config.ENV_MODEL: tag, "BENTOML_DO_NOT_TRACK": "true", "GRADIO_ANALYTICS_ENABLED": "False"}
@@ -164,6 +179,7 @@ def start(kind: str, tag: str, log_dir: Path) -> Server:
         argv = [str(BIN / "bentoml"), "serve", "service:ImageClassifier", "--host", "127.0.0.1", "--port", str(port)]
         if kind == "bentoml_unbatched":
             env[config.ENV_MAX_BATCH_SIZE] = "1"
+        env["BENTOML_HOME"] = str(own_home(log_dir / f"home-{kind}"))
     elif kind == "litserve":
         argv, ready_path = [sys.executable, str(BENCH / "baselines" / "litserve_app.py"), tag, str(port)], "/health"
     elif kind == "gradio":
@@ -209,46 +225,66 @@ def batch_metrics(url: str) -> tuple[float, float]:
     return total("bentoml_service_adaptive_batch_size_sum"), total("bentoml_service_adaptive_batch_size_count")
 
 
-def load_server(server: Server, plan: ModelPlan, sequence: list[bench_photos.Photo], expected: dict[str, str]) -> dict:
-    """Warm a started server up, run every level."""
-    kind = server.kind
-    levels = plan.levels if kind.startswith("bentoml") or plan.baseline_levels is None else plan.baseline_levels
-    out: dict = {"ready_s": server.ready_s, "levels": []}
-    host = "127.0.0.1"
-    if kind == "gradio":
-        requests = [
-            loadgen.gradio_upload_request(host, f"{p.name}.jpg", p.data, expected[p.name], p.kind) for p in sequence
-        ]
-        exchange = loadgen.gradio_exchange(host, "classify")
-    else:
-        requests = [
-            loadgen.multipart_request(host, "/classify", p.kind, f"{p.name}.jpg", p.data, 5, expected[p.name])
-            for p in sequence
-        ]
-        exchange = loadgen.send
-    metrics = (lambda: batch_metrics(server.url)) if kind.startswith("bentoml") else None
+class Target:
+    """A started server with its requests built: runs one load level at a time."""
 
-    def level(clients: int, warmup: float, measure: float) -> dict:
+    def __init__(self, server: Server, plan: ModelPlan, sequence: list[bench_photos.Photo], expected: dict) -> None:
+        self.server, self.plan = server, plan
+        kind = server.kind
+        baseline = not kind.startswith("bentoml") and plan.baseline_levels is not None
+        self.levels = plan.baseline_levels if baseline else plan.levels
+        host = "127.0.0.1"
+        if kind == "gradio":
+            self.requests = [
+                loadgen.gradio_upload_request(host, f"{p.name}.jpg", p.data, expected[p.name], p.kind) for p in sequence
+            ]
+            self.exchange = loadgen.gradio_exchange(host, "classify")
+        else:
+            self.requests = [
+                loadgen.multipart_request(host, "/classify", p.kind, f"{p.name}.jpg", p.data, 5, expected[p.name])
+                for p in sequence
+            ]
+            self.exchange = loadgen.send
+        self.metrics = (lambda: batch_metrics(server.url)) if kind.startswith("bentoml") else None
+        self.rate = 1.0  # images/s at the last level: sizes the next level's windows
+        self.out: dict = {"ready_s": server.ready_s, "levels": []}
+
+    def level(self, clients: int, warmup: float, measure: float) -> dict:
         return asyncio.run(
             loadgen.http_level(
-                host, server.port, requests, clients, warmup, measure, server.process.pid, metrics, exchange
+                "127.0.0.1",
+                self.server.port,
+                self.requests,
+                clients,
+                warmup,
+                measure,
+                self.server.process.pid,
+                self.metrics,
+                self.exchange,
             )
         )
 
-    # Warm-up, not recorded: first model calls, and BentoML's batching optimizer trained on one
-    # client (trained under a queue, it would hold a lone request back for the wait it learned).
-    level(1, 0.0, plan.warmup_s * 2)
-    for clients in levels:
-        row = {"clients": clients, **level(clients, plan.warmup_s, plan.measure_s)}
+    def warm_up(self) -> None:
+        # Not recorded: first model calls, and BentoML's batching optimizer trained on one client
+        # (trained under a queue, it would hold a lone request back for the wait it learned).
+        self.rate = max(self.level(1, 0.0, self.plan.warmup_s * 2)["images_per_s"], 0.5)
+
+    def run(self, clients: int) -> None:
+        """One level, its windows long enough for every client to be answered about twice:
+        a closed loop starts as a burst, and needs a full round to reach its steady state."""
+        kind, cycle = self.server.kind, clients / self.rate
+        warmup = min(MAX_WARMUP_S, max(self.plan.warmup_s, 1.2 * cycle))
+        measure = min(MAX_MEASURE_S, max(self.plan.measure_s, 2.0 * cycle))
+        row = {"clients": clients, **self.level(clients, warmup, measure)}
         if kind == "bentoml_unbatched":
             row["mean_batch_size"] = 1.0  # not batchable: one request per model call, no histogram
         row["load_avg_1m"] = load_average()[0]
-        out["levels"].append(row)
+        self.rate = max(row["images_per_s"], 0.5)
+        self.out["levels"].append(row)
         print(f"  {kind:18s} {clients:3d} clients: {row['images_per_s']:7.1f} img/s  p50 {row['p50_ms']}"
               f"  p99 {row['p99_ms']} ms  errors {row['errors']}  batch {row.get('mean_batch_size')}"
               f"  server {row['server_cpu_cores']} cores, gen {row['loadgen_cpu_cores']}"
               f"  rss {row['server_peak_rss_mb']} MB  load {row['load_avg_1m']}", flush=True)  # fmt: skip
-    return out
 
 
 def serve_and_load(
@@ -259,32 +295,35 @@ def serve_and_load(
     log_dir: Path,
     parallel_start: bool,
 ) -> dict:
-    """Each server in turn: started (alone, so its time to ready is its own), loaded, stopped.
-
-    With `parallel_start` (smoke runs) all start at once first: quicker, start times meaningless.
+    """All servers up at once, loaded in turn at each level, so that the servers compared at a level
+    are measured within a minute of each other: on a shared machine, load from elsewhere comes and
+    goes over minutes. Each is started alone (its time to ready is its own) unless `parallel_start`
+    (smoke runs: quicker, start times meaningless). Idle, a server uses no CPU worth counting.
     """
-    results = {}
-    if not parallel_start:
-        for kind in plan.servers:
-            server = start(kind, tag, log_dir)
-            try:
-                results[kind] = load_server(server, plan, sequence, expected[kind])
-            finally:
-                stop(server)
-        return results
-    with ThreadPoolExecutor(len(plan.servers)) as pool:
-        futures = {kind: pool.submit(start, kind, tag, log_dir) for kind in plan.servers}
-    started = {kind: f.result() for kind, f in futures.items() if f.exception() is None}
+    started: dict[str, Server] = {}
     try:
-        for f in futures.values():
-            if f.exception() is not None:
-                raise f.exception()
-        for kind in plan.servers:
-            results[kind] = load_server(started[kind], plan, sequence, expected[kind])
+        if parallel_start:
+            with ThreadPoolExecutor(len(plan.servers)) as pool:
+                futures = {kind: pool.submit(start, kind, tag, log_dir) for kind in plan.servers}
+            started = {kind: f.result() for kind, f in futures.items() if f.exception() is None}
+            for f in futures.values():
+                if f.exception() is not None:
+                    raise f.exception()
+        else:
+            for kind in plan.servers:
+                started[kind] = start(kind, tag, log_dir)
+        loads = [Target(started[kind], plan, sequence, expected[kind]) for kind in plan.servers]
+        for t in loads:
+            t.warm_up()
+        for i, clients in enumerate(plan.levels):
+            order = loads[i % len(loads) :] + loads[: i % len(loads)]  # no server always first
+            for t in order:
+                if clients in t.levels:
+                    t.run(clients)
     finally:
         for server in started.values():
             stop(server)
-    return results
+    return {t.server.kind: t.out for t in loads}
 
 
 # --- In process
@@ -454,6 +493,18 @@ def run(plans: dict[str, ModelPlan], out_dir: Path, mode: str) -> dict:
         del session, torch_model
         answers = {kind: tutorial if kind == "gradio" else expected for kind in plan.servers}
         m["servers"] = serve_and_load(tag, plan, sequence, answers, log_dir, parallel_start=mode == "smoke")
+        # The limit again, after the servers: the better of the two is the machine's capacity.
+        best = m["inprocess"]["limit"]
+        session = predict.open_session(entry.path_of(store.ONNX_FILE), threads=best["model_threads"])
+        images = [p.data for p in sequence]
+        again = inprocess.pipeline(
+            session, card.preprocessing, images, best["decode_threads"], best["batch"], plan.grid_seconds
+        )
+        m["inprocess"]["limit_again"] = {"model_threads": best["model_threads"], **again}
+        if again["images_per_s"] > best["images_per_s"]:
+            m["inprocess"]["limit"] = m["inprocess"]["limit_again"]
+        print(f"  pipeline again, after the servers: {again}", flush=True)
+        del session
         m["load_average_end"] = load_average()
         result["models"][name] = m
     result["targets"] = targets(result)

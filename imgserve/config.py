@@ -61,10 +61,11 @@ ACCEPTED_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF")
 # --- Serving knobs (service.py reads these; README "Configuration" explains them).
 # Batch times of EfficientNet-Lite0 on the 2-core machine, ONNX Runtime, 2 threads
 # (bench/batch_times.py; README "Batching"): 7.7 ms at 1 image, 13.6 at 2, 27.5 at 4,
-# 54.8 at 8, 113 at 16: ~146 img/s from 2 images on, no better past 8 (nor VGG-11's
-# 15 img/s). What a batch saves is per-call overhead: served, batches of up to 8 give 35%
-# more images/s than one call per request (README "Performance"). Batches stop at 8: a
-# request never waits behind more than ~55 ms of someone else's batch.
+# 54.8 at 8, 113 at 16: ~146 img/s from 2 images on, no better past 8; VGG-11: 12 img/s
+# alone, 15 in batches of 8. Served on 2 cores, batching gives VGG-11 ~25% more images/s
+# and EfficientNet-Lite0 nothing: decoding and per-request serving cost bound it, not the
+# model (README "Performance"). Batches stop at 8: a request never waits behind more than
+# ~55 ms of someone else's EfficientNet-Lite0 batch.
 # $CLASSIFIER_MAX_BATCH_SIZE=1 switches batching off (the benchmark's "unbatched" server).
 ENV_MAX_BATCH_SIZE = "CLASSIFIER_MAX_BATCH_SIZE"
 MAX_BATCH_SIZE = max(1, int(os.environ.get(ENV_MAX_BATCH_SIZE, "8")))
