@@ -10,7 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,6 +106,21 @@ class Server:
         return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{"))
 
 
+def wait_until_ready(url: str, process: subprocess.Popen, timeout_s: float, output: Callable[[], str]) -> None:
+    """Poll `url` until it answers 200; fail with the process's output if it exits or time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args[0]} exited {process.returncode}:\n{output()}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"{url} not ready after {timeout_s} s:\n{output()}")
+
+
 def start_server(tag: str, log_dir: Path, env: dict[str, str] | None = None) -> Server:
     port = free_port()
     log = log_dir / f"serve-{port}.log"
@@ -122,18 +137,12 @@ def start_server(tag: str, log_dir: Path, env: dict[str, str] | None = None) -> 
         start_new_session=True,  # its own process group: stopped whole, workers included
     )
     server = Server(f"http://127.0.0.1:{port}", process, log)
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"bentoml serve exited {process.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{server.url}/readyz", timeout=2).status_code == 200:
-                return server
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    stop_server(server)
-    raise RuntimeError(f"not ready after {READY_TIMEOUT_S} s:\n{log.read_text()[-3000:]}")
+    try:
+        wait_until_ready(f"{server.url}/readyz", process, READY_TIMEOUT_S, lambda: log.read_text()[-3000:])
+    except RuntimeError:
+        stop_server(server)
+        raise
+    return server
 
 
 def stop_server(server: Server) -> None:

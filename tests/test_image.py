@@ -18,7 +18,6 @@ import re
 import shutil
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,7 @@ import pytest
 import yaml
 from bentoml._internal.configuration.containers import BentoMLContainer
 from bentoml._internal.container.generate import DEFAULT_BENTO_ENVS
-from conftest import CAT_CLASSES, DATA, ROOT, free_port
+from conftest import CAT_CLASSES, DATA, ROOT, free_port, wait_until_ready
 
 pytestmark = pytest.mark.image
 
@@ -135,16 +134,7 @@ def container(image, tmp_path_factory) -> Iterator[Container]:
     process = subprocess.Popen(argv, stdout=log.open("w"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while True:
-            assert process.poll() is None, f"the container exited {process.returncode}:\n{log.read_text()[-3000:]}"
-            assert time.monotonic() < deadline, f"not ready after {READY_TIMEOUT_S} s:\n{log.read_text()[-3000:]}"
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
+        wait_until_ready(f"{url}/readyz", process, READY_TIMEOUT_S, lambda: log.read_text()[-3000:])
         yield Container(url, name)
     finally:
         process.terminate()  # the engine's client passes SIGTERM on to the container: BentoML shuts down
@@ -176,16 +166,9 @@ def registry(registry_address, engine) -> Iterator[str]:
     )
     process = subprocess.Popen([binary, "serve", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert process.poll() is None, f"registry exited {process.returncode}: {process.stderr.read()}"
-            assert time.monotonic() < deadline, "registry not answering after 30 s"
-            try:
-                if httpx.get(f"http://{registry_address}/v2/", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
+        # stderr is read only once the registry has exited: reading a live pipe would block.
+        output = lambda: process.stderr.read().decode() if process.poll() is not None else ""  # noqa: E731
+        wait_until_ready(f"http://{registry_address}/v2/", process, 30, output)
         yield registry_address
     finally:
         process.terminate()
