@@ -2,12 +2,13 @@
 
     bentoml serve service:ImageClassifier
 
-Two services, two processes:
-- `ImageClassifier` (the entry point) takes requests, decodes and preprocesses each image in
-  a thread, rejects bad ones with a 4xx, and only then sends the good pixels on, so one bad
-  file never fails someone else's batch and decoding never waits behind the model;
-- `Model` runs ONNX Runtime; BentoML's adaptive batcher merges the pixels of concurrent
-  requests into one model call.
+One process, three kinds of threads:
+- the event loop takes requests and answers them;
+- decoding threads decode and preprocess each image, and reject a bad one with a 4xx before it
+  reaches a batch, so one bad file never fails someone else's batch and decoding never waits
+  behind the model;
+- the model thread runs ONNX Runtime on batches that merge the images of concurrent requests
+  (imgserve/batcher.py).
 Which model is served comes from $CLASSIFIER_MODEL (default: the default model's latest).
 """
 
@@ -21,21 +22,31 @@ from http import HTTPStatus
 from pathlib import Path
 from typing import Annotated
 
-import aiohttp
 import bentoml
-import httpx
 import numpy as np
 from bentoml.exceptions import BentoMLException, InvalidArgument, ServiceUnavailable
 from pydantic import BaseModel, BeforeValidator, Field
 
 from imgserve import config, predict, store, ui
-from imgserve.guard import Guard, refuse_text_for_files
+from imgserve.batcher import Batcher, Overloaded
+from imgserve.guard import MODEL_QUEUE_FULL, Guard, refuse_text_for_files
 from imgserve.preprocess import ImageRejected, preprocess
 
 log = logging.getLogger("bentoml.service")
 MODEL = bentoml.models.BentoModel(config.model_tag())
 CARD = store.load_card(MODEL.tag)  # labels, preprocessing, title: read once, at start
 UI = ui.asgi_app()  # the web page at /ui (imgserve/ui.py); ImageClassifier.__init__ builds it
+# Prometheus metrics at /metrics: how the batching goes (created once, before the worker starts).
+BATCH_SIZE = bentoml.metrics.Histogram(
+    name=config.METRIC_BATCH_SIZE,
+    documentation="images per model call",
+    buckets=[1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64],
+)
+BATCH_SECONDS = bentoml.metrics.Histogram(
+    name=config.METRIC_BATCH_SECONDS,
+    documentation="seconds per model call",
+    buckets=[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
+)
 
 
 def _parse_top_k(value: object) -> int:
@@ -63,43 +74,28 @@ class Classification(BaseModel):
     predictions: list[Prediction] = Field(description="most probable first")
 
 
-@bentoml.service(
-    workers=1,  # one process holds the model; ONNX Runtime threads use the cores
-    traffic={"timeout": config.REQUEST_TIMEOUT_S},
-)
-class Model:
-    """The batched model call: uint8 pixels in, probabilities out."""
-
-    entry = MODEL
-
-    def __init__(self) -> None:
-        self.session = predict.open_session(self.entry.path_of(store.ONNX_FILE))
-
-    @bentoml.api(
-        batchable=config.MAX_BATCH_SIZE > 1,  # $CLASSIFIER_MAX_BATCH_SIZE=1: one request per call
-        batch_dim=0,
-        max_batch_size=max(2, config.MAX_BATCH_SIZE),  # BentoML refuses 1 even when not batching
-        max_latency_ms=config.MAX_LATENCY_MS,
-    )
-    def predict(self, pixels: np.ndarray) -> np.ndarray:
-        return predict.run(self.session, pixels)
-
-
 @bentoml.asgi_app(UI, path=config.UI_PATH)  # the web page, in this process
 @bentoml.service(
     name="image-classifier",
-    workers=1,  # decoding runs in this process's threads (Pillow releases the GIL)
+    workers=1,  # one process holds the model; its threads use the cores (Pillow and ONNX Runtime release the GIL)
     traffic={"timeout": config.REQUEST_TIMEOUT_S},
+    tracing={"excluded_urls": list(config.UNTRACED_PATHS)},
 )
 class ImageClassifier:
     """Classify photos with the stored model; see README.md for the API."""
 
-    model = bentoml.depends(Model)
-    entry = MODEL
+    entry = MODEL  # `bentoml build` packs this model with the service
 
     def __init__(self) -> None:
         self.card = CARD
         self.decoders = ThreadPoolExecutor(config.DECODE_THREADS, thread_name_prefix="decode")
+        session = predict.open_session(self.entry.path_of(store.ONNX_FILE))
+        self.batcher = Batcher(
+            lambda pixels: predict.run(session, pixels),
+            config.MAX_BATCH_SIZE,
+            config.MAX_LATENCY_MS / 1000,
+            on_batch=lambda images, seconds: (BATCH_SIZE.observe(images), BATCH_SECONDS.observe(seconds)),
+        )
         log.info("serving %s (%d classes)", self.card.tag, len(self.card.labels))
         # The web page calls classify's own code in-process (.local: not over HTTP, where the API
         # key would be asked again), so its images are checked alike and join the model's batches.
@@ -111,31 +107,15 @@ class ImageClassifier:
         except ImageRejected as e:
             raise BentoMLException(f"image {index + 1}: {e}", error_code=HTTPStatus(e.status)) from None
 
-    async def _probabilities(self, batch: np.ndarray) -> np.ndarray:
-        """The batched model call; a model that is restarting or shedding load is a 503, not a 500."""
-        # Chunks no larger than a model batch, so one big request cannot exceed max_batch_size.
-        chunks = [batch[i : i + config.MAX_BATCH_SIZE] for i in range(0, len(batch), config.MAX_BATCH_SIZE)]
-        return np.concatenate(await asyncio.gather(*(self._predict(c) for c in chunks)))
+    async def _probabilities(self, pixels: np.ndarray) -> np.ndarray:
+        """Model output for a request's images, in chunks no larger than a batch; a full queue is a 503."""
+        chunks = [pixels[i : i + config.MAX_BATCH_SIZE] for i in range(0, len(pixels), config.MAX_BATCH_SIZE)]
+        try:
+            return np.concatenate(await asyncio.gather(*(self.batcher(c) for c in chunks)))
+        except Overloaded:
+            raise ServiceUnavailable(MODEL_QUEUE_FULL) from None  # the guard words the answer
 
-    async def _predict(self, pixels: np.ndarray) -> np.ndarray:
-        for attempt in range(2):
-            try:
-                return await self.model.to_async.predict(pixels)
-            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as e:
-                # A pooled connection the model service closed a moment ago: one fresh try.
-                if attempt == 0:
-                    continue
-                log.warning("model service unreachable: %r", e)
-            except (aiohttp.ClientError, httpx.HTTPError, OSError) as e:  # BentoML's internal client
-                log.warning("model service unreachable: %r", e)
-            except BentoMLException as e:
-                if e.error_code == HTTPStatus.SERVICE_UNAVAILABLE:
-                    raise ServiceUnavailable("server busy: the model queue is full, retry shortly") from None
-                raise
-            raise ServiceUnavailable("the model is restarting, retry shortly")
-        raise AssertionError("unreachable")
-
-    @bentoml.api(route="/classify")
+    @bentoml.api(route=config.CLASSIFY_PATH)
     async def classify(self, images: list[Path], top_k: TopK = config.DEFAULT_TOP_K) -> list[Classification]:
         """Classify one or more images; one answer per image, in upload order. For people: [the web page](/ui)."""
         if not images:
@@ -158,7 +138,6 @@ class ImageClassifier:
 # The HTTP boundary: API key, body size, in-flight bound, Retry-After (imgserve/guard.py).
 ImageClassifier.add_asgi_middleware(Guard, api_key=os.environ.get(config.ENV_API_KEY, ""))
 # BentoML finds a response's media type by rebuilding the output's JSON schema for every response:
-# 1.5 ms of CPU per /classify answer, 0.26 ms per model call (README "Performance"). Both are JSON.
-for _api in (ImageClassifier.apis["classify"], Model.apis["predict"]):
-    _api.output_spec.media_type = "application/json"
+# 1.5 ms of CPU per /classify answer (README "Performance"). It is JSON.
+ImageClassifier.apis["classify"].output_spec.media_type = "application/json"
 refuse_text_for_files()

@@ -1,13 +1,13 @@
-"""Where a served request's CPU goes: the server's two processes against the same work in process.
+"""Where a served request's CPU goes: the server's processes against the same work in process.
 
     BENTOML_HOME=... python bench/overhead.py [TAG] > bench/results/overhead.txt
 
 Sends one photo at a time (a small one, then a ~12 MP one) to a fresh `bentoml serve` and reads
 from /proc how much CPU each server process spent per request; then times the same work in this
 process: `preprocess` (this thread's CPU) and the model call (the process's CPU, ONNX Runtime's
-threads included). What the server spends beyond that is the cost of serving: two HTTP servers,
-the hop between them, (de)serialisation, middleware, batching, logging.
-To see the server's Python stacks: `py-spy record -p PID` on either worker while this runs.
+threads included). What the server spends beyond that is the cost of serving: HTTP, multipart
+parsing, temporary files, middleware, JSON, batching, logging.
+To see the server's Python stacks: `py-spy record -p PID` on the worker while this runs.
 """
 
 from __future__ import annotations

@@ -1,11 +1,12 @@
 """The HTTP boundary, before BentoML parses a request: API key, body size, load shedding.
 
-One ASGI middleware, added to the entry service. It answers:
+One ASGI middleware, added to the service. It answers:
 - 401 when an API key is configured and the request does not carry it (health probes excepted);
 - 413 for a body over the limit, from Content-Length when there is one, else as soon as the
   streamed body passes the limit: an oversized upload is never read whole;
 - 503 with Retry-After when more requests are in flight than the service will hold;
-and it adds Retry-After to every 429/503, including BentoML's own when its batcher sheds load.
+and it adds Retry-After to every 429/503. A 503 from /classify itself means the model queue is
+full; BentoML words every 5xx as "An unexpected error has occurred", so the guard says so instead.
 """
 
 from __future__ import annotations
@@ -25,8 +26,10 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 OPEN_PATHS = frozenset({"/livez", "/readyz"})  # probes must work without the key
-SHED_PATHS = ("/classify", config.UI_PATH)  # work that costs decoding and model time
+SHED_PATHS = (config.CLASSIFY_PATH, config.UI_PATH)  # work that costs decoding and model time
 BROWSER_PATHS = (config.UI_PATH,)  # pages people open in a browser
+TOO_MANY_IN_FLIGHT = "server busy: too many requests in progress, retry shortly"
+MODEL_QUEUE_FULL = "server busy: the model queue is full, retry shortly"
 
 
 async def respond(send: Send, status: int, error: str, headers: dict[str, str] | None = None) -> None:
@@ -83,11 +86,10 @@ class Guard:
 
         shed = path.startswith(SHED_PATHS) and scope.get("method") == "POST"
         if shed and self.in_flight >= self.max_in_flight:
-            return await respond(
-                send, 503, "server busy: too many requests in progress, retry shortly", self.retry_after()
-            )
+            return await respond(send, 503, TOO_MANY_IN_FLIGHT, self.retry_after())
         self.in_flight += shed
-        exchange = Exchange(receive, send, self.max_request_bytes)
+        busy = MODEL_QUEUE_FULL if path == config.CLASSIFY_PATH else ""  # /classify's 503s come from its model queue
+        exchange = Exchange(receive, send, self.max_request_bytes, busy_message=busy)
         try:
             await self.app(scope, exchange.receive, exchange.send)
             if exchange.over and not exchange.answered:  # the app gave up without answering
@@ -104,13 +106,16 @@ def too_large(limit: int) -> str:
 
 
 class Exchange:
-    """One request: its body cut off at the limit, its answer then replaced by a 413."""
+    """One request: its body cut off at the limit, its answer then replaced by a 413; a 503
+    answer gets Retry-After and, if `busy_message`, that message in place of BentoML's."""
 
-    def __init__(self, receive: Receive, send: Send, max_bytes: int) -> None:
+    def __init__(self, receive: Receive, send: Send, max_bytes: int, busy_message: str = "") -> None:
         self._receive, self._send, self.max_bytes = receive, send, max_bytes
+        self.busy_message = busy_message
         self.seen = 0
         self.over = False
         self.answered = False
+        self.rewording = False
 
     async def receive(self) -> Message:
         if self.over:
@@ -129,7 +134,12 @@ class Exchange:
                 self.answered = True
                 await respond(self._send, 413, too_large(self.max_bytes))
             return
+        if self.rewording:  # the app's body of a reworded 503: ours was sent with its start
+            return
         if message["type"] == "http.response.start" and message["status"] in (429, 503):
+            if message["status"] == 503 and self.busy_message:
+                self.rewording = True
+                return await respond(self._send, 503, self.busy_message, {"Retry-After": str(config.RETRY_AFTER_S)})
             headers = list(message.get("headers", []))
             if b"retry-after" not in {k.lower() for k, _ in headers}:
                 message["headers"] = [*headers, (b"retry-after", str(config.RETRY_AFTER_S).encode())]

@@ -32,8 +32,8 @@ def open_session(onnx_path: str, threads: int = config.MODEL_THREADS) -> ort.Inf
     # ALL, not EXTENDED: its NCHWc layout makes the convolutions 3-6x faster on CPU (bench/ort_options.py).
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     # Idle ONNX Runtime threads sleep instead of spinning: the model shares the cores with the
-    # decoding threads of the other process, and a spinning thread takes a core they need
-    # for no gain in model time (README "Performance").
+    # decoding threads, and a spinning thread takes a core they need for no gain in model
+    # time (README "Performance").
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(onnx_path, sess_options=opts, providers=providers())
     log.info("ONNX Runtime %s on %s, %d threads", ort.__version__, session.get_providers()[0], threads)

@@ -1,12 +1,12 @@
 """The web page at /ui: upload, drop, paste or photograph an image and see its top classes.
 
-A Gradio page mounted into the entry service's own process. It classifies with the code of
+A Gradio page mounted into the service's own process. It classifies with the code of
 `/classify` itself, called in-process, so its images are decoded by the same checks, sent to
-the same batched `Model` (they share batches with API traffic) and refused with the same
+the same batched model (they share batches with API traffic) and refused with the same
 messages. Title, description, model tag and labels come from the model's card in the store.
 
-Gradio is imported only when the page is built: every BentoML process imports service.py,
-but only the entry service's worker serves the page.
+Gradio is imported only when the page is built, in the serving worker: `bentoml serve`'s own
+process imports service.py too, and does not need it.
 """
 
 from __future__ import annotations

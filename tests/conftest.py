@@ -103,7 +103,8 @@ class Server:
     def metric(self, name: str) -> float:
         """Sum of a Prometheus metric over all its label sets."""
         text = httpx.get(f"{self.url}/metrics", timeout=10).text
-        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{"))
+        lines = [line for line in text.splitlines() if line.startswith((name + "{", name + " "))]
+        return sum(float(line.rsplit(" ", 1)[1]) for line in lines)
 
 
 def wait_until_ready(url: str, process: subprocess.Popen, timeout_s: float, output: Callable[[], str]) -> None:

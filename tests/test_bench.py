@@ -90,3 +90,14 @@ def test_the_in_process_limits_are_measured(smoke):
 def test_every_target_is_evaluated(smoke):
     assert {t["target"] for t in smoke["targets"]} == TARGETS
     assert all(t["met"] in (True, False, None) and "value" in t and "goal" in t for t in smoke["targets"])
+
+
+def test_the_readme_shows_the_committed_benchmark_results():
+    """README "Performance" is `python bench/report.py` of bench/results/bench.json, word for word."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    import report
+
+    result = json.loads((ROOT / "bench" / "results" / "bench.json").read_text())
+    assert report.report(result) in (ROOT / "README.md").read_text(), "re-paste `python bench/report.py` output"

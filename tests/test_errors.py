@@ -306,6 +306,27 @@ def test_overload_is_shed_with_503_and_retry_after_never_500(limited):
         assert post(c, [RED]).status_code == 200
 
 
+@pytest.fixture(scope="module")
+def no_queue(colour_model, tmp_path_factory):
+    """A server whose model queue admits nothing behind waiting work (latency bound 0 ms)."""
+    env = {config.ENV_MAX_LATENCY_MS: "0", config.ENV_MAX_BATCH_SIZE: "2"}
+    server = start_server(colour_model, tmp_path_factory.mktemp("no-queue"), env)
+    yield server
+    stop_server(server)
+
+
+def test_a_full_model_queue_is_a_503_that_says_so_and_the_next_request_is_served(no_queue):
+    with no_queue.client() as c:
+        assert post(c, [RED]).status_code == 200  # the model's time per image is now measured
+        # Three images are two batches, queued at once: the second would wait behind the first.
+        r = post(c, [RED, RED, RED])
+        assert r.status_code == 503, r.text
+        assert r.headers.get("retry-after") == str(config.RETRY_AFTER_S)
+        assert r.json() == {"error": "server busy: the model queue is full, retry shortly"}
+        r = post(c, [RED])
+        assert r.status_code == 200 and r.json()[0]["predictions"][0]["label"] == "red"
+
+
 # --- The README's table is checked against the service.
 
 TABLE = re.findall(
@@ -322,7 +343,7 @@ def test_the_errors_table_defaults_are_the_real_defaults():
         config.ENV_MAX_PIXELS: config.MAX_IMAGE_PIXELS,
         config.ENV_MAX_CONCURRENT: config.MAX_CONCURRENT_REQUESTS,
         config.ENV_REQUEST_TIMEOUT_S: int(config.REQUEST_TIMEOUT_S),
-        "MAX_LATENCY_MS": config.MAX_LATENCY_MS,
+        config.ENV_MAX_LATENCY_MS: config.MAX_LATENCY_MS,
     }
     rows = {setting: default for _, _, setting, default in TABLE if setting and setting != config.ENV_API_KEY}
     assert set(rows) == set(defaults)

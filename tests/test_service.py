@@ -11,6 +11,8 @@ import httpx
 import pytest
 from conftest import CAT_CLASSES, DATA, image_bytes
 
+from imgserve import config
+
 pytestmark = pytest.mark.serve
 
 
@@ -60,8 +62,8 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(server):
     with server.client() as c:
         expected = {p: classify(c, jpeg(p), top_k="1").json()[0]["predictions"][0]["label"] for p in photos}
     jobs = photos * 8
-    batches_before = server.metric("bentoml_service_adaptive_batch_size_count")
-    images_before = server.metric("bentoml_service_adaptive_batch_size_sum")
+    batches_before = server.metric(f"{config.METRIC_BATCH_SIZE}_count")
+    images_before = server.metric(f"{config.METRIC_BATCH_SIZE}_sum")
 
     async def all_at_once() -> list[str]:
         async with httpx.AsyncClient(base_url=server.url, timeout=60) as c:
@@ -72,8 +74,8 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(server):
         return [r.json()[0]["predictions"][0]["label"] for r in responses]
 
     assert asyncio.run(all_at_once()) == [expected[p] for p in jobs]
-    batches = server.metric("bentoml_service_adaptive_batch_size_count") - batches_before
-    images = server.metric("bentoml_service_adaptive_batch_size_sum") - images_before
+    batches = server.metric(f"{config.METRIC_BATCH_SIZE}_count") - batches_before
+    images = server.metric(f"{config.METRIC_BATCH_SIZE}_sum") - images_before
     assert images == len(jobs)
     assert batches < len(jobs), f"{len(jobs)} concurrent requests ran as {batches} model calls: not batched"
 

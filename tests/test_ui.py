@@ -78,15 +78,15 @@ def test_the_pages_classifications_join_the_models_batches(colour_server, tmp_pa
     for name in COLOURS:
         (tmp_path / f"{name}.png").write_bytes(image_bytes(colours[name]))
     page = Client(f"{colour_server.url}{config.UI_PATH}/", verbose=False)
-    batches_before = colour_server.metric("bentoml_service_adaptive_batch_size_count")
-    images_before = colour_server.metric("bentoml_service_adaptive_batch_size_sum")
+    batches_before = colour_server.metric(f"{config.METRIC_BATCH_SIZE}_count")
+    images_before = colour_server.metric(f"{config.METRIC_BATCH_SIZE}_sum")
 
     submitted = [page.submit(handle_file(tmp_path / f"{name}.png"), 1, api_name="/classify") for name in jobs]
     assert [job.result(timeout=60)["label"] for job in submitted] == jobs
 
-    batches = colour_server.metric("bentoml_service_adaptive_batch_size_count") - batches_before
-    images = colour_server.metric("bentoml_service_adaptive_batch_size_sum") - images_before
-    assert images == len(jobs), "the page's images did not all go through the batched Model"
+    batches = colour_server.metric(f"{config.METRIC_BATCH_SIZE}_count") - batches_before
+    images = colour_server.metric(f"{config.METRIC_BATCH_SIZE}_sum") - images_before
+    assert images == len(jobs), "the page's images did not all go through the batched model"
     assert batches < len(jobs), f"{len(jobs)} concurrent page requests ran as {batches} model calls: not batched"
 
 
