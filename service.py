@@ -108,12 +108,9 @@ class ImageClassifier:
             raise BentoMLException(f"image {index + 1}: {e}", error_code=HTTPStatus(e.status)) from None
 
     async def _probabilities(self, pixels: np.ndarray) -> np.ndarray:
-        """Model output for a request's images, in chunks no larger than a batch; a full queue is a 503."""
+        """Model output for a request's images, in chunks no larger than a batch."""
         chunks = [pixels[i : i + config.MAX_BATCH_SIZE] for i in range(0, len(pixels), config.MAX_BATCH_SIZE)]
-        try:
-            return np.concatenate(await asyncio.gather(*(self.batcher(c) for c in chunks)))
-        except Overloaded:
-            raise ServiceUnavailable(MODEL_QUEUE_FULL) from None  # the guard words the answer
+        return np.concatenate(await asyncio.gather(*(self.batcher(c) for c in chunks)))
 
     @bentoml.api(route=config.CLASSIFY_PATH)
     async def classify(self, images: list[Path], top_k: TopK = config.DEFAULT_TOP_K) -> list[Classification]:
@@ -126,10 +123,14 @@ class ImageClassifier:
                 f"({config.ENV_MAX_IMAGES})"
             )
         loop = asyncio.get_running_loop()
-        pixels = await asyncio.gather(
-            *(loop.run_in_executor(self.decoders, self._pixels, p, i) for i, p in enumerate(images))
-        )
-        probs = await self._probabilities(np.stack(pixels))
+        try:
+            self.batcher.check(len(images))  # a full model queue refuses before decoding, not after
+            pixels = await asyncio.gather(
+                *(loop.run_in_executor(self.decoders, self._pixels, p, i) for i, p in enumerate(images))
+            )
+            probs = await self._probabilities(np.stack(pixels))
+        except Overloaded:
+            raise ServiceUnavailable(MODEL_QUEUE_FULL) from None  # the guard words the answer
         return [
             Classification(model=self.card.tag, predictions=predict.top_k(p, self.card.labels, top_k)) for p in probs
         ]

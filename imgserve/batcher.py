@@ -4,7 +4,8 @@ The model runs in one thread of its own. While it runs, arriving images queue; t
 free it takes everything waiting (up to `max_batch_size` images) as its next batch. A lone request
 never waits for company, and under load the batch grows with the queue: the batch size follows
 the load with no timer to tune. A request whose predicted wait (images queued x measured seconds
-per image) passes `max_latency_s` is refused at once with `Overloaded`, so the queue stays bounded.
+per image) passes `max_latency_s` is refused at once with `Overloaded`, so the queue stays bounded;
+`check` asks the same before costly work (the service asks before decoding a request's images).
 
 Why not BentoML's batcher (a second service behind `bentoml.depends`): that puts the model in
 another process, and every request then pays a second HTTP hop, pickled pixels and a second
@@ -54,15 +55,17 @@ class Batcher:
         self.model_thread = ThreadPoolExecutor(1, thread_name_prefix="model")
         self.worker: asyncio.Task | None = None
 
-    def predicted_wait_s(self, images: int) -> float:
-        return (self.queued_images + images) * self.seconds_per_image
+    def check(self, images: int) -> None:
+        """Raise Overloaded if `images` more would wait past the bound; callers ask before costly work."""
+        wait = (self.queued_images + images) * self.seconds_per_image
+        if self.queue and wait > self.max_latency_s:
+            raise Overloaded(f"the model queue holds ~{wait:.1f} s of work, the bound is {self.max_latency_s} s")
 
     async def __call__(self, pixels: np.ndarray) -> np.ndarray:
         """The model's output for `pixels` (at most max_batch_size images), computed in some batch."""
         if not 0 < len(pixels) <= self.max_batch_size:
             raise ValueError(f"{len(pixels)} images in one call: 1 to {self.max_batch_size} allowed")
-        if self.queue and (wait := self.predicted_wait_s(len(pixels))) > self.max_latency_s:
-            raise Overloaded(f"the model queue holds ~{wait:.1f} s of work, the bound is {self.max_latency_s} s")
+        self.check(len(pixels))
         job = _Job(pixels, asyncio.get_running_loop().create_future())
         self.queue.append(job)
         self.queued_images += len(pixels)

@@ -134,3 +134,22 @@ def test_a_caller_that_gave_up_is_dropped_and_the_others_are_answered():
     first, kept = run(main())
     assert (first.ravel().tolist(), kept.ravel().tolist()) == ([2], [4])
     assert sum(model.batches) == 2, "the abandoned request was still sent to the model"
+
+
+def test_a_caller_can_ask_before_costly_work():
+    """The service asks before decoding a request: a full queue refuses it without spending the CPU."""
+    batcher = Batcher(SlowModel(seconds_per_image=0.1), max_batch_size=8, max_latency_s=0.15)
+
+    async def main():
+        await batcher(images(1))  # measures 0.1 s per image
+        batcher.check(32)  # an empty queue admits any request
+        running = asyncio.create_task(batcher(images(2)))
+        await asyncio.sleep(0.02)
+        queued = asyncio.create_task(batcher(images(3)))
+        await asyncio.sleep(0)
+        with pytest.raises(Overloaded):
+            batcher.check(1)
+        await asyncio.gather(running, queued)
+        batcher.check(1)  # drained: admitted again
+
+    run(main())
