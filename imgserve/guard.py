@@ -30,6 +30,7 @@ SHED_PATHS = (config.CLASSIFY_PATH, config.UI_PATH)  # work that costs decoding 
 BROWSER_PATHS = (config.UI_PATH,)  # pages people open in a browser
 TOO_MANY_IN_FLIGHT = "server busy: too many requests in progress, retry shortly"
 MODEL_QUEUE_FULL = "server busy: the model queue is full, retry shortly"
+RETRY_AFTER = {"Retry-After": str(config.RETRY_AFTER_S)}  # on every 429/503
 
 
 async def respond(send: Send, status: int, error: str, headers: dict[str, str] | None = None) -> None:
@@ -86,7 +87,7 @@ class Guard:
 
         shed = path.startswith(SHED_PATHS) and scope.get("method") == "POST"
         if shed and self.in_flight >= self.max_in_flight:
-            return await respond(send, 503, TOO_MANY_IN_FLIGHT, self.retry_after())
+            return await respond(send, 503, TOO_MANY_IN_FLIGHT, RETRY_AFTER)
         self.in_flight += shed
         busy = MODEL_QUEUE_FULL if path == config.CLASSIFY_PATH else ""  # /classify's 503s come from its model queue
         exchange = Exchange(receive, send, self.max_request_bytes, busy_message=busy)
@@ -96,9 +97,6 @@ class Guard:
                 await exchange.send({"type": "http.response.start", "status": 413})
         finally:
             self.in_flight -= shed
-
-    def retry_after(self) -> dict[str, str]:
-        return {"Retry-After": str(config.RETRY_AFTER_S)}
 
 
 def too_large(limit: int) -> str:
@@ -139,10 +137,10 @@ class Exchange:
         if message["type"] == "http.response.start" and message["status"] in (429, 503):
             if message["status"] == 503 and self.busy_message:
                 self.rewording = True
-                return await respond(self._send, 503, self.busy_message, {"Retry-After": str(config.RETRY_AFTER_S)})
+                return await respond(self._send, 503, self.busy_message, RETRY_AFTER)
             headers = list(message.get("headers", []))
             if b"retry-after" not in {k.lower() for k, _ in headers}:
-                message["headers"] = [*headers, (b"retry-after", str(config.RETRY_AFTER_S).encode())]
+                message["headers"] = [*headers, (b"retry-after", RETRY_AFTER["Retry-After"].encode())]
         await self._send(message)
 
 
