@@ -153,6 +153,7 @@ class Server:
     port: int
     process: subprocess.Popen
     ready_s: float
+    log: Path
 
     @property
     def url(self) -> str:
@@ -179,7 +180,8 @@ def start(kind: str, tag: str, log_dir: Path) -> Server:
     port = free_port()
     env = {**os.environ, config.ENV_MODEL: tag, "BENTOML_DO_NOT_TRACK": "true", "GRADIO_ANALYTICS_ENABLED": "False"}
     env.pop(config.ENV_API_KEY, None)
-    ready_path = "/readyz"
+    ready_path, launched = "/readyz", None  # launched: a file the server writes once it is up (Gradio)
+    log = log_dir / f"{kind}-{port}.log"
     if kind.startswith("bentoml"):
         argv = [str(BIN / "bentoml"), "serve", "service:ImageClassifier", "--host", "127.0.0.1", "--port", str(port)]
         if kind == "bentoml_unbatched":
@@ -188,25 +190,31 @@ def start(kind: str, tag: str, log_dir: Path) -> Server:
     elif kind == "litserve":
         argv, ready_path = [sys.executable, str(BENCH / "baselines" / "litserve_app.py"), tag, str(port)], "/health"
     elif kind == "gradio":
-        argv, ready_path = [sys.executable, str(BENCH / "baselines" / "gradio_app.py"), tag, str(port)], "/"
+        launched = log_dir / f"{kind}-{port}.launched"
+        argv = [sys.executable, str(BENCH / "baselines" / "gradio_app.py"), tag, str(port), str(launched)]
+        ready_path = "/"
     else:
         raise ValueError(kind)
-    log = log_dir / f"{kind}-{port}.log"
     t0 = time.perf_counter()
     process = subprocess.Popen(
         argv, cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True
     )
     while time.perf_counter() - t0 < READY_TIMEOUT_S:
         if process.poll() is not None:
-            raise RuntimeError(f"{kind} exited {process.returncode}:\n{log.read_text()[-3000:]}")
+            raise exited(kind, process, log)
         try:
-            if httpx.get(f"http://127.0.0.1:{port}{ready_path}", timeout=2).status_code == 200:
-                return Server(kind, port, process, round(time.perf_counter() - t0, 2))
+            answered = httpx.get(f"http://127.0.0.1:{port}{ready_path}", timeout=2).status_code == 200
+            if answered and (launched is None or launched.exists()):
+                return Server(kind, port, process, round(time.perf_counter() - t0, 2), log)
         except httpx.HTTPError:
             pass
         time.sleep(0.1)
-    stop(Server(kind, port, process, 0))
+    stop(Server(kind, port, process, 0, log))
     raise RuntimeError(f"{kind} not ready after {READY_TIMEOUT_S} s:\n{log.read_text()[-3000:]}")
+
+
+def exited(kind: str, process: subprocess.Popen, log: Path) -> RuntimeError:
+    return RuntimeError(f"{kind} exited {process.returncode}:\n{log.read_text()[-3000:]}")
 
 
 def freeze(server: Server) -> None:
@@ -297,6 +305,8 @@ class Target:
         warmup = min(MAX_WARMUP_S, max(self.plan.warmup_s, 1.2 * cycle))
         measure = min(MAX_MEASURE_S, max(self.plan.measure_s, 2.0 * cycle))
         row = {"clients": clients, **self.level(clients, warmup, measure)}
+        if self.server.process.poll() is not None:  # its answers were connection failures: say why
+            raise exited(kind, self.server.process, self.server.log)
         row["load_avg_1m"] = load_average()[0]
         self.rate = max(row["images_per_s"], 0.5)
         self.out["levels"].append(row)
