@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -60,7 +61,7 @@ def temp_file_ms(data: bytes) -> float:
         Path(f.name).read_bytes()
         shutil.rmtree(directory)
         times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2] * 1000
+    return statistics.median(times) * 1000
 
 
 def main() -> None:
