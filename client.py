@@ -27,7 +27,6 @@ import logging
 import os
 import queue
 import random
-import re
 import sys
 import threading
 import time
@@ -70,7 +69,6 @@ IMAGE_EXTENSIONS = frozenset(
     ext for ext, fmt in Image.registered_extensions().items() if fmt in config.ACCEPTED_FORMATS
 )
 EXIT_OK, EXIT_FAILED, EXIT_FATAL, EXIT_INTERRUPTED = 0, 1, 2, 130
-IMAGE_ERROR = re.compile(r"^image (\d+): (.*)$", re.S)  # how service.py names the image it rejects
 
 
 class Fatal(Exception):
@@ -80,9 +78,9 @@ class Fatal(Exception):
 class Rejected(Exception):
     """The server refused a request for a reason that retrying will not change."""
 
-    def __init__(self, status: int | None, message: str) -> None:
+    def __init__(self, status: int | None, message: str, image: int | None = None) -> None:
         super().__init__(message)
-        self.status, self.message = status, message
+        self.status, self.message, self.image = status, message, image  # image: 1-based, the one at fault
 
 
 # --- Which files
@@ -166,6 +164,16 @@ def error_message(body: str) -> str:
         return body.strip()[:500]
     details = [d.get("msg", "") for d in data.get("detail") or [] if isinstance(d, dict)]
     return "; ".join([str(data["error"]), *filter(None, details)])
+
+
+def error_image(body: str) -> int | None:
+    """Which image of the request the server refused: the `image` field of its error body."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return None
+    image = data.get("image") if isinstance(data, dict) else None
+    return image if isinstance(image, int) and not isinstance(image, bool) else None
 
 
 def retry_after_s(value: str | None) -> float | None:
@@ -282,9 +290,9 @@ class Sender:
                 answers = self.retrying(lambda: client.classify(images=pending, top_k=self.top_k))
             except (Rejected, OSError) as e:
                 status, message = (e.status, e.message) if isinstance(e, Rejected) else (None, f"cannot read: {e}")
-                named = IMAGE_ERROR.match(message)
-                if named and 1 <= int(named[1]) <= len(pending):
-                    yield Row(str(pending.pop(int(named[1]) - 1)), error=named[2])
+                image = e.image if isinstance(e, Rejected) else None
+                if image is not None and 1 <= image <= len(pending):  # the row names the file, not its place
+                    yield Row(str(pending.pop(image - 1)), error=message.removeprefix(f"image {image}: "))
                 elif len(pending) > 1:  # about the request, not one image (e.g. too many): one at a time
                     for path in pending:
                         yield from self.classify(client, [path])
@@ -315,7 +323,7 @@ class Sender:
                 if status in (401, 403):
                     raise Fatal(key_message(status, self.api_key)) from None
                 if status not in RETRY_STATUSES:
-                    raise Rejected(status, error_message(e.message)) from None
+                    raise Rejected(status, error_message(e.message), error_image(e.message)) from None
                 problem, wait = f"HTTP {status}: {error_message(e.message)}", retry_after_s(self.local.retry_after)
             except httpx.TransportError as e:  # refused, reset, timed out
                 problem, wait = f"{type(e).__name__}: {e}", None

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
 from pathlib import Path
@@ -29,7 +30,15 @@ from pydantic import BaseModel, BeforeValidator, Field
 
 from imgserve import config, predict, store, ui
 from imgserve.batcher import Batcher, Overloaded
-from imgserve.guard import MODEL_QUEUE_FULL, Guard, refuse_text_for_files
+from imgserve.guard import (
+    MODEL_QUEUE_FULL,
+    NO_IMAGES,
+    Guard,
+    image_error,
+    quiet_client_errors,
+    refuse_text_for_files,
+    too_many_images,
+)
 from imgserve.preprocess import ImageRejected, preprocess
 
 log = logging.getLogger("bentoml.service")
@@ -50,12 +59,15 @@ BATCH_SECONDS = bentoml.metrics.Histogram(
 
 
 def _parse_top_k(value: object) -> int:
-    """top_k as a whole number in range, with a message that names the range."""
+    """top_k as a whole number in range, with a message that names the range.
+
+    The guard calls it with the form field's text as sent, so the message quotes what the
+    client wrote ('1e1', not BentoML's JSON reading of it, 10.0)."""
     allowed = f"top_k must be a whole number from 1 to {len(CARD.labels)}"
-    try:
-        k = int(str(value).strip())
-    except ValueError:
-        raise ValueError(f"{allowed}, got {value!r}") from None
+    text = str(value).strip()
+    if isinstance(value, bool) or not re.fullmatch(r"[0-9]+", text):  # ASCII digits: not '٣', '+3' or '3.0'
+        raise ValueError(f"{allowed}, got {value!r}")
+    k = int(text)
     if not 1 <= k <= len(CARD.labels):
         raise ValueError(f"{allowed}, got {k}")
     return k
@@ -105,7 +117,7 @@ class ImageClassifier:
         try:
             return preprocess(path.read_bytes(), self.card.preprocessing)
         except ImageRejected as e:
-            raise BentoMLException(f"image {index + 1}: {e}", error_code=HTTPStatus(e.status)) from None
+            raise BentoMLException(image_error(index, str(e)), error_code=HTTPStatus(e.status)) from None
 
     async def _probabilities(self, pixels: np.ndarray) -> np.ndarray:
         """Model output for a request's images, in chunks no larger than a batch."""
@@ -116,12 +128,9 @@ class ImageClassifier:
     async def classify(self, images: list[Path], top_k: TopK = config.DEFAULT_TOP_K) -> list[Classification]:
         """Classify one or more images; one answer per image, in upload order. For people: [the web page](/ui)."""
         if not images:
-            raise InvalidArgument("no images: send one or more files in the 'images' field")
+            raise InvalidArgument(NO_IMAGES)
         if len(images) > config.MAX_IMAGES_PER_REQUEST:
-            raise InvalidArgument(
-                f"too many images in one request: {len(images)}, limit is {config.MAX_IMAGES_PER_REQUEST} "
-                f"({config.ENV_MAX_IMAGES})"
-            )
+            raise InvalidArgument(too_many_images(len(images), config.MAX_IMAGES_PER_REQUEST))
         loop = asyncio.get_running_loop()
         try:
             self.batcher.check(len(images))  # a full model queue refuses before decoding, not after
@@ -136,9 +145,13 @@ class ImageClassifier:
         ]
 
 
-# The HTTP boundary: API key, body size, in-flight bound, Retry-After (imgserve/guard.py).
-ImageClassifier.add_asgi_middleware(Guard, api_key=os.environ.get(config.ENV_API_KEY, ""))
+# The HTTP boundary: the one error shape, API key, headers, body size and progress, the form's
+# fields checked before BentoML parses it, in-flight bound, Retry-After (imgserve/guard.py).
+ImageClassifier.add_asgi_middleware(
+    Guard, api_key=os.environ.get(config.ENV_API_KEY, ""), file_field="images", field_checks={"top_k": _parse_top_k}
+)
 # BentoML finds a response's media type by rebuilding the output's JSON schema for every response:
 # 1.5 ms of CPU per /classify answer (README "Performance"). It is JSON.
 ImageClassifier.apis["classify"].output_spec.media_type = "application/json"
 refuse_text_for_files()
+quiet_client_errors()

@@ -61,6 +61,17 @@ MAX_REQUEST_BYTES = int(os.environ.get(ENV_MAX_REQUEST_BYTES, str(100 * 1024 * 1
 # Formats a camera, phone or microscope exports; detected from the bytes, never the name.
 ACCEPTED_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF")
 
+# --- The HTTP contract under careless and hostile clients (imgserve/guard.py).
+ENV_BODY_TIMEOUT_S = "CLASSIFIER_BODY_TIMEOUT_S"
+# Seconds a request body may go without a single byte before it gets 408. A phone on a bad
+# link stalls for a few seconds at most; a stalled or lying client frees its connection this soon.
+BODY_TIMEOUT_S = float(os.environ.get(ENV_BODY_TIMEOUT_S, "10"))
+# All request headers together; past it: 431. A browser's cookies and the API key fit many times
+# over (nginx's default header buffers are 8 kB each); the HTTP server itself has no limit.
+MAX_HEADER_BYTES = 16 * 1024
+# One text form field's value (top_k): a number, a few bytes. Longer is not a number.
+MAX_FIELD_BYTES = 1000
+
 # --- Serving knobs (service.py reads these; README "Configuration" explains them).
 # Batch times of EfficientNet-Lite0 on the 2-core machine, ONNX Runtime, 2 threads
 # (bench/batch_times.py; README "Batching"): 7.7 ms at 1 image, 13.6 at 2, 27.5 at 4,
