@@ -202,7 +202,11 @@ class Guard:
             if not boundary:
                 message = "multipart body without a boundary in its Content-Type: let the HTTP library write it"
                 raise Refusal(400, f"{message}; {HOW_TO_SEND}")
-            return scope, receive, FormCheck(self, boundary)
+            return (
+                with_content_type(scope, b'multipart/form-data; boundary="%s"' % boundary),
+                receive,
+                FormCheck(self, boundary),
+            )
         if kind.startswith("image/") or kind == "application/octet-stream":
             return self.raw_image(scope, receive, kind)
         shown = kind or "none"
@@ -229,8 +233,6 @@ class Guard:
             kind.encode(),
         )
         tail = b"\r\n--%s--\r\n" % boundary
-        form_type = b"multipart/form-data; boundary=" + boundary
-        headers = [(k, v) for k, v in scope["headers"] if k.lower() not in (b"content-type", b"content-length")]
         first = True
 
         async def wrapped() -> Message:
@@ -245,7 +247,16 @@ class Guard:
                 message = {**message, "body": body}
             return message
 
-        return {**scope, "headers": [*headers, (b"content-type", form_type)]}, wrapped, FormCheck(self, boundary)
+        form_type = b"multipart/form-data; boundary=" + boundary
+        return with_content_type(scope, form_type, drop_length=True), wrapped, FormCheck(self, boundary)
+
+
+def with_content_type(scope: Scope, content_type: bytes, drop_length: bool = False) -> Scope:
+    """The scope with its Content-Type as BentoML matches it (exact, lower case; it picks the parser
+    by that string), and without Content-Length when the body's length changes."""
+    drop = (b"content-type", b"content-length") if drop_length else (b"content-type",)
+    headers = [(k, v) for k, v in scope["headers"] if k.lower() not in drop]
+    return {**scope, "headers": [*headers, (b"content-type", content_type)]}
 
 
 class FormCheck:
@@ -288,8 +299,12 @@ class FormCheck:
         except MultipartParseError as e:
             if self.problem is None and str(e).startswith("Maximum header"):  # python-multipart: 4 kB, 8 headers
                 raise Refusal(400, f"a form part's headers are too large ({e}): shorten the file name") from None
+            if self.problem is None and not self.parts:
+                declared = f"'--{self.boundary.decode('latin-1')}'"
+                message = f"multipart body does not start with the boundary its Content-Type names ({declared})"
+                raise Refusal(400, message) from None
             if self.problem is None:
-                raise Refusal(400, f"malformed multipart body ({e}): {HOW_TO_SEND}") from None
+                raise Refusal(400, f"malformed multipart body in part {self.parts} ({e}): {HOW_TO_SEND}") from None
         if self.problem is not None:  # raised inside a callback, which the parser wraps
             raise self.problem
         if final:
@@ -391,7 +406,8 @@ class Exchange:
                 message = await asyncio.wait_for(self._receive(), self.guard.body_timeout_s)
             except TimeoutError:
                 stalled = f"request body stalled: no data for {self.guard.body_timeout_s:g} s"
-                return self.refuse(Refusal(408, f"{stalled} ({config.ENV_BODY_TIMEOUT_S}): send the whole body"))
+                message = f"{stalled} ({config.ENV_BODY_TIMEOUT_S}): send the whole body"
+                return self.refuse(Refusal(408, message, {"Connection": "close"}))  # and its connection is freed
             if message["type"] != "http.request":
                 self.gone = True
                 log.info("%s %s: the client left before its body was read", self.method, self.path)
