@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import re
 import struct
 import zipfile
@@ -33,6 +34,7 @@ from conftest import (
 from PIL import Image
 
 from imgserve import config
+from imgserve.guard import ERROR_ANSWERS, MODEL_QUEUE_FULL, TOO_MANY_IN_FLIGHT
 
 pytestmark = pytest.mark.serve
 
@@ -112,8 +114,10 @@ def post(client: httpx.Client, files: list[tuple[str, bytes, str]], **data) -> h
 
 
 def error_of(r: httpx.Response) -> str:
+    """The sentence of an error answer, which must be exactly one JSON object (`image` allowed)."""
     body = r.json()
-    return (body[0] if isinstance(body, list) else body).get("error", "") + str(body)
+    assert isinstance(body, dict) and isinstance(body.get("error"), str) and set(body) <= {"error", "image"}, r.text
+    return body["error"]
 
 
 def assert_still_answers(client: httpx.Client) -> None:
@@ -128,6 +132,7 @@ def test_bad_input_gets_its_status_and_message(server, name, data, ctype, status
         r = post(c, [(f"{name}.bin", data, ctype)])
         assert r.status_code == status, r.text
         assert message in error_of(r) and "Traceback" not in r.text
+        assert r.json()["image"] == 1  # which image, as data
         assert_still_answers(c)
 
 
@@ -150,15 +155,19 @@ def test_exif_rotated_photo_answers_like_the_upright_one(server):
 def test_the_bad_image_among_good_ones_is_named(server):
     with server.client() as c:
         r = post(c, [("a.jpg", CAT, "image/jpeg"), ("b.txt", b"hello", "text/plain"), ("c.jpg", CAT, "image/jpeg")])
-    assert r.status_code == 400 and "image 2: not a supported image" in error_of(r)
+    formats = ", ".join(config.ACCEPTED_FORMATS)
+    assert r.status_code == 400, r.text
+    assert r.json() == {"error": f"image 2: not a supported image: accepted formats are {formats}", "image": 2}
 
 
-@pytest.mark.parametrize("top_k", ["0", "-3", "1001", "abc", "2.5", ""])
-def test_top_k_outside_its_range_names_the_range(server, top_k):
+@pytest.mark.parametrize(
+    ("top_k", "shown"), [("0", "0"), ("-3", "'-3'"), ("1001", "1001"), ("abc", "'abc'"), ("2.5", "'2.5'"), ("", "''")]
+)
+def test_top_k_outside_its_range_names_the_range(server, top_k, shown):
     with server.client() as c:
         r = post(c, [("cat.jpg", CAT, "image/jpeg")], top_k=top_k)
         assert r.status_code == 400, r.text
-        assert "top_k must be a whole number from 1 to 1000" in r.text
+        assert r.json() == {"error": f"top_k must be a whole number from 1 to 1000, got {shown}"}
         assert_still_answers(c)
 
 
@@ -173,7 +182,9 @@ def test_text_in_place_of_a_file_is_never_opened_or_fetched(server, text):
 
 def test_a_request_without_images_is_a_400(server):
     with server.client() as c:
-        assert c.post("/classify", data={"top_k": "3"}).status_code == 400
+        r = c.post("/classify", files=[("top_k", (None, "3"))])
+        assert r.status_code == 400, r.text
+        assert r.json() == {"error": "no images: send one or more files in the 'images' field"}
         assert_still_answers(c)
 
 
@@ -232,7 +243,8 @@ def test_the_api_key_guards_classify(limited, headers, status):
     r = httpx.post(f"{limited.url}/classify", files=[("images", RED)], headers=headers, timeout=30)
     assert r.status_code == status, r.text
     if status == 401:
-        assert "API key" in r.json()["error"] and "Bearer" in r.headers["www-authenticate"]
+        assert r.json() == {"error": "missing or wrong API key: send 'Authorization: Bearer <CLASSIFIER_API_KEY>'"}
+        assert "Bearer" in r.headers["www-authenticate"]
 
 
 @pytest.mark.parametrize(("path", "status"), [("/livez", 200), ("/readyz", 200), ("/metrics", 401), ("/", 401)])
@@ -250,13 +262,15 @@ def test_too_many_images_is_a_400_at_limit_plus_one(limited):
     with authed(limited) as c:
         assert post(c, [RED] * 16).status_code == 200
         r = post(c, [RED] * 17)
-    assert r.status_code == 400 and "too many images in one request: 17, limit is 16" in error_of(r)
+    assert r.status_code == 400
+    assert error_of(r) == "too many images in one request: 17, limit is 16 (CLASSIFIER_MAX_IMAGES_PER_REQUEST)"
 
 
 def test_an_oversized_body_is_refused_from_its_content_length(limited):
     with authed(limited) as c:
         r = post(c, [("big.jpg", b"\xff" * 2_100_000, "image/jpeg")])
-        assert r.status_code == 413 and "CLASSIFIER_MAX_REQUEST_BYTES" in error_of(r)
+        assert r.status_code == 413
+        assert error_of(r) == "request body too large: limit is 2000000 bytes (CLASSIFIER_MAX_REQUEST_BYTES)"
         assert post(c, [RED]).status_code == 200
 
 
@@ -271,7 +285,8 @@ def test_an_oversized_streamed_body_is_cut_off(limited):
 
     with authed(limited) as c:
         r = c.post("/classify", content=body(), headers={"Content-Type": "multipart/form-data; boundary=x"})
-        assert r.status_code == 413 and "request body too large" in r.text
+        assert r.status_code == 413
+        assert error_of(r) == "request body too large: limit is 2000000 bytes (CLASSIFIER_MAX_REQUEST_BYTES)"
         assert post(c, [RED]).status_code == 200
 
 
@@ -285,6 +300,7 @@ def test_a_request_past_the_timeout_gets_504_and_the_next_is_served(limited):
     with authed(limited) as c:
         r = post(c, slow_images(16))
         assert r.status_code == 504, r.text
+        assert r.json() == {"error": "Not able to process the request in 1.0 seconds"}  # BentoML's own answer
         assert post(c, [RED]).status_code == 200
 
 
@@ -301,6 +317,7 @@ def test_overload_is_shed_with_503_and_retry_after_never_500(limited):
     shed = [r for r in responses if r.status_code == 503]
     assert shed, f"12 concurrent slow requests against a limit of 4 were all let in: {statuses}"
     assert all(r.headers.get("retry-after") == str(config.RETRY_AFTER_S) for r in shed)
+    assert all(error_of(r) in (TOO_MANY_IN_FLIGHT, MODEL_QUEUE_FULL) for r in shed)
     assert set(statuses) <= {200, 503, 504}, statuses
     with authed(limited) as c:
         assert post(c, [RED]).status_code == 200
@@ -329,11 +346,13 @@ def test_a_full_model_queue_is_a_503_that_says_so_and_the_next_request_is_served
 
 # --- The README's table is checked against the service.
 
-TABLE = re.findall(
-    r"^\| (\d{3}) \| (.+?) \| `?([A-Z_]*)`? \| (.*?) \|$",
-    (ROOT / "README.md").read_text().split("## Errors and limits")[1].split("\n## ")[0],
-    flags=re.M,
-)
+ERRORS_SECTION = (ROOT / "README.md").read_text().split("## Errors and limits")[1].split("\n## ")[0]
+# (status, meaning, body, setting, default) of each row; no cell holds a "|"
+TABLE = [
+    tuple(cell.strip().strip("`") for cell in line.strip("|").split("|"))
+    for line in ERRORS_SECTION.splitlines()
+    if re.match(r"^\| \d{3} \|", line)
+]
 
 
 def test_the_errors_table_defaults_are_the_real_defaults():
@@ -344,14 +363,27 @@ def test_the_errors_table_defaults_are_the_real_defaults():
         config.ENV_MAX_CONCURRENT: config.MAX_CONCURRENT_REQUESTS,
         config.ENV_REQUEST_TIMEOUT_S: int(config.REQUEST_TIMEOUT_S),
         config.ENV_MAX_LATENCY_MS: config.MAX_LATENCY_MS,
+        config.ENV_BODY_TIMEOUT_S: int(config.BODY_TIMEOUT_S),
     }
-    rows = {setting: default for _, _, setting, default in TABLE if setting and setting != config.ENV_API_KEY}
+    rows = {setting: default for *_, setting, default in TABLE if setting and setting != config.ENV_API_KEY}
     assert set(rows) == set(defaults)
     assert {k: int(v) for k, v in rows.items()} == defaults
 
 
-def test_every_status_in_the_errors_table_is_produced_by_this_suite():
-    """Each status the README promises is asserted by a test in this file."""
-    source = Path(__file__).read_text()
+def test_the_errors_table_lists_every_status_the_api_docs_list_in_the_one_shape():
+    """README rows = the guard's ERROR_ANSWERS = /docs.json (checked live in tests/test_protocol.py)."""
+    assert {int(status) for status, *_ in TABLE} == set(ERROR_ANSWERS)
+    for _, _, body, *_ in TABLE:
+        answer = json.loads(body)
+        assert isinstance(answer["error"], str) and set(answer) <= {"error", "image"}, body
+        named = re.match(r"image (\d+): ", answer["error"])
+        assert answer.get("image") == (int(named[1]) if named else None), body
+
+
+def test_every_status_in_the_errors_table_is_produced_by_the_suite():
+    """Each status the README promises is asserted by a test here or in tests/test_protocol.py;
+    500 is the answer no request should get, and none does."""
+    source = Path(__file__).read_text() + (Path(__file__).parent / "test_protocol.py").read_text()
     for status, *_ in TABLE:
-        assert re.search(rf"(status_code == |, ){status}\b", source), f"no test produces {status}"
+        if status != "500":
+            assert re.search(rf"(status_code == |, |\(){status}\b", source), f"no test produces {status}"
