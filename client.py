@@ -153,7 +153,7 @@ def local_problem(path: Path, max_bytes: int) -> str | None:
 
 
 def error_message(body: str) -> str:
-    """The server's message from its JSON error body ([{"error": ...}] or {"error": ..., "detail": [...]})."""
+    """The server's message from its JSON error body ({"error": ...}; older servers: a list, pydantic's "detail")."""
     try:
         data = json.loads(body)
     except ValueError:

@@ -66,6 +66,11 @@ ENV_BODY_TIMEOUT_S = "CLASSIFIER_BODY_TIMEOUT_S"
 # Seconds a request body may go without a single byte before it gets 408. A phone on a bad
 # link stalls for a few seconds at most; a stalled or lying client frees its connection this soon.
 BODY_TIMEOUT_S = float(os.environ.get(ENV_BODY_TIMEOUT_S, "10"))
+ENV_MAX_UPLOADS = "CLASSIFIER_MAX_UPLOADS"
+# Requests still sending their body, a separate bound from the requests at work: stalled and slow
+# uploads never take the place of work, and each costs only a connection (bodies stream to disk),
+# so the bound is large; well under the 1024 open files a process is commonly allowed.
+MAX_UPLOADS = int(os.environ.get(ENV_MAX_UPLOADS, "512"))
 # All request headers together; past it: 431. A browser's cookies and the API key fit many times
 # over (nginx's default header buffers are 8 kB each); the HTTP server itself has no limit.
 MAX_HEADER_BYTES = 16 * 1024

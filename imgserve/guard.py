@@ -13,7 +13,8 @@ web page under /ui keeps Gradio's own answers, which its page reads. It answers:
   (Content-Type: image/*) is passed on as a one-image form, top_k from the query string;
 - 408 when the body makes no progress for BODY_TIMEOUT_S: a stalled client frees its place;
 - 503 with Retry-After when more requests are at work than the service will hold. A request
-  counts once its body has arrived, so clients still uploading (or stalled) never lock others out;
+  counts once its body has arrived, so clients still uploading (or stalled) never lock out the
+  ones at work; uploads have their own, larger bound (MAX_UPLOADS), against running out of files;
 and it adds Retry-After to every 429/503. A 503 from /classify itself means the model queue is
 full; BentoML words every 5xx as "An unexpected error has occurred", so the guard says so instead.
 BentoML's own error bodies (a list for a 4xx, pydantic's dump for a validation error, plain text
@@ -53,6 +54,7 @@ SHED_PATHS = (config.CLASSIFY_PATH, config.UI_PATH)  # work that costs decoding 
 BROWSER_PATHS = (config.UI_PATH,)  # pages people open in a browser; Gradio's answers are its own
 DOCS_PATH = "/docs.json"  # BentoML's OpenAPI document: the guard adds the real error answers
 TOO_MANY_IN_FLIGHT = "server busy: too many requests in progress, retry shortly"
+TOO_MANY_UPLOADS = "server busy: too many uploads in progress, retry shortly"
 MODEL_QUEUE_FULL = "server busy: the model queue is full, retry shortly"
 RETRY_AFTER = {"Retry-After": str(config.RETRY_AFTER_S)}  # on every 429/503
 HOW_TO_SEND = (
@@ -75,7 +77,7 @@ ERROR_ANSWERS: dict[int, str] = {
     415: "a body that is neither a multipart form nor an image",
     431: "request headers too large",
     500: "an unexpected server error (the server log has the details)",
-    503: "server busy: too many requests in progress, or the model queue is full; see Retry-After",
+    503: "server busy: too many requests at work or uploading, or the model queue is full; see Retry-After",
     504: "the request took longer than the timeout",
 }
 ERROR_SCHEMA = {
@@ -147,6 +149,7 @@ class Guard:
         api_key: str = "",
         max_request_bytes: int = config.MAX_REQUEST_BYTES,
         max_in_flight: int = config.MAX_CONCURRENT_REQUESTS,
+        max_uploads: int = config.MAX_UPLOADS,
         max_images: int = config.MAX_IMAGES_PER_REQUEST,
         body_timeout_s: float = config.BODY_TIMEOUT_S,
         file_field: str = "images",
@@ -156,6 +159,8 @@ class Guard:
         self.api_key = api_key
         self.max_request_bytes = max_request_bytes
         self.max_in_flight = max_in_flight
+        self.max_uploads = max_uploads
+        self.uploading = 0
         self.max_images = max_images
         self.body_timeout_s = body_timeout_s
         self.file_field = file_field
@@ -175,6 +180,7 @@ class Guard:
             await self.app(scope, exchange.receive, exchange.send)
             await exchange.finish()
         finally:
+            exchange.upload_ended()
             self.in_flight -= exchange.admitted
 
     def admit_headers(self, scope: Scope, receive: Receive) -> tuple[Scope, Receive, FormCheck | None]:
@@ -193,6 +199,8 @@ class Guard:
             raise Refusal(413, too_large(self.max_request_bytes))
         if path.startswith(SHED_PATHS) and scope.get("method") == "POST" and self.in_flight >= self.max_in_flight:
             raise Refusal(503, TOO_MANY_IN_FLIGHT, RETRY_AFTER)  # known before the upload: spare it
+        if path.startswith(SHED_PATHS) and scope.get("method") == "POST" and self.uploading >= self.max_uploads:
+            raise Refusal(503, TOO_MANY_UPLOADS, RETRY_AFTER)
         if path != config.CLASSIFY_PATH or scope.get("method") != "POST":
             return scope, receive, None
         kind, options = parse_options_header(headers.get("content-type", ""))
@@ -386,13 +394,20 @@ class Exchange:
         self.seen = 0
         self.body_done = False
         self.admitted = 0  # 1 while the request counts against the in-flight bound
+        self.uploading = int(self.shed)  # 1 while it counts against the uploads bound
+        guard.uploading += self.uploading
         self.refusal: Refusal | None = None
         self.gone = False  # the client left
         self.started = False  # the answer (the app's or ours) has begun
         self.held: Message | None = None  # the app's answer start, while its body is rewritten
         self.held_body = b""
 
+    def upload_ended(self) -> None:
+        self.guard.uploading -= self.uploading
+        self.uploading = 0
+
     def refuse(self, refusal: Refusal) -> Message:
+        self.upload_ended()
         self.refusal = self.refusal or refusal
         return {"type": "http.disconnect"}  # the app stops reading
 
@@ -410,6 +425,7 @@ class Exchange:
                 return self.refuse(Refusal(408, message, {"Connection": "close"}))  # and its connection is freed
             if message["type"] != "http.request":
                 self.gone = True
+                self.upload_ended()
                 log.info("%s %s: the client left before its body was read", self.method, self.path)
                 return message
             chunk = message.get("body", b"")
@@ -426,6 +442,7 @@ class Exchange:
                     continue  # past the image limit: read on to count, pass nothing on
             if not more:
                 self.body_done = True
+                self.upload_ended()
                 if self.shed:
                     if self.guard.in_flight >= self.guard.max_in_flight:
                         return self.refuse(Refusal(503, TOO_MANY_IN_FLIGHT, RETRY_AFTER))

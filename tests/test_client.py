@@ -26,7 +26,7 @@ import client
 from imgserve import config
 
 KEY = "test-key-7"
-IN_FLIGHT = 2  # the guarded server's bound on requests in progress, before it answers 503
+IN_FLIGHT = 2  # the guarded server's bound on requests in progress (and on uploads), before it answers 503
 COLOURS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255)}
 ROCKET_CLASSES = {"missile", "projectile", "space shuttle"}
 
@@ -95,7 +95,9 @@ def test_a_folder_gets_one_row_per_image_right_classes_and_error_rows_for_bad_fi
         assert scores == sorted(scores, reverse=True) and 0 < sum(scores) <= 1.00001
         assert row["model"] == default_model and row["error"] == ""
     assert "truncated or corrupt" in rows["photos/broken.jpg"]["error"]
-    assert "not a supported image" in rows["photos/scan.png"]["error"]
+    formats = ", ".join(config.ACCEPTED_FORMATS)
+    # The server names the image by its place in the request ("image": N); the row names the file.
+    assert rows["photos/scan.png"]["error"] == f"not a supported image: accepted formats are {formats}"
     assert rows["photos/scan.png"]["label_1"] == rows["photos/scan.png"]["model"] == ""
     assert "skipped, not images: .txt 1" in r.stderr
     assert "3 ok, 2 failed, 1 skipped" in r.stderr
@@ -168,8 +170,14 @@ def test_ctrl_c_keeps_every_finished_row_and_resume_completes_the_rest(colour_se
 
 @pytest.fixture(scope="module")
 def guarded_server(colour_model, tmp_path_factory) -> Iterator[Server]:
-    """A real server that requires an API key and holds few requests at once."""
-    env = {config.ENV_API_KEY: KEY, config.ENV_MAX_CONCURRENT: str(IN_FLIGHT)}
+    """A real server that requires an API key and holds few requests and uploads at once; the
+    uploads held open by a test are not timed out while it runs."""
+    env = {
+        config.ENV_API_KEY: KEY,
+        config.ENV_MAX_CONCURRENT: str(IN_FLIGHT),
+        config.ENV_MAX_UPLOADS: str(IN_FLIGHT),
+        config.ENV_BODY_TIMEOUT_S: "120",
+    }
     s = start_server(colour_model, tmp_path_factory.mktemp("logs"), env)
     yield s
     stop_server(s)
@@ -177,7 +185,7 @@ def guarded_server(colour_model, tmp_path_factory) -> Iterator[Server]:
 
 @contextlib.contextmanager
 def uploads_held_open(server: Server, n: int) -> Iterator[None]:
-    """`n` /classify requests whose bodies never finish: each stays in flight until released."""
+    """`n` /classify requests whose bodies never finish: each stays an upload in progress until released."""
     address = urlparse(server.url)
     head = (
         "POST /classify HTTP/1.1\r\nHost: test\r\n"
@@ -198,7 +206,7 @@ def uploads_held_open(server: Server, n: int) -> Iterator[None]:
 @pytest.mark.serve
 def test_a_server_that_sheds_load_is_retried_until_every_image_is_classified(guarded_server, tmp_path):
     """Real shedding, made deterministic: the server answers 503 + Retry-After once
-    $CLASSIFIER_MAX_CONCURRENT_REQUESTS requests are in flight, so the test holds that many
+    $CLASSIFIER_MAX_UPLOADS uploads are in progress, so the test holds that many
     uploads open, starts the client, waits until the server's /metrics show the client's own
     request was shed, then lets the uploads go. The batcher's own 503 depends on timing and
     cannot be forced; this is the same answer from the same server, on demand."""
@@ -300,6 +308,7 @@ def test_batches_hold_at_most_n_images_and_fit_one_request_body(tmp_path):
 @pytest.mark.parametrize(
     ("body", "message"),
     [
+        ('{"error":"image 2: not a supported image","image":2}', "image 2: not a supported image"),  # the server's
         ('[{"error":"image 2: not a supported image"}]', "image 2: not a supported image"),  # BentoML's 4xx list
         ('{"error":"server busy"}', "server busy"),  # the guard's own answers
         (
@@ -311,6 +320,20 @@ def test_batches_hold_at_most_n_images_and_fit_one_request_body(tmp_path):
 )
 def test_the_servers_message_is_read_from_each_error_body(body, message):
     assert client.error_message(body) == message
+
+
+@pytest.mark.parametrize(
+    ("body", "image"),
+    [
+        ('{"error":"image 2: not a supported image","image":2}', 2),
+        ('{"error":"too many images in one request: 40, limit is 32"}', None),
+        ('{"error":"image 2: said in words only"}', None),  # the index is data, not read from the sentence
+        ('{"error":"x","image":true}', None),
+        ("<html>Bad Gateway</html>", None),
+    ],
+)
+def test_the_image_at_fault_is_read_from_the_error_body(body, image):
+    assert client.error_image(body) == image
 
 
 def test_retry_after_is_read_as_seconds_or_as_a_date():

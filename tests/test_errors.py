@@ -364,6 +364,7 @@ def test_the_errors_table_defaults_are_the_real_defaults():
         config.ENV_REQUEST_TIMEOUT_S: int(config.REQUEST_TIMEOUT_S),
         config.ENV_MAX_LATENCY_MS: config.MAX_LATENCY_MS,
         config.ENV_BODY_TIMEOUT_S: int(config.BODY_TIMEOUT_S),
+        config.ENV_MAX_UPLOADS: config.MAX_UPLOADS,
     }
     rows = {setting: default for *_, setting, default in TABLE if setting and setting != config.ENV_API_KEY}
     assert set(rows) == set(defaults)
