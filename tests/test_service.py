@@ -119,4 +119,6 @@ def test_a_png_sent_as_jpeg_is_read_by_its_bytes(server):
 def test_request_paths_never_name_files_on_disk(server):
     with server.client() as c:
         r = c.post("/classify", json={"images": [str(Path(__file__).resolve())]})
-    assert r.status_code == 400 and "Invalid file type" in r.text  # a string is never opened as a path
+    # A string is never opened as a path: JSON bodies are refused before BentoML would read one.
+    assert r.status_code == 415, r.text
+    assert r.json()["error"].startswith("unsupported Content-Type 'application/json': send the images as multipart")
