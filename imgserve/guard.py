@@ -173,7 +173,8 @@ class Guard:
         try:
             scope, receive, form = self.admit_headers(scope, receive)
         except Refusal as r:
-            log.info("%s %s: %d %s", scope.get("method"), scope["path"], r.status, r.error)
+            if r.status < 500:  # a client's mistake; a 503 is load, counted in /metrics, not logged each time
+                log.info("%s %s: %d %s", scope.get("method"), scope["path"], r.status, r.error)
             return await respond(send, r.status, r.error, r.headers)
         exchange = Exchange(self, scope, receive, send, form)
         try:
