@@ -138,13 +138,13 @@ def page(cards: list[ModelCard], classify: Classify) -> gr.Blocks:
             answer = gr.Label(label="Top classes", elem_id="answer")
         # One set of examples per model, only the chosen model's shown.
         example_sets = []
-        for c in cards:
+        for i, c in enumerate(cards):
             with gr.Column(visible=c is card) as column:
                 examples = gr.Examples(
                     [[str(p)] for p in examples_of(c)],
                     inputs=[image],
                     label="Example photos",
-                    elem_id="examples" if c is card else None,
+                    elem_id="examples" if c is card else f"examples-{i}",  # the default's: "examples", as ever
                 )
             example_sets.append((c.tag, column, examples))
         # gr.Image's own preprocessing opens the upload with Pillow before the callback sees it (with
@@ -184,6 +184,8 @@ def page(cards: list[ModelCard], classify: Classify) -> gr.Blocks:
                 [heading, top_k, *(column for _, column, _ in example_sets)],
                 api_visibility="private",
                 show_progress="hidden",
+                # Raw values: Gradio would check the slider against the range it had before this choice.
+                preprocess=False,
             ).then(**run, api_visibility="private")
     return blocks
 
