@@ -32,7 +32,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
@@ -252,8 +252,9 @@ def stop(server: Server) -> None:
         server.process.wait()
 
 
-def batch_metrics(url: str, model: str | None = None) -> tuple[float, float]:
-    """The service's batch-size histogram: (images, model calls) so far, of all models or of one (its tag)."""
+def batch_metrics(url: str, model: str | None = None, metric: str = config.METRIC_BATCH_SIZE) -> tuple[float, float]:
+    """A batch histogram of the service: (sum, model calls) so far, of all models or of one (its tag);
+    the batch-size histogram's sum is images."""
     text = httpx.get(f"{url}/metrics", timeout=10).text
     label = f'{config.METRIC_MODEL_LABEL}="{model}"' if model else ""
 
@@ -264,7 +265,7 @@ def batch_metrics(url: str, model: str | None = None) -> tuple[float, float]:
             if line.startswith((name + "{", name + " ")) and label in line
         )
 
-    return total(f"{config.METRIC_BATCH_SIZE}_sum"), total(f"{config.METRIC_BATCH_SIZE}_count")
+    return total(f"{metric}_sum"), total(f"{metric}_count")
 
 
 class Target:
@@ -434,17 +435,27 @@ def several_models(sequence: list[bench_photos.Photo], log_dir: Path, measure_s:
         )  # fmt: skip
         return dict(zip(roles, rows, strict=True))
 
+    def fast_batch_ms(run: Callable[[], dict]) -> tuple[dict, float | None]:
+        """`run()`, and the fast model's mean milliseconds per model call meanwhile (warm-up included)."""
+        s0, n0 = batch_metrics(url, fast, config.METRIC_BATCH_SECONDS)
+        rows = run()
+        s1, n1 = batch_metrics(url, fast, config.METRIC_BATCH_SECONDS)
+        return rows, round(1000 * (s1 - s0) / (n1 - n0), 1) if n1 > n0 else None
+
     try:
         asyncio.run(level(["fast", "slow"], 0.0, 4.0))  # not recorded: first batches of each shape
-        alone = asyncio.run(level(["fast"], MIXED_WARMUP_S, measure_s))["fast"]
-        mixed = asyncio.run(level(["fast", "slow"], MIXED_WARMUP_S, measure_s))
+        alone, alone_ms = fast_batch_ms(lambda: asyncio.run(level(["fast"], MIXED_WARMUP_S, measure_s)))
+        mixed, mixed_ms = fast_batch_ms(lambda: asyncio.run(level(["fast", "slow"], MIXED_WARMUP_S, measure_s)))
     finally:
         stop(server)
+    alone = alone["fast"]
+    alone["model_call_ms"], mixed["fast"]["model_call_ms"] = alone_ms, mixed_ms
     out["fast_alone"], out["mixed"] = alone, mixed
     for name, row in (("fast alone", alone), ("fast, mixed", mixed["fast"]), ("slow, mixed", mixed["slow"])):
         print(f"  {name:12s} {MIXED_CLIENTS} clients: {row['images_per_s']:6.1f} img/s  p50 {row['p50_ms']}"
               f"  p99 {row['p99_ms']} ms  errors {row['errors']}  batch {row.get('mean_batch_size')}"
-              f"  server {row['server_cpu_cores']} cores", flush=True)  # fmt: skip
+              f"  server {row['server_cpu_cores']} cores  model call {row.get('model_call_ms')} ms",
+              flush=True)  # fmt: skip
     return out
 
 

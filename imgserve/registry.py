@@ -93,7 +93,8 @@ class Registry:
         for m in self.models:
             if m.name == name and version in ("", LATEST):
                 return m
-        raise UnknownModel(f"unknown model {requested!r}: this server serves {self.served()}")
+        shown = requested if len(requested) <= 100 else requested[:100] + "..."  # a form field may be long
+        raise UnknownModel(f"unknown model {shown!r}: this server serves {self.served()}")
 
     def served(self) -> str:
         return ", ".join(f"{m.card.tag}{' (default)' if m.default else ''}" for m in self.models)
