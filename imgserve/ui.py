@@ -118,7 +118,8 @@ def page(cards: list[ModelCard], classify: Classify) -> gr.Blocks:
                 value=card.tag,
                 label="Model",
                 elem_id="model",
-                # The values are the served tags; a free-text value is refused by Gradio itself.
+                # Only the served tags in the browser; what Gradio's API sends is checked by on_image, whose
+                # inputs are not preprocessed.
                 allow_custom_value=False,
             )
         else:
