@@ -142,7 +142,7 @@ def test_a_full_queue_sheds_only_its_own_model_and_the_other_answers_meanwhile(o
         await fast.batcher(pixels(fast, 1))
         slow.batcher.run = gated
         running = asyncio.create_task(slow.batcher(pixels(slow, 2)))
-        await asyncio.to_thread(entered.wait, 60)  # the slow model is busy with it
+        assert await asyncio.to_thread(entered.wait, 60)  # the slow model is busy with it
         queued = asyncio.create_task(slow.batcher(pixels(slow, 2)))
         await asyncio.sleep(0)  # one turn of this event loop: the task joins the queue (no waiting on time)
         assert slow.batcher.queued_images == 2
