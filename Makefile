@@ -28,17 +28,18 @@ model: $(INSTALLED)
 serve: model
 	$(BIN)/bentoml serve service:ImageClassifier --port $(PORT)
 
-# The serving image: the Bento (with the served model) built into a container image. The image
-# keeps the served model's exact tag as its $$CLASSIFIER_MODEL, so it serves what it packed.
-# Its last line is the image's reference.
+# The serving image: the Bento (with every served model: $$CLASSIFIER_MODELS, else $$CLASSIFIER_MODEL,
+# else the default model) built into a container image. The image keeps the models' exact tags as
+# its $$CLASSIFIER_MODELS, so it serves what it packed. Its last line is the image's reference.
 BUILD_BENTOFILE := $(VENV)/bentofile.yaml
 image: model
 	cp bentofile.yaml $(BUILD_BENTOFILE)
 ifdef BASE_IMAGE
 	sed -i 's|^  base_image: .*|  base_image: "$(BASE_IMAGE)"|' $(BUILD_BENTOFILE)
 endif
-	$(BIN)/python -c 'import bentoml; from imgserve import config; \
-	print(f"envs:\n  - name: {config.ENV_MODEL}\n    value: \"{bentoml.models.get(config.model_tag()).tag}\"")' \
+	$(BIN)/python -c 'from imgserve import config, registry; \
+	tags = ",".join(m.card.tag for m in registry.Registry.from_config()); \
+	print(f"envs:\n  - name: {config.ENV_MODELS}\n    value: \"{tags}\"")' \
 	>> $(BUILD_BENTOFILE)
 	$(BIN)/bentoml build -f $(BUILD_BENTOFILE)
 	$(BIN)/bentoml containerize image-classifier:latest --backend $(BACKEND) --image-tag $(IMAGE) $(CONTAINERIZE_OPTS)

@@ -2,6 +2,7 @@
 
     python client.py photos/ --out results.csv
     python client.py photos/ --out results.csv --resume     # after Ctrl-C or a crash
+    python client.py photos/ --model flowers                # one of the server's models (GET /models)
 
 Folders are walked recursively for image extensions (other files are skipped with a note);
 a file named on the command line is sent whatever its name, since the server reads the
@@ -226,8 +227,11 @@ class Sender:
     headers, so an httpx response hook on its connection reads Retry-After.
     """
 
-    def __init__(self, url: str, api_key: str | None, top_k: int, retry_for: float, max_bytes: int) -> None:
+    def __init__(
+        self, url: str, api_key: str | None, top_k: int, retry_for: float, max_bytes: int, model: str | None = None
+    ) -> None:
         self.url, self.api_key, self.top_k, self.retry_for, self.max_bytes = url, api_key, top_k, retry_for, max_bytes
+        self.fields = {config.MODEL_FIELD: model} if model else {}  # no model named: the server's default answers
         self.local = threading.local()  # .retry_after: the header of this thread's last response
         self.rows: queue.Queue[Row | Fatal | None] = queue.Queue()  # None: a thread has finished
         self.stop = threading.Event()
@@ -287,7 +291,7 @@ class Sender:
                 pending.append(path)
         while pending:
             try:
-                answers = self.retrying(lambda: client.classify(images=pending, top_k=self.top_k))
+                answers = self.retrying(lambda: client.classify(images=pending, top_k=self.top_k, **self.fields))
             except (Rejected, OSError) as e:
                 status, message = (e.status, e.message) if isinstance(e, Rejected) else (None, f"cannot read: {e}")
                 image = e.image if isinstance(e, Rejected) else None
@@ -373,6 +377,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="image files and folders (walked recursively)")
     p.add_argument("--url", default=DEFAULT_URL, help=f"the server (default {DEFAULT_URL})")
     p.add_argument("--top-k", type=int, default=config.DEFAULT_TOP_K, help="classes per image (default %(default)s)")
+    p.add_argument(
+        "--model",
+        help="a model the server serves, by name or name:version (GET /models lists them; default: its default)",
+    )
     p.add_argument("--out", default="-", help="results.csv or results.jsonl (default: CSV on stdout)")
     p.add_argument("--resume", action="store_true", help="skip the paths already in --out, append the rest")
     p.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY, help="requests in flight (%(default)s)")
@@ -428,7 +436,7 @@ def run(args: argparse.Namespace, tally: Tally, console: Console, live: bool) ->
     if not todo:
         return
     check_server(url, api_key)  # before the output is touched: a wrong URL or key leaves no file behind
-    sender = Sender(url, api_key, args.top_k, args.retry_for, config.MAX_REQUEST_BYTES)
+    sender = Sender(url, api_key, args.top_k, args.retry_for, config.MAX_REQUEST_BYTES, args.model)
     running = sender.start(list(batches(todo, args.batch_size, config.MAX_REQUEST_BYTES)), args.concurrency)
     with results, progress_bar(console, live) as progress:
         task = progress.add_task("classify", total=len(todo), failed=0, retries=0)

@@ -8,8 +8,9 @@ One process, three kinds of threads:
   reaches a batch, so one bad file never fails someone else's batch and decoding never waits
   behind the model;
 - the model thread runs ONNX Runtime on batches that merge the images of concurrent requests
-  (imgserve/batcher.py).
-Which model is served comes from $CLASSIFIER_MODEL (default: the default model's latest).
+  (imgserve/batcher.py), one thread and one queue per served model.
+Which models are served comes from $CLASSIFIER_MODELS, the first the default, or $CLASSIFIER_MODEL
+(default: the default model's latest); a request picks one in its `model` field (imgserve/registry.py).
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ import numpy as np
 from bentoml.exceptions import BentoMLException, InvalidArgument, ServiceUnavailable
 from pydantic import BaseModel, BeforeValidator, Field
 
-from imgserve import config, predict, store, ui
-from imgserve.batcher import Batcher, Overloaded
+from imgserve import config, predict, registry, ui
+from imgserve.batcher import Overloaded
 from imgserve.guard import (
     MODEL_QUEUE_FULL,
     NO_IMAGES,
@@ -42,38 +43,45 @@ from imgserve.guard import (
 from imgserve.preprocess import ImageRejected, preprocess
 
 log = logging.getLogger("bentoml.service")
-MODEL = bentoml.models.BentoModel(config.model_tag())
-CARD = store.load_card(MODEL.tag)  # labels, preprocessing, title: read once, at start
+# The served models' cards (labels, preprocessing, title), read once, at start: a model list that
+# is malformed or names a model not in the store stops the server here, before it is ready.
+MODELS = registry.Registry.from_config()
 UI = ui.asgi_app()  # the web page at /ui (imgserve/ui.py); ImageClassifier.__init__ builds it
 # Prometheus metrics at /metrics: how the batching goes (created once, before the worker starts).
 BATCH_SIZE = bentoml.metrics.Histogram(
     name=config.METRIC_BATCH_SIZE,
     documentation="images per model call",
+    labelnames=[config.METRIC_MODEL_LABEL],
     buckets=[1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64],
 )
 BATCH_SECONDS = bentoml.metrics.Histogram(
     name=config.METRIC_BATCH_SECONDS,
     documentation="seconds per model call",
+    labelnames=[config.METRIC_MODEL_LABEL],
     buckets=[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
 )
 
 
 def _parse_top_k(value: object) -> int:
-    """top_k as a whole number in range, with a message that names the range.
+    """top_k as a whole number in range, with a message that names the range. With several models
+    the range is the largest model's; a model with fewer classes answers with all of its classes.
 
     The guard calls it with the form field's text as sent, so the message quotes what the
     client wrote ('1e1', not BentoML's JSON reading of it, 10.0)."""
-    allowed = f"top_k must be a whole number from 1 to {len(CARD.labels)}"
+    allowed = f"top_k must be a whole number from 1 to {MODELS.max_classes}"
     text = str(value).strip()
     if isinstance(value, bool) or not re.fullmatch(r"[0-9]+", text):  # ASCII digits: not '٣', '+3' or '3.0'
         raise ValueError(f"{allowed}, got {value!r}")
     k = int(text)
-    if not 1 <= k <= len(CARD.labels):
+    if not 1 <= k <= MODELS.max_classes:
         raise ValueError(f"{allowed}, got {k}")
     return k
 
 
 TopK = Annotated[int, BeforeValidator(_parse_top_k), Field(description="classes per image, 1..number of classes")]
+ModelName = Annotated[
+    str, Field(description=f"a served model's name or name:version (GET {config.MODELS_PATH}); empty: the default")
+]
 
 
 class Prediction(BaseModel):
@@ -87,6 +95,7 @@ class Classification(BaseModel):
 
 
 @bentoml.asgi_app(UI, path=config.UI_PATH)  # the web page, in this process
+@bentoml.asgi_app(registry.models_api(MODELS))  # GET /models (only that path: see imgserve/registry.py)
 @bentoml.service(
     name="image-classifier",
     workers=1,  # one process holds the model; its threads use the cores (Pillow and ONNX Runtime release the GIL)
@@ -94,61 +103,80 @@ class Classification(BaseModel):
     tracing={"excluded_urls": list(config.UNTRACED_PATHS)},
 )
 class ImageClassifier:
-    """Classify photos with the stored model; see README.md for the API."""
-
-    entry = MODEL  # `bentoml build` packs this model with the service
+    """Classify photos with the stored models; see README.md for the API."""
 
     def __init__(self) -> None:
-        self.card = CARD
         self.decoders = ThreadPoolExecutor(config.DECODE_THREADS, thread_name_prefix="decode")
-        session = predict.open_session(self.entry.path_of(store.ONNX_FILE))
-        self.batcher = Batcher(
-            lambda pixels: predict.run(session, pixels),
-            config.MAX_BATCH_SIZE,
-            config.MAX_LATENCY_MS / 1000,
-            on_batch=lambda images, seconds: (BATCH_SIZE.observe(images), BATCH_SECONDS.observe(seconds)),
-        )
-        log.info("serving %s (%d classes)", self.card.tag, len(self.card.labels))
+        # Every model loaded before the server answers /readyz.
+        MODELS.open(on_batch=observe_batch)
+        for m in MODELS:
+            log.info("serving %s (%d classes)%s", m.card.tag, len(m.card.labels), " by default" * m.default)
         # The web page calls classify's own code in-process (.local: not over HTTP, where the API
         # key would be asked again), so its images are checked alike and join the model's batches.
-        ui.mount(UI, self.card, self.classify.local)
+        ui.mount(UI, [m.card for m in MODELS], self.classify.local)
 
-    def _pixels(self, path: Path, index: int) -> np.ndarray:
+    def _pixels(self, served: registry.Served, path: Path, index: int) -> np.ndarray:
         try:
-            return preprocess(path.read_bytes(), self.card.preprocessing)
+            return preprocess(path.read_bytes(), served.card.preprocessing)
         except ImageRejected as e:
             raise BentoMLException(image_error(index, str(e)), error_code=HTTPStatus(e.status)) from None
 
-    async def _probabilities(self, pixels: np.ndarray) -> np.ndarray:
+    async def _probabilities(self, served: registry.Served, pixels: np.ndarray) -> np.ndarray:
         """Model output for a request's images, in chunks no larger than a batch."""
         chunks = [pixels[i : i + config.MAX_BATCH_SIZE] for i in range(0, len(pixels), config.MAX_BATCH_SIZE)]
-        return np.concatenate(await asyncio.gather(*(self.batcher(c) for c in chunks)))
+        return np.concatenate(await asyncio.gather(*(served.batcher(c) for c in chunks)))
 
     @bentoml.api(route=config.CLASSIFY_PATH)
-    async def classify(self, images: list[Path], top_k: TopK = config.DEFAULT_TOP_K) -> list[Classification]:
-        """Classify one or more images; one answer per image, in upload order. For people: [the web page](/ui)."""
+    async def classify(
+        self, images: list[Path], top_k: TopK = config.DEFAULT_TOP_K, model: ModelName = ""
+    ) -> list[Classification]:
+        """Classify one or more images; one answer per image, in upload order. For people: [the web page](/ui).
+
+        `model` picks one of the served models (GET /models); without it, the default answers."""
         if not images:
             raise InvalidArgument(NO_IMAGES)
         if len(images) > config.MAX_IMAGES_PER_REQUEST:
             raise InvalidArgument(too_many_images(len(images), config.MAX_IMAGES_PER_REQUEST))
+        try:
+            served = MODELS.get(model)
+        except registry.UnknownModel as e:
+            raise InvalidArgument(str(e)) from None
+        card = served.card
         loop = asyncio.get_running_loop()
         try:
-            self.batcher.check(len(images))  # a full model queue refuses before decoding, not after
+            served.batcher.check(len(images))  # a full model queue refuses before decoding, not after
             pixels = await asyncio.gather(
-                *(loop.run_in_executor(self.decoders, self._pixels, p, i) for i, p in enumerate(images))
+                *(loop.run_in_executor(self.decoders, self._pixels, served, p, i) for i, p in enumerate(images))
             )
-            probs = await self._probabilities(np.stack(pixels))
+            probs = await self._probabilities(served, np.stack(pixels))
         except Overloaded:
             raise ServiceUnavailable(MODEL_QUEUE_FULL) from None  # the guard words the answer
-        return [
-            Classification(model=self.card.tag, predictions=predict.top_k(p, self.card.labels, top_k)) for p in probs
-        ]
+        return [Classification(model=card.tag, predictions=predict.top_k(p, card.labels, top_k)) for p in probs]
 
 
+def observe_batch(tag: str, images: int, seconds: float) -> None:
+    BATCH_SIZE.labels(tag).observe(images)
+    BATCH_SECONDS.labels(tag).observe(seconds)
+
+
+def _check_model(value: object) -> str:
+    """The `model` field as sent: a served name or name:version, else a message naming the served ones."""
+    try:
+        MODELS.get(str(value).strip())
+    except registry.UnknownModel as e:
+        raise ValueError(str(e)) from None
+    return str(value)
+
+
+# `bentoml build` packs every served model with the service.
+ImageClassifier.models[:] = [bentoml.models.BentoModel(m.card.tag) for m in MODELS]
 # The HTTP boundary: the one error shape, API key, headers, body size and progress, the form's
 # fields checked before BentoML parses it, in-flight bound, Retry-After (imgserve/guard.py).
 ImageClassifier.add_asgi_middleware(
-    Guard, api_key=os.environ.get(config.ENV_API_KEY, ""), file_field="images", field_checks={"top_k": _parse_top_k}
+    Guard,
+    api_key=os.environ.get(config.ENV_API_KEY, ""),
+    file_field="images",
+    field_checks={"top_k": _parse_top_k, "model": _check_model},
 )
 # BentoML finds a response's media type by rebuilding the output's JSON schema for every response:
 # 1.5 ms of CPU per /classify answer (README "Performance"). It is JSON.

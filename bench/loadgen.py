@@ -39,14 +39,19 @@ class Request:
     expect: bytes  # the top-1 label as it appears in the JSON answer; b"" checks nothing
 
 
-def multipart_request(host: str, path: str, kind: str, filename: str, data: bytes, top_k: int, expect: str) -> Request:
-    """POST `path` with one image in the `images` field and `top_k`, as curl -F would send it."""
+def multipart_request(
+    host: str, path: str, kind: str, filename: str, data: bytes, top_k: int, expect: str, model: str = ""
+) -> Request:
+    """POST `path` with one image in the `images` field, `top_k` and `model` (if given), as curl -F would."""
+    fields = {"top_k": top_k, **({"model": model} if model else {})}
     body = (
         f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="images"; filename="{filename}"\r\n'
         f"Content-Type: image/jpeg\r\n\r\n".encode()
         + data
-        + f'\r\n--{BOUNDARY}\r\nContent-Disposition: form-data; name="top_k"\r\n\r\n{top_k}\r\n'
-        f"--{BOUNDARY}--\r\n".encode()
+        + "".join(
+            f'\r\n--{BOUNDARY}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}' for k, v in fields.items()
+        ).encode()
+        + f"\r\n--{BOUNDARY}--\r\n".encode()
     )
     head = (
         f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: multipart/form-data; boundary={BOUNDARY}\r\n"

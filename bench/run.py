@@ -12,6 +12,10 @@ For each model (the default EfficientNet-Lite0 and a heavy VGG-11 with random we
    ONNX model and preprocessing, and the tutorials' one-image-at-a-time Gradio app (torch eager).
 Plus our preprocessing against the textbook torchvision path (time and answers). Writes
 bench/results/bench.json and bench/results/bench.png; the README's "Performance" shows them.
+
+Then, in full runs (or alone: --mixed), one server of both models: the resident memory each model
+adds, and a level of mixed traffic, fast and slow model at once, with the fast model's p99 next to
+its p99 alone on the same server (bench/results/mixed.json; README "Several models").
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
@@ -46,6 +50,7 @@ import models  # noqa: E402
 import photos as bench_photos  # noqa: E402
 import plot  # noqa: E402
 import preprocess_speed  # noqa: E402
+import procstat  # noqa: E402
 
 from imgserve import config, predict, store  # noqa: E402
 from imgserve.preprocess import preprocess  # noqa: E402
@@ -177,8 +182,12 @@ def own_home(path: Path) -> Path:
 
 
 def start(kind: str, tag: str, log_dir: Path) -> Server:
+    """`tag`: one model, or several separated by commas (one BentoML server of them all)."""
     port = free_port()
-    env = {**os.environ, config.ENV_MODEL: tag, "BENTOML_DO_NOT_TRACK": "true", "GRADIO_ANALYTICS_ENABLED": "False"}
+    env = {**os.environ, "BENTOML_DO_NOT_TRACK": "true", "GRADIO_ANALYTICS_ENABLED": "False"}
+    env |= (
+        {config.ENV_MODEL: "", config.ENV_MODELS: tag} if "," in tag else {config.ENV_MODEL: tag, config.ENV_MODELS: ""}
+    )
     env.pop(config.ENV_API_KEY, None)
     ready_path, launched = "/readyz", None  # launched: a file the server writes once it is up (Gradio)
     log = log_dir / f"{kind}-{port}.log"
@@ -243,16 +252,20 @@ def stop(server: Server) -> None:
         server.process.wait()
 
 
-def batch_metrics(url: str) -> tuple[float, float]:
-    """The service's batch-size histogram: (images, model calls) so far."""
+def batch_metrics(url: str, model: str | None = None, metric: str = config.METRIC_BATCH_SIZE) -> tuple[float, float]:
+    """A batch histogram of the service: (sum, model calls) so far, of all models or of one (its tag);
+    the batch-size histogram's sum is images."""
     text = httpx.get(f"{url}/metrics", timeout=10).text
+    label = f'{config.METRIC_MODEL_LABEL}="{model}"' if model else ""
 
     def total(name: str) -> float:
         return sum(
-            float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith((name + "{", name + " "))
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith((name + "{", name + " ")) and label in line
         )
 
-    return total(f"{config.METRIC_BATCH_SIZE}_sum"), total(f"{config.METRIC_BATCH_SIZE}_count")
+    return total(f"{metric}_sum"), total(f"{metric}_count")
 
 
 class Target:
@@ -358,6 +371,92 @@ def serve_and_load(
         for server in started.values():
             stop(server)
     return {t.server.kind: t.out for t in loads}
+
+
+# --- Several models in one server
+
+
+MIXED_CLIENTS = 4  # per model: the fast model's clients alone, then as many slow-model clients beside them
+MIXED_WARMUP_S = 5.0
+MIXED_MEASURE_S = 20.0
+
+
+def idle_rss_mb(tags: list[str], sequence: list[bench_photos.Photo], log_dir: Path) -> float:
+    """Resident memory of a server of `tags` once each model has answered a request (ONNX Runtime
+    allocates its buffers at the first run)."""
+    server = start("bentoml", ",".join(tags), log_dir)
+    try:
+        photo = sequence[0]
+        for tag in tags:
+            r = httpx.post(
+                f"{server.url}/classify",
+                files=[("images", ("p.jpg", photo.data, "image/jpeg"))],
+                data={"model": tag},
+                timeout=120,
+            )
+            r.raise_for_status()
+        return round(procstat.rss_bytes(procstat.tree(server.process.pid)) / 2**20)
+    finally:
+        stop(server)
+
+
+def several_models(sequence: list[bench_photos.Photo], log_dir: Path, measure_s: float = MIXED_MEASURE_S) -> dict:
+    """What a second model costs in memory, and whether a slow model's traffic delays a fast one's answers."""
+    import bentoml
+
+    fast, slow = models.ensure(models.DEFAULT), models.ensure(models.HEAVY)
+    out: dict = {"fast": fast, "slow": slow, "clients_per_model": MIXED_CLIENTS}
+    print("several models: resident memory after one request to each model", flush=True)
+    rss = {name: idle_rss_mb(tags, sequence, log_dir) for name, tags in
+           (("fast", [fast]), ("slow", [slow]), ("both", [fast, slow]))}  # fmt: skip
+    out["rss_mb"] = rss | {"fast_extra": rss["both"] - rss["slow"], "slow_extra": rss["both"] - rss["fast"]}
+    print(f"  {out['rss_mb']}", flush=True)
+
+    requests = {}
+    for role, tag in (("fast", fast), ("slow", slow)):
+        entry = bentoml.models.get(tag)
+        card = store.ModelCard.from_stored(entry)
+        expected = expected_answers(predict.open_session(entry.path_of(store.ONNX_FILE)), card, sequence)
+        requests[role] = [
+            loadgen.multipart_request("127.0.0.1", "/classify", p.kind, f"{p.name}.jpg", p.data, 5,
+                                      expected[p.name], model=tag)
+            for p in sequence
+        ]  # fmt: skip
+    server = start("bentoml", f"{fast},{slow}", log_dir)
+    url = server.url
+
+    async def level(roles: list[str], warmup: float, measure: float) -> dict[str, dict]:
+        rows = await asyncio.gather(
+            *(
+                loadgen.http_level("127.0.0.1", server.port, requests[role], MIXED_CLIENTS, warmup, measure,
+                                   server.process.pid, lambda tag=out[role]: batch_metrics(url, tag))
+                for role in roles
+            )
+        )  # fmt: skip
+        return dict(zip(roles, rows, strict=True))
+
+    def fast_batch_ms(run: Callable[[], dict]) -> tuple[dict, float | None]:
+        """`run()`, and the fast model's mean milliseconds per model call meanwhile (warm-up included)."""
+        s0, n0 = batch_metrics(url, fast, config.METRIC_BATCH_SECONDS)
+        rows = run()
+        s1, n1 = batch_metrics(url, fast, config.METRIC_BATCH_SECONDS)
+        return rows, round(1000 * (s1 - s0) / (n1 - n0), 1) if n1 > n0 else None
+
+    try:
+        asyncio.run(level(["fast", "slow"], 0.0, 4.0))  # not recorded: first batches of each shape
+        alone, alone_ms = fast_batch_ms(lambda: asyncio.run(level(["fast"], MIXED_WARMUP_S, measure_s)))
+        mixed, mixed_ms = fast_batch_ms(lambda: asyncio.run(level(["fast", "slow"], MIXED_WARMUP_S, measure_s)))
+    finally:
+        stop(server)
+    alone = alone["fast"]
+    alone["model_call_ms"], mixed["fast"]["model_call_ms"] = alone_ms, mixed_ms
+    out["fast_alone"], out["mixed"] = alone, mixed
+    for name, row in (("fast alone", alone), ("fast, mixed", mixed["fast"]), ("slow, mixed", mixed["slow"])):
+        print(f"  {name:12s} {MIXED_CLIENTS} clients: {row['images_per_s']:6.1f} img/s  p50 {row['p50_ms']}"
+              f"  p99 {row['p99_ms']} ms  errors {row['errors']}  batch {row.get('mean_batch_size')}"
+              f"  server {row['server_cpu_cores']} cores  model call {row.get('model_call_ms')} ms",
+              flush=True)  # fmt: skip
+    return out
 
 
 # --- In process
@@ -541,6 +640,10 @@ def run(plans: dict[str, ModelPlan], out_dir: Path, mode: str) -> dict:
         del session
         m["load_average_end"] = load_average()
         result["models"][name] = m
+    if mode == "full":  # not in smoke runs: a VGG-11 import and four more server starts
+        result["several_models"] = several_models(sequence, log_dir)
+        (out_dir / "mixed.json").parent.mkdir(parents=True, exist_ok=True)
+        (out_dir / "mixed.json").write_text(json.dumps(result["several_models"], indent=1) + "\n")
     result["targets"] = targets(result)
     result["load_average_after"] = load_average()
     result["duration_s"] = round(time.perf_counter() - started)
@@ -559,7 +662,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--smoke", action="store_true", help="every step, tiny: seconds, numbers meaningless")
     p.add_argument("--out", type=Path, help="output folder (default: bench/results)")
     p.add_argument("--models", nargs="+", help=f"only these of {list(FULL)}")
+    p.add_argument("--mixed", action="store_true", help="only the several-models step: memory, mixed traffic")
     args = p.parse_args(argv)
+    if args.mixed:
+        out = args.out or BENCH / "results"
+        log_dir = BENCH / ".cache" / "logs"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        result = {"machine": machine(), "load_average_before": load_average()}
+        result |= several_models(bench_photos.mix(bench_photos.photos(), LARGE_EVERY), log_dir)
+        result["load_average_after"] = load_average()
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "mixed.json").write_text(json.dumps(result, indent=1) + "\n")
+        print(f"wrote {out / 'mixed.json'}", flush=True)
+        return 0
     plans = SMOKE if args.smoke else FULL
     if args.models:
         plans = {name: plans[name] for name in args.models}

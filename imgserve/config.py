@@ -30,18 +30,45 @@ DEFAULT_INTERPOLATION = "bilinear"
 PARITY_MAX_PROB_DIFF = 1e-4  # the issue's bound; ONNX Runtime vs torch is ~1e-6 in practice
 ONNX_OPSET = 17  # ONNX Runtime >= 1.14 runs it everywhere; newest ops not needed by CNNs
 
-# --- Which model the service serves.
-ENV_MODEL = "CLASSIFIER_MODEL"  # a model-store tag, e.g. "flowers:latest"
+# --- Which models the service serves.
+ENV_MODELS = "CLASSIFIER_MODELS"  # model-store tags, comma-separated, the default first
+ENV_MODEL = "CLASSIFIER_MODEL"  # one model-store tag, e.g. "flowers:latest" (before several were served)
 DEFAULT_MODEL_TAG = f"{DEFAULT_MODEL_NAME}:latest"
+MODEL_FIELD = "model"  # the /classify form field that picks a served model (its name or name:version)
+
+
+class ModelListError(ValueError):
+    """The configured model list cannot be served; the message says how to write it."""
+
+
+def model_tags() -> list[str]:
+    """The tags to serve, the default first: $CLASSIFIER_MODELS, else $CLASSIFIER_MODEL, else the
+    default model's latest version. Checked for shape here; imgserve/registry.py checks the store."""
+    many = os.environ.get(ENV_MODELS, "").strip()
+    one = os.environ.get(ENV_MODEL, "").strip()
+    if not many:
+        return [one or DEFAULT_MODEL_TAG]
+    example = f'e.g. {ENV_MODELS}="{DEFAULT_MODEL_TAG},flowers:latest"'
+    tags = [t.strip() for t in many.split(",")]
+    if "" in tags:
+        raise ModelListError(
+            f"{ENV_MODELS}={many!r} has an empty entry: write store tags separated by commas, {example}"
+        )
+    if one and one != tags[0]:
+        raise ModelListError(
+            f"{ENV_MODEL}={one!r} and {ENV_MODELS}={many!r} disagree: set only {ENV_MODELS} (its first is the default)"
+        )
+    return tags
 
 
 def model_tag() -> str:
-    """The tag to serve: $CLASSIFIER_MODEL, else the default model's latest version."""
-    return os.environ.get(ENV_MODEL, "").strip() or DEFAULT_MODEL_TAG
+    """The default model's tag: the first of model_tags()."""
+    return model_tags()[0]
 
 
 # --- The API's route (service.py) and the paths the guard treats as work (imgserve/guard.py).
 CLASSIFY_PATH = "/classify"
+MODELS_PATH = "/models"  # GET: the served models (imgserve/registry.py)
 
 # --- Access: when set, every endpoint but /livez and /readyz needs "Authorization: Bearer <key>".
 ENV_API_KEY = "CLASSIFIER_API_KEY"
@@ -112,6 +139,7 @@ RETRY_AFTER_S = 1  # what 429/503 answers tell clients: about one second of queu
 # Prometheus histograms at /metrics (service.py): images and seconds per model call.
 METRIC_BATCH_SIZE = "classifier_batch_size"
 METRIC_BATCH_SECONDS = "classifier_batch_seconds"
+METRIC_MODEL_LABEL = "model"  # each histogram per served model, by its exact tag
 
 # --- The web page (imgserve/ui.py): Gradio, served by the same process.
 UI_PATH = "/ui"

@@ -4,6 +4,8 @@ A Gradio page mounted into the service's own process. It classifies with the cod
 `/classify` itself, called in-process, so its images are decoded by the same checks, sent to
 the same batched model (they share batches with API traffic) and refused with the same
 messages. Title, description, model tag and labels come from the model's card in the store.
+When the server serves several models, a chooser above the photo picks one; the page's
+title, description, examples and slider follow the choice. With one model there is no chooser.
 
 Gradio is imported only when the page is built, in the serving worker: `bentoml serve`'s own
 process imports service.py too, and does not need it.
@@ -29,7 +31,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("bentoml.service")
 
 EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "data"  # packed into the Bento by bentofile.yaml
-# ImageClassifier.classify's own code: (images=[Path], top_k=int) -> one answer per image.
+# ImageClassifier.classify's own code: (images=[Path], top_k=int, model=tag) -> one answer per image.
 Classify = Callable[..., Awaitable[list[Any]]]
 
 
@@ -43,14 +45,14 @@ def asgi_app() -> Starlette:
     return Starlette()
 
 
-def mount(app: Starlette, card: ModelCard, classify: Classify) -> None:
-    """Build the page for this model and put it in `app`; call before the server starts."""
+def mount(app: Starlette, cards: list[ModelCard], classify: Classify) -> None:
+    """Build the page for these models (the default first) and put it in `app`; call before the server starts."""
     started = time.monotonic()
     import gradio as gr
 
     gr.mount_gradio_app(
         app,  # type: ignore[arg-type]  # Gradio uses only what Starlette has (see asgi_app)
-        page(card, classify),
+        page(cards, classify),
         path="",
         # Where service.py mounts it. Gradio works its root out of each request, but answers that are not
         # queued (showing an example) would lose the prefix: the photo's preview URL then 404s.
@@ -60,24 +62,48 @@ def mount(app: Starlette, card: ModelCard, classify: Classify) -> None:
         footer_links=["gradio"],
         run_history=False,  # people's photos are not kept, not even in their own browser
     )
-    log.info("web page for %s built in %.1f s (Gradio %s)", card.tag, time.monotonic() - started, gr.__version__)
+    tags = ", ".join(c.tag for c in cards)
+    log.info("web page for %s built in %.1f s (Gradio %s)", tags, time.monotonic() - started, gr.__version__)
 
 
-def page(card: ModelCard, classify: Classify) -> gr.Blocks:
-    """The photo and slider in, the top classes out as labelled bars, example photos below."""
+def max_top_k(card: ModelCard) -> int:
+    return min(config.UI_MAX_TOP_K, len(card.labels))
+
+
+def about(card: ModelCard) -> str:
+    """The page's heading for a model: its title, description, exact tag and number of classes."""
+    return (
+        f"# {card.title}\n\n{card.description}\n\n"
+        f"Model `{card.tag}`, {len(card.labels)} classes. Programs use the same model through `POST /classify`: "
+        "see the [API docs](/)."
+    )
+
+
+def examples_of(card: ModelCard) -> list[Path]:
+    """A model's example photos: for now the bundled photos of data/, the same for every model."""
+    return sorted(EXAMPLES_DIR.glob("*.jpg"))
+
+
+def page(cards: list[ModelCard], classify: Classify) -> gr.Blocks:
+    """The photo and slider in, the top classes out as labelled bars, example photos below; a model
+    chooser on top when there are several models."""
     import gradio as gr
 
-    max_top_k = min(config.UI_MAX_TOP_K, len(card.labels))
+    by_tag = {c.tag: c for c in cards}
+    card = cards[0]
 
-    async def on_image(image: dict | None, top_k: float) -> dict[str, float] | None:
+    async def on_image(image: dict | None, top_k: float, tag: str) -> dict[str, float] | None:
         """The image as uploaded (see preprocess=False below) -> {label: probability}, best first."""
         if not image:
             return None  # cleared: clear the answer too
+        chosen = by_tag.get(tag)
+        if chosen is None:  # a value the chooser never offered (Gradio's API can send anything)
+            raise gr.Error(f"unknown model {tag!r}: choose one of {', '.join(by_tag)}", print_exception=False)
         k = int(top_k) if isinstance(top_k, int | float) else 0  # raw: the slider is not preprocessed either
-        if not 1 <= k <= max_top_k:
-            raise gr.Error(f"top_k must be from 1 to {max_top_k}, got {top_k!r}", print_exception=False)
+        if not 1 <= k <= max_top_k(chosen):
+            raise gr.Error(f"top_k must be from 1 to {max_top_k(chosen)}, got {top_k!r}", print_exception=False)
         try:
-            [answer] = await classify(images=[Path(image["path"])], top_k=k)
+            [answer] = await classify(images=[Path(image["path"])], top_k=k, model=chosen.tag)
         except BentoMLException as e:  # what /classify answers with a 4xx or 503
             raise gr.Error(e.message, print_exception=False) from None
         except Exception:
@@ -85,14 +111,20 @@ def page(card: ModelCard, classify: Classify) -> gr.Blocks:
             raise gr.Error("the server failed to classify this image; its log has the details") from None
         return confidences(answer.predictions)
 
-    n = len(card.labels)
-    about = (
-        f"# {card.title}\n\n{card.description}\n\n"
-        f"Model `{card.tag}`, {n} classes. Programs use the same model through `POST /classify`: "
-        "see the [API docs](/)."
-    )
     with gr.Blocks(title=card.title, analytics_enabled=False, delete_cache=(config.UI_UPLOAD_TTL_S,) * 2) as blocks:
-        gr.Markdown(about)
+        if len(cards) > 1:
+            chooser = gr.Dropdown(
+                [(f"{c.title} ({c.tag})", c.tag) for c in cards],
+                value=card.tag,
+                label="Model",
+                elem_id="model",
+                # Only the served tags in the browser; what Gradio's API sends is checked by on_image, whose
+                # inputs are not preprocessed.
+                allow_custom_value=False,
+            )
+        else:
+            chooser = gr.State(card.tag)  # one model: no chooser, the page as it always was
+        heading = gr.Markdown(about(card))
         with gr.Row():
             with gr.Column():
                 image = gr.Image(
@@ -102,22 +134,27 @@ def page(card: ModelCard, classify: Classify) -> gr.Blocks:
                     elem_id="photo",
                 )
                 top_k = gr.Slider(
-                    1, max_top_k, value=min(config.DEFAULT_TOP_K, max_top_k), step=1, label="Classes shown"
+                    1, max_top_k(card), value=min(config.DEFAULT_TOP_K, max_top_k(card)), step=1, label="Classes shown"
                 )
             answer = gr.Label(label="Top classes", elem_id="answer")
-        examples = gr.Examples(
-            [[str(p)] for p in sorted(EXAMPLES_DIR.glob("*.jpg"))],
-            inputs=[image],
-            label="Example photos",
-            elem_id="examples",
-        )
+        # One set of examples per model, only the chosen model's shown.
+        example_sets = []
+        for i, c in enumerate(cards):
+            with gr.Column(visible=c is card) as column:
+                examples = gr.Examples(
+                    [[str(p)] for p in examples_of(c)],
+                    inputs=[image],
+                    label="Example photos",
+                    elem_id="examples" if c is card else f"examples-{i}",  # the default's: "examples", as ever
+                )
+            example_sets.append((c.tag, column, examples))
         # gr.Image's own preprocessing opens the upload with Pillow before the callback sees it (with
         # its own error for a non-image) and re-saves any image that is not RGB. With preprocess=False
         # the callback gets the uploaded file itself, already checked to lie in Gradio's upload folder,
         # and /classify's decoder reads the very bytes the person chose.
         run = {
             "fn": on_image,
-            "inputs": [image, top_k],
+            "inputs": [image, top_k, chooser],
             "outputs": answer,
             "preprocess": False,
             "concurrency_limit": config.UI_CONCURRENCY,
@@ -129,8 +166,28 @@ def page(card: ModelCard, classify: Classify) -> gr.Blocks:
         }
         # Not image.change: Gradio 6.31 fires it twice when a new upload replaces a photo.
         image.input(**run, api_name="classify")  # upload, drop, paste, webcam, and clearing
-        examples.load_input_event.then(**run, api_visibility="private")  # an example, once shown
+        for _, _, examples in example_sets:
+            examples.load_input_event.then(**run, api_visibility="private")  # an example, once shown
         top_k.release(**run, api_visibility="private")
+        if len(cards) > 1:
+
+            def on_choice(tag: str, k: float) -> list:
+                """The chosen model's heading, slider range and examples; the photo is then classified again."""
+                chosen = by_tag.get(tag, card)
+                top = max_top_k(chosen)
+                k = int(k) if isinstance(k, int | float) else config.DEFAULT_TOP_K
+                shown = [gr.Column(visible=t == chosen.tag) for t, _, _ in example_sets]
+                return [about(chosen), gr.Slider(maximum=top, value=min(max(k, 1), top)), *shown]
+
+            chooser.input(
+                on_choice,
+                [chooser, top_k],
+                [heading, top_k, *(column for _, column, _ in example_sets)],
+                api_visibility="private",
+                show_progress="hidden",
+                # Raw values: Gradio would check the slider against the range it had before this choice.
+                preprocess=False,
+            ).then(**run, api_visibility="private")
     return blocks
 
 

@@ -100,10 +100,12 @@ class Server:
     def client(self) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=60)
 
-    def metric(self, name: str) -> float:
-        """Sum of a Prometheus metric over all its label sets."""
+    def metric(self, name: str, model: str | None = None) -> float:
+        """Sum of a Prometheus metric over all its label sets, or over those of one served model (its tag)."""
         text = httpx.get(f"{self.url}/metrics", timeout=10).text
         lines = [line for line in text.splitlines() if line.startswith((name + "{", name + " "))]
+        if model is not None:
+            lines = [line for line in lines if f'model="{model}"' in line]
         return sum(float(line.rsplit(" ", 1)[1]) for line in lines)
 
 
@@ -122,7 +124,14 @@ def wait_until_ready(url: str, process: subprocess.Popen, timeout_s: float, outp
     raise RuntimeError(f"{url} not ready after {timeout_s} s:\n{output()}")
 
 
-def start_server(tag: str, log_dir: Path, env: dict[str, str] | None = None) -> Server:
+def serve_env(tags: str | list[str]) -> dict[str, str]:
+    """One tag as $CLASSIFIER_MODEL, as single-model users set it; a list as $CLASSIFIER_MODELS."""
+    if isinstance(tags, str):
+        return {"CLASSIFIER_MODEL": tags, "CLASSIFIER_MODELS": ""}
+    return {"CLASSIFIER_MODEL": "", "CLASSIFIER_MODELS": ",".join(tags)}
+
+
+def start_server(tags: str | list[str], log_dir: Path, env: dict[str, str] | None = None) -> Server:
     port = free_port()
     log = log_dir / f"serve-{port}.log"
     # Each server its own BENTOML_HOME, the session's model store linked in: `bentoml serve` empties
@@ -132,7 +141,7 @@ def start_server(tag: str, log_dir: Path, env: dict[str, str] | None = None) -> 
     process = subprocess.Popen(
         [BENTOML, "serve", "service:ImageClassifier", "--host", "127.0.0.1", "--port", str(port)],
         cwd=ROOT,
-        env={**os.environ, "BENTOML_HOME": str(home), "CLASSIFIER_MODEL": tag, **(env or {})},
+        env={**os.environ, "BENTOML_HOME": str(home), **serve_env(tags), **(env or {})},
         stdout=log.open("w"),
         stderr=subprocess.STDOUT,
         start_new_session=True,  # its own process group: stopped whole, workers included
@@ -192,6 +201,17 @@ def tree_rss_bytes(pid: int) -> int:
         except OSError:
             pass
     return total
+
+
+@pytest.fixture(scope="session")
+def two_model_server(default_model, colour_model, tmp_path_factory) -> Iterator[Server]:
+    """One `bentoml serve` of two models: EfficientNet-Lite0 (the default, ~8 ms an image) and the
+    tiny colour model (microseconds). The latency bound is raised so that tests may queue much
+    slow work without being shed."""
+    env = {"CLASSIFIER_MAX_LATENCY_MS": "120000"}
+    s = start_server([default_model, colour_model], tmp_path_factory.mktemp("logs"), env)
+    yield s
+    stop_server(s)
 
 
 def image_bytes(colour=(255, 0, 0), size=(64, 48), fmt="PNG", mode="RGB", **save) -> bytes:

@@ -137,6 +137,40 @@ def test_resume_sends_nothing_twice(colour_server, colour_model, tmp_path, capsy
 
 
 @pytest.mark.serve
+def test_model_chooses_one_of_the_servers_models_and_each_row_names_it(
+    two_model_server, default_model, colour_model, tmp_path
+):
+    colour_folder(tmp_path / "in", ["red-1", "green-1", "blue-1"])
+    shutil.copy(DATA / "cat.jpg", tmp_path / "in" / "cat.jpg")
+    chosen, default = tmp_path / "colours.csv", tmp_path / "default.csv"
+    common = [tmp_path / "in", "--url", two_model_server.url, "--top-k", "1"]
+    r = run_client(*common, "--model", colour_model.split(":")[0], "--out", chosen)
+    assert r.returncode == client.EXIT_OK, r.stderr
+    rows = {Path(p).name: row for p, row in csv_rows(chosen).items()}
+    assert {row["model"] for row in rows.values()} == {colour_model}
+    assert [rows[f"{c}-1.png"]["label_1"] for c in ("red", "green", "blue")] == ["red", "green", "blue"]
+    assert rows["cat.jpg"]["label_1"] in COLOURS  # the colour model's answer for a photo, not ImageNet's
+    r = run_client(*common, "--out", default)  # no --model: the server's default
+    assert r.returncode == client.EXIT_OK, r.stderr
+    assert {row["model"] for row in csv_rows(default).values()} == {default_model}
+    assert csv_rows(default)[str(tmp_path / "in" / "cat.jpg")]["label_1"] in CAT_CLASSES
+
+
+@pytest.mark.serve
+def test_a_model_the_server_does_not_serve_stops_the_run_naming_those_it_does(
+    two_model_server, default_model, colour_model, tmp_path
+):
+    colour_folder(tmp_path / "in", ["red-1", "green-1"])
+    r = run_client(tmp_path / "in", "--url", two_model_server.url, "--model", "flowers", "--out", tmp_path / "r.csv")
+    assert r.returncode == client.EXIT_FATAL, r.stderr
+    assert (
+        "the server refused the first requests (HTTP 400): unknown model 'flowers': "
+        f"this server serves {default_model} (default), {colour_model}"
+    ) in r.stderr
+    assert "0 ok, 0 failed" in r.stderr
+
+
+@pytest.mark.serve
 def test_ctrl_c_keeps_every_finished_row_and_resume_completes_the_rest(colour_server, tmp_path):
     names = [f"{colour}-{i}" for i in range(20) for colour in COLOURS]
     colour_folder(tmp_path / "in", names)

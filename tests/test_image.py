@@ -1,8 +1,9 @@
 """The serving image end to end, as the README's "Publish and host" tells users (marked `image`).
 
-`make image` (import if missing, `bentoml build`, `bentoml containerize`), run the image on a loopback
-port, classify a real photo through it, check that nothing inside runs as root, push it to a registry on
-loopback and read the manifest back with skopeo; the image's size goes to bench/results/image_size.txt.
+`make image` (import if missing, `bentoml build`, `bentoml containerize`) of two models, run the image on a
+loopback port, classify a real photo through it and ask the second model, check that nothing inside runs
+as root, push it to a registry on loopback and read the manifest back with skopeo; the image's size goes
+to bench/results/image_size.txt.
 
 Needs a container engine: a running Docker engine, or podman with BACKEND=podman in the environment.
 CI's .ci/setup-containers.sh installs podman, skopeo and docker-registry, makes a local base image and
@@ -27,7 +28,7 @@ import pytest
 import yaml
 from bentoml._internal.configuration.containers import BentoMLContainer
 from bentoml._internal.container.generate import DEFAULT_BENTO_ENVS
-from conftest import CAT_CLASSES, DATA, ROOT, free_port, wait_until_ready
+from conftest import CAT_CLASSES, COLOURS, DATA, ROOT, free_port, image_bytes, serve_env, wait_until_ready
 
 pytestmark = pytest.mark.image
 
@@ -99,14 +100,21 @@ class Image:
 
 
 @pytest.fixture(scope="module")
-def image(engine, registry_address, default_model, tmp_path_factory) -> Iterator[Image]:
-    """`IMAGE=... make image`, as the README says; the image is removed afterwards."""
+def served(default_model, colour_model) -> list[str]:
+    """The models the image packs and serves: the default model and the tiny colour model."""
+    return [default_model, colour_model]
+
+
+@pytest.fixture(scope="module")
+def image(engine, registry_address, served, tmp_path_factory) -> Iterator[Image]:
+    """`CLASSIFIER_MODELS=... IMAGE=... make image`, as the README says; the image is removed afterwards."""
     ref = f"{registry_address}/imgserve/image-classifier:test"
     log = tmp_path_factory.mktemp("image") / "make-image.log"
     try:
         result = subprocess.run(
             ["make", "--no-print-directory", "image", f"IMAGE={ref}"],  # under `make test` too
             cwd=ROOT,
+            env={**os.environ, **serve_env(served)},
             capture_output=True,
             text=True,
             timeout=MAKE_IMAGE_TIMEOUT_S,
@@ -190,7 +198,7 @@ def pushed(image, registry) -> dict:
     }
 
 
-def test_make_image_builds_on_the_base_image_and_prints_the_image_last(image, default_model):
+def test_make_image_builds_on_the_base_image_and_prints_the_image_last(image, served):
     assert image.build_output.strip().splitlines()[-1] == image.ref
     import bentoml
 
@@ -200,8 +208,9 @@ def test_make_image_builds_on_the_base_image_and_prints_the_image_last(image, de
     config = json.loads(inspect(image, "{{json .Config}}"))
     assert config["User"] == "bentoml"
     assert f"{SERVING_PORT}/tcp" in config["ExposedPorts"]
-    # The image serves the exact model it packed, whatever "latest" means later.
-    assert f"CLASSIFIER_MODEL={default_model}" in config["Env"]
+    # The image serves the exact models it packed, whatever "latest" means later.
+    assert f"CLASSIFIER_MODELS={','.join(served)}" in config["Env"]
+    assert {str(m.tag) for m in bentoml.get("image-classifier:latest").info.all_models} == set(served)
 
 
 def test_the_image_classifies_a_real_photo(container):
@@ -219,6 +228,22 @@ def test_the_image_classifies_a_real_photo(container):
     assert len(answer["predictions"]) == 3
 
 
+def test_the_image_serves_every_model_it_packed(container, served):
+    default, colours = served
+    with httpx.Client(base_url=container.url, timeout=60) as client:
+        listed = client.get("/models").json()
+        response = client.post(
+            "/classify",
+            files=[("images", ("blue.png", image_bytes((0, 0, 255)), "image/png"))],
+            data={"model": colours.split(":")[0]},
+        )
+    assert [(m["tag"], m["default"]) for m in listed] == [(default, True), (colours, False)]
+    assert response.status_code == 200, response.text
+    [answer] = response.json()
+    assert answer["model"] == colours
+    assert [p["label"] for p in answer["predictions"]] == ["blue", *(c for c in COLOURS if c != "blue")]
+
+
 def test_nothing_in_the_container_runs_as_root(container, image):
     status = run(image.engine, "exec", container.name, "sh", "-c", "grep -h '^Uid:' /proc/[0-9]*/status").stdout
     uids = [line.split()[1:] for line in status.splitlines()]  # real, effective, saved, filesystem
@@ -226,7 +251,7 @@ def test_nothing_in_the_container_runs_as_root(container, image):
     assert {uid for ids in uids for uid in ids} == {str(BENTO_UID)}, status
 
 
-def test_the_pushed_manifest_reads_back_from_the_registry(pushed, image, registry, default_model):
+def test_the_pushed_manifest_reads_back_from_the_registry(pushed, image, registry, served):
     name, tag = image.ref.rsplit(":", 1)
     assert pushed["inspect"]["Name"] == name
     assert tag in pushed["inspect"]["RepoTags"]
@@ -235,8 +260,8 @@ def test_the_pushed_manifest_reads_back_from_the_registry(pushed, image, registr
     config = pushed["config"]["config"]
     assert config["User"] == "bentoml"
     assert f"{SERVING_PORT}/tcp" in config["ExposedPorts"]
-    # The image serves the exact model it packed, whatever "latest" means later.
-    assert f"CLASSIFIER_MODEL={default_model}" in config["Env"]
+    # The image serves the exact models it packed, whatever "latest" means later.
+    assert f"CLASSIFIER_MODELS={','.join(served)}" in config["Env"]
     assert config["Entrypoint"][0].endswith("entrypoint.sh")
 
 

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.serve
 CAT = (DATA / "cat.jpg").read_bytes()
 B = b"b0undary"
 FORM = f"multipart/form-data; boundary={B.decode()}"
-FIELDS = "(fields: 'images', 'top_k')"
+FIELDS = "(fields: 'images', 'top_k', 'model')"
 LIMIT = config.MAX_IMAGES_PER_REQUEST
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
-from conftest import BENTOML, CAT_CLASSES, PYTHON, ROOT, imported_tag
+from conftest import BENTOML, CAT_CLASSES, PYTHON, ROOT, imported_tag, serve_env
 
 import import_model
 from imgserve import config
@@ -135,14 +135,30 @@ def test_the_configuration_table_lists_every_environment_variable():
     assert documented == in_config | {"BENTOML_HOME"}
 
 
-def test_bentoml_build_packs_the_served_model_and_no_torch(default_model):
-    env = {**os.environ, "CLASSIFIER_MODEL": default_model}
+def test_bentoml_build_packs_every_served_model_and_no_torch(default_model, colour_model):
+    env = {**os.environ, **serve_env([default_model, f"{colour_model.split(':')[0]}:latest"])}
     subprocess.run([BENTOML, "build"], cwd=ROOT, env=env, check=True, capture_output=True)
     import bentoml
 
     bento = bentoml.get("image-classifier:latest")
-    assert default_model in {str(m.tag) for m in bento.info.all_models}
+    assert {str(m.tag) for m in bento.info.all_models} == {default_model, colour_model}
     src = Path(bento.path_of("src"))
     assert (src / "service.py").is_file() and (src / "imgserve" / "preprocess.py").is_file()
     assert not (src / "imgserve" / "convert.py").exists() and not (src / "tests").exists()
     assert "torch" not in Path(bento.path_of("env/python/requirements.txt")).read_text()
+
+
+@pytest.mark.serve
+def test_the_models_listing_shown_has_the_fields_the_server_gives(two_model_server, default_model):
+    [shown] = [json.loads(b) for b in blocks("json") if '"default"' in b]
+    with two_model_server.client() as c:
+        served = c.get(config.MODELS_PATH).json()
+    assert [set(m) for m in shown] == [set(m) for m in served]
+    assert [set(m["preprocessing"]) for m in shown] == [set(m["preprocessing"]) for m in served]
+    first, real = shown[0], served[0]
+    assert {k: first[k] for k in ("name", "classes", "title", "description", "default")} == {
+        k: real[k] for k in ("name", "classes", "title", "description", "default")
+    }
+    for key, value in real["preprocessing"].items():  # shown rounded
+        assert first["preprocessing"][key] == (value if isinstance(value, str) else pytest.approx(value, abs=1e-3))
+    assert real["tag"] == default_model and first["tag"].startswith(f"{first['name']}:")

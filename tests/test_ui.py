@@ -178,6 +178,7 @@ def test_upload_a_photo_and_see_the_same_top_classes_as_the_api(browser_page, se
     open_ui(page, server)
     expect(page.locator("h1")).to_have_text(card.title)
     expect(page.get_by_text(default_model)).to_be_visible()  # name and version of the stored model
+    expect(page.locator("#model")).to_have_count(0)  # one model: no chooser
 
     page.locator("#photo input[type=file]").set_input_files(DATA / "cat.jpg")
     expect_top(page, *CAT_CLASSES)
@@ -270,3 +271,64 @@ def test_the_api_docs_link_to_the_page_and_the_page_back(browser_page, server, d
     with ui.expect_popup() as opened:
         ui.get_by_role("link", name="API docs").click()
     expect(opened.value.locator(".opblock-summary", has_text="/classify")).to_be_visible()
+
+
+# --- Two models in one server: the chooser
+
+
+@pytest.mark.serve
+def test_with_two_models_the_page_classifies_with_the_chosen_one(
+    two_model_server, default_model, colour_model, tmp_path
+):
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+
+    red = tmp_path / "red.png"
+    red.write_bytes(image_bytes((255, 0, 0)))
+    page = Client(f"{two_model_server.url}{config.UI_PATH}/", verbose=False)
+    colours = page.predict(handle_file(red), 3, colour_model, api_name="/classify")
+    assert [c["label"] for c in colours["confidences"]] == ["red", "green", "blue"]
+    cat = page.predict(handle_file(DATA / "cat.jpg"), 1, default_model, api_name="/classify")
+    assert cat["label"] in CAT_CLASSES
+    with pytest.raises(AppError) as refused:
+        page.predict(handle_file(red), 1, "flowers:latest", api_name="/classify")
+    assert str(refused.value) == f"unknown model 'flowers:latest': choose one of {default_model}, {colour_model}"
+
+
+def choose(page, card: store.ModelCard) -> None:
+    page.locator("#model input").click()
+    page.get_by_role("option", name=f"{card.title} ({card.tag})").click()
+
+
+@pytest.mark.serve
+@pytest.mark.browser
+def test_with_two_models_a_chooser_picks_the_model_and_the_page_follows(
+    browser_page, two_model_server, default_model, colour_model
+):
+    from playwright.sync_api import expect
+
+    page = browser_page
+    default, colours = card_of(default_model), card_of(colour_model)
+    open_ui(page, two_model_server)
+    expect(page.locator("h1")).to_have_text(default.title)
+    expect(page.locator("#examples")).to_be_visible()
+    expect(page.locator("#examples-1")).to_be_hidden()
+
+    page.locator("#photo input[type=file]").set_input_files(
+        {"name": "red.png", "mimeType": "image/png", "buffer": image_bytes((255, 0, 0))}
+    )
+    expect(page.locator("#answer dl")).to_have_count(5)  # ImageNet's top 5 for a red square
+    choose(page, colours)
+    expect(page.locator("h1")).to_have_text(colours.title)
+    expect(page.locator("code", has_text=colour_model)).to_be_visible()  # in the heading
+    expect_top(page, "red")  # the photo on the page, classified again by the chosen model
+    assert [name for name, _ in shown(page)] == ["red", "green", "blue"]  # its three classes: the slider's top
+    expect(page.locator("#examples-1")).to_be_visible()
+    expect(page.locator("#examples")).to_be_hidden()
+
+    choose(page, default)
+    expect(page.locator("h1")).to_have_text(default.title)
+    page.locator("#photo input[type=file]").set_input_files(DATA / "cat.jpg")
+    expect_top(page, *CAT_CLASSES)
+    expect(page.locator("#answer dl")).to_have_count(3)  # the slider kept 3, within the default's range
+    expect(page.get_by_test_id("toast-text")).to_have_count(0)  # no error on the way

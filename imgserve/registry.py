@@ -1,0 +1,155 @@
+"""The served models: each its card, its own ONNX session, batcher and queue bound; `GET /models`.
+
+$CLASSIFIER_MODELS names them, the default first (imgserve/config.py). Every model is batched on
+its own: a slow model's queue never holds a fast one's images, and a full queue sheds only the
+requests for its own model. A request picks a model by its name or its exact tag (name:version).
+The list is checked once, at start: a malformed list or a model missing from the store stops the
+server with a message, before it is ready.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import bentoml
+from pydantic import BaseModel, Field
+
+from imgserve import config, predict, store
+from imgserve.batcher import Batcher
+from imgserve.store import ModelCard
+
+LATEST = "latest"
+
+
+class UnknownModel(LookupError):
+    """A request named a model this server does not serve; the message names those it does."""
+
+
+@dataclass
+class Served:
+    card: ModelCard
+    default: bool
+    batcher: Batcher | None = None  # set by Registry.open, in the serving worker
+
+    @property
+    def name(self) -> str:
+        return self.card.tag.split(":", 1)[0]
+
+
+class Registry:
+    def __init__(self, cards: list[ModelCard]) -> None:
+        self.models = [Served(card, default=i == 0) for i, card in enumerate(cards)]
+        self.default = self.models[0]
+        self.max_classes = max(len(m.card.labels) for m in self.models)
+
+    @classmethod
+    def from_config(cls) -> Registry:
+        """The configured models' cards, read from the store; every problem of the list in one message."""
+        tags = config.model_tags()
+        cards, problems = [], []
+        for tag in tags:
+            try:
+                bentoml.Tag.from_str(tag)
+            except (ValueError, bentoml.exceptions.BentoMLException):
+                problems.append(f"{tag!r} is not a model-store tag (name or name:version)")
+                continue
+            try:
+                cards.append(store.load_card(tag))
+            except bentoml.exceptions.NotFound as e:
+                problems.append(str(e))
+        exact = [c.tag for c in cards]
+        problems += [f"{tag} is listed twice" for i, tag in enumerate(exact) if tag in exact[:i]]
+        if problems:
+            raise config.ModelListError(f"cannot serve {', '.join(tags)}: " + "; ".join(problems))
+        return cls(cards)
+
+    def __iter__(self) -> Iterator[Served]:
+        return iter(self.models)
+
+    def __len__(self) -> int:
+        return len(self.models)
+
+    def open(self, on_batch: Callable[[str, int, float], None]) -> None:
+        """Load each model into ONNX Runtime behind a batcher of its own; `on_batch(tag, images, seconds)`."""
+        for m in self.models:
+            session = predict.open_session(bentoml.models.get(m.card.tag).path_of(store.ONNX_FILE))
+            m.batcher = Batcher(
+                lambda pixels, session=session: predict.run(session, pixels),
+                config.MAX_BATCH_SIZE,
+                config.MAX_LATENCY_MS / 1000,
+                on_batch=lambda images, seconds, tag=m.card.tag: on_batch(tag, images, seconds),
+            )
+
+    def get(self, requested: str | None) -> Served:
+        """The model a request names (its name or exact tag; nothing: the default)."""
+        wanted = (requested or "").strip().lower()
+        if not wanted:
+            return self.default
+        name, _, version = wanted.partition(":")
+        for m in self.models:  # an exact tag first, then the first listed of that name
+            if m.card.tag == wanted:
+                return m
+        for m in self.models:
+            if m.name == name and version in ("", LATEST):
+                return m
+        shown = requested if len(requested) <= 100 else requested[:100] + "..."  # a form field may be long
+        raise UnknownModel(f"unknown model {shown!r}: this server serves {self.served()}")
+
+    def served(self) -> str:
+        return ", ".join(f"{m.card.tag}{' (default)' if m.default else ''}" for m in self.models)
+
+
+# --- GET /models
+
+
+class PreprocessingInfo(BaseModel):
+    resize: int = Field(description="shorter side resized to this many pixels")
+    crop: int = Field(description="then the centre square of this side")
+    mean: list[float] = Field(description="per RGB channel, pixels scaled to 0..1 first")
+    std: list[float]
+    interpolation: str
+
+
+class ModelInfo(BaseModel):
+    name: str = Field(description="what the `model` field of /classify takes")
+    tag: str = Field(description="the exact store tag, name:version, as each answer's `model` says")
+    classes: int = Field(description="number of classes; top_k goes up to it")
+    title: str
+    description: str
+    preprocessing: PreprocessingInfo
+    default: bool = Field(description="answers when a request names no model")
+
+
+def info(m: Served) -> ModelInfo:
+    c = m.card
+    return ModelInfo(
+        name=m.name,
+        tag=c.tag,
+        classes=len(c.labels),
+        title=c.title,
+        description=c.description,
+        preprocessing=PreprocessingInfo(**c.preprocessing.to_dict()),
+        default=m.default,
+    )
+
+
+def models_api(registry: Registry):
+    """`GET /models` as a FastAPI app that service.py mounts: BentoML lists a mounted FastAPI
+    app's routes in its OpenAPI docs, and serves only those routes from it (BentoML 1.4's
+    PassiveMount), so mounting at the root takes no other path."""
+    from fastapi import FastAPI
+
+    app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)  # BentoML's own docs list the route
+
+    @app.get(
+        config.MODELS_PATH,
+        response_model=list[ModelInfo],
+        tags=["Service APIs"],  # next to /classify in BentoML's docs
+        summary="The served models",
+    )
+    def models() -> list[ModelInfo]:
+        """The models this server serves, the default first; `/classify` takes one in its `model` field."""
+        return [info(m) for m in registry]
+
+    return app
