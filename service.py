@@ -16,6 +16,8 @@ Which models are served comes from $CLASSIFIER_MODELS, the first the default, or
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 import os
 import re
@@ -160,9 +162,13 @@ def observe_batch(tag: str, images: int, seconds: float) -> None:
 
 
 def _check_model(value: object) -> str:
-    """The `model` field as sent: a served name or name:version, else a message naming the served ones."""
+    """The `model` field as sent: a served name or name:version, else a message naming the served ones.
+    BentoML's Python client sends text fields JSON-encoded ('"flowers"'), curl and browsers plain."""
+    text = str(value).strip()
+    with contextlib.suppress(ValueError):
+        text = str(json.loads(text)) if text.startswith('"') else text
     try:
-        MODELS.get(str(value).strip())
+        MODELS.get(text)
     except registry.UnknownModel as e:
         raise ValueError(str(e)) from None
     return str(value)
