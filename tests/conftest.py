@@ -85,6 +85,24 @@ def colour_model(tmp_path_factory) -> str:
     return imported_tag(run_import(path, *args, "--resize", "32", "--crop", "32", "--title", "Colours"))
 
 
+# Real photos that ship with scikit-image, colour and gray, none of them in data/: the held-out set
+# of the import's faithfulness check (--photos) and of the tests comparing served answers with torch.
+SKIMAGE_PHOTOS = ("astronaut", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "colorwheel",
+                  "retina", "camera", "coins", "moon", "clock", "page", "grass", "brick")  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def real_photos(tmp_path_factory) -> Path:
+    """A folder of real photos as JPEGs, the way a camera or a microscope would save them."""
+    import skimage.data
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("photos")
+    for name in SKIMAGE_PHOTOS:
+        Image.fromarray(getattr(skimage.data, name)()).save(folder / f"{name}.jpg", quality=90)  # gray stays gray
+    return folder
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
