@@ -132,8 +132,8 @@ def check_args(args: argparse.Namespace) -> Plan:
         labels = imagenet_labels()
     elif args.labels:
         labels = read_labels(args.labels)
-    if args.arch and loading.is_code_arch(args.arch):
-        loading.check_code_arch(args.arch)
+    if args.arch:
+        loading.check_arch(args.arch)
     given = [f"--{flag}" for flag in SHORT_FORM if getattr(args, flag) is not None]
     steps = None
     if args.transforms:
@@ -141,7 +141,8 @@ def check_args(args: argparse.Namespace) -> Plan:
             raise ImportRefused(f"--transforms replaces {', '.join(given)}: give one or the other")
         try:
             steps = transforms.parse(args.transforms)
-        except transforms.TransformsRefused as e:
+            transforms.to_preprocessing(steps, None)  # all but the channels' fit, before the model is loaded
+        except (transforms.TransformsRefused, ValueError) as e:
             raise ImportRefused(str(e)) from None
     if args.mean is not None and args.std is not None and len(args.mean) != len(args.std):
         raise ImportRefused(f"--mean has {len(args.mean)} values but --std {len(args.std)}: one of each per channel")

@@ -138,8 +138,18 @@ def is_code_arch(arch: str) -> bool:
     return ":" in arch
 
 
-def check_code_arch(arch: str) -> None:
-    """The spelling and the file of a code arch, checked before any model is loaded."""
+def check_arch(arch: str) -> None:
+    """--arch as spelled, and its file, checked before any model is loaded."""
+    if not is_code_arch(arch):
+        if arch.endswith(".py") or "/" in arch:
+            raise ImportRefused(
+                f"--arch {arch!r}: write FILE.py:NAME or package.module:NAME (NAME a class or function)"
+            )
+        if arch not in classification_archs():
+            raise ImportRefused(
+                f"unknown architecture {arch!r}; --list-archs shows torchvision's, or pass FILE.py:NAME"
+            )
+        return
     target, _, name = arch.rpartition(":")
     if not target or not name.isidentifier():
         raise ImportRefused(f"--arch {arch!r}: write FILE.py:NAME or package.module:NAME (NAME a class or function)")
@@ -260,18 +270,30 @@ def _pickle_module(code: types.ModuleType | None) -> types.ModuleType:
     return shim
 
 
-def _looks_pickled(z: zipfile.ZipFile, name: str) -> bool:
-    """A member that torch.export.load would unpickle: a nested torch.save archive, or a pickle."""
-    with z.open(name) as f:
-        head = f.read(2)
-    return head == b"PK" or head[:1] == b"\x80"
+def _pickled_members(z: zipfile.ZipFile) -> list[str]:
+    """Members of a .pt2 that torch.export.load unpickles: sample inputs and saved tensors (`*.pt`), and
+    weights or constants its configs mark `use_pickle`. The other weights are raw bytes."""
+    names = z.namelist()
+    found = [n for n in names if n.endswith((".pt", ".pkl"))]
+    for config in (n for n in names if n.endswith("_config.json")):
+        try:
+            entries = json.loads(z.read(config)).get("config", {}).values()
+        except (ValueError, AttributeError):
+            raise ImportRefused(f"the .pt2 archive's {config} is damaged") from None
+        folder = config.rpartition("/")[0]
+        found += [f"{folder}/{e['path_name']}" for e in entries if isinstance(e, dict) and e.get("use_pickle")]
+    return found
 
 
 def _load_exported(path: Path, trust_pickle: bool) -> LoadedModel:
     """A torch.export archive: its graph is data, but its weights or constants may be pickles."""
+    classes: set[str] = set()
     with zipfile.ZipFile(path) as z:
-        pickled = [n for n in z.namelist() if _looks_pickled(z, n)]
-        classes = sorted({c for n in pickled for c in unsafe_globals(z.read(n))})
+        for name in _pickled_members(z):
+            data = z.read(name)
+            # torch.save's zip format can be scanned without running it; any other pickle cannot.
+            classes |= set(unsafe_globals(data)) if data[:2] == b"PK" else {f"an unscanned pickle ({name})"}
+    classes = sorted(classes)
     if classes and not trust_pickle:
         raise ImportRefused(PICKLE_REFUSED.format(path=path.name, classes=f" holding {', '.join(classes)[:200]}"))
     try:
@@ -338,8 +360,7 @@ def _build_from_state_dict(path: Path, state_dict: dict, arch: str | None, kwarg
         module = build_code_arch(arch, kwargs)
         fit_state_dict(module, state_dict, arch, kwargs)
         return LoadedModel(module.eval(), "state_dict", arch)
-    if arch not in classification_archs():
-        raise ImportRefused(f"unknown architecture {arch!r}; --list-archs shows torchvision's, or pass FILE.py:NAME")
+    check_arch(arch)
     reference = build_arch(arch, **kwargs)
     head = last_layer(reference)
     if "num_classes" not in kwargs and head in state_dict:

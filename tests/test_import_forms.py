@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from conftest import DATA, ROOT, imported_tag, run_import, start_server, stop_server
+from conftest import DATA, ROOT, imported_tag, run_import, sensitive, start_server, stop_server
 from PIL import Image
 from researcher_code import At128, Digits, Net, resnet18_with_new_head
 from torch import nn
@@ -29,41 +29,6 @@ from imgserve import config
 CODE = "tests/researcher_code.py"  # as a user names their own file, relative to where they run the import
 IMAGENET = T.Normalize(config.IMAGENET_MEAN, config.IMAGENET_STD)
 RESULTS = ROOT / "test-artifacts" / "import-forms.json"
-SPREAD = 4.0  # standard deviation of the test models' logits over photos: confident, photo-dependent answers
-
-
-def sensitive(build: Callable[[], nn.Module], transforms: T.Compose, gray: bool, seed: int) -> nn.Module:
-    """Seeded weights, and a last layer set so that its logits follow the photo: centred on the mean
-    features of a few photos and scaled by their spread, as a trained head would be (roughly)."""
-    import skimage.data
-
-    torch.manual_seed(seed)
-    model = build()
-    arrays = [skimage.data.chelsea(), skimage.data.astronaut(), skimage.data.coffee(), skimage.data.rocket(),
-              skimage.data.camera(), skimage.data.coins(), skimage.data.immunohistochemistry()]  # fmt: skip
-    batch = torch.stack([transforms(Image.fromarray(a).convert("L" if gray else "RGB")) for a in arrays])
-    # Batch norm's statistics from these photos (as training leaves them): features then follow the photo.
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    for bn in norms:
-        bn.reset_running_stats()
-        bn.momentum = None  # a plain average over what it sees
-    model.train(bool(norms))
-    last = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
-    seen: list[torch.Tensor] = []
-    hook = last.register_forward_hook(lambda module, args, out: seen.append(args[0].detach()))
-    with torch.no_grad():
-        model(batch)
-        model.eval()
-        model(batch)
-    hook.remove()
-    features = seen[-1]
-    # A floor under each feature's spread: no weight is huge, so pixel-level noise cannot swing an answer.
-    mean, std = features.mean(0), features.std(0) + features.std(0).median() + 1e-6
-    with torch.no_grad():
-        weight = torch.randn(last.out_features, last.in_features) / std * SPREAD / last.in_features**0.5
-        last.weight.copy_(weight)
-        last.bias.copy_(-(weight @ mean))
-    return model
 
 
 def tutorial_flowers() -> nn.Module:
