@@ -53,10 +53,10 @@ def torch_model(card):
     arch = card.metadata["arch"]
     if arch == DEFAULT:
         import import_model
-        from imgserve import convert
+        from imgserve import loading
 
         weights = Path(import_model.default_model_args()[0])
-        return convert.load_model(weights, DEFAULT).module
+        return loading.load_model(weights, DEFAULT).module
     if arch == HEAVY_ARCH:
         return heavy_module()
     raise ValueError(f"no torch model for {arch!r}")

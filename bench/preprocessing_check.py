@@ -19,7 +19,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import import_model  # noqa: E402
-from imgserve import config, convert  # noqa: E402
+from imgserve import config, convert, loading  # noqa: E402
 from imgserve.preprocess import Preprocessing, preprocess  # noqa: E402
 
 SKIMAGE = Path(skimage.data.__file__).parent
@@ -36,7 +36,7 @@ CANDIDATES = {
 
 def main() -> None:
     weights = import_model.default_model_args()[0]
-    model = convert.load_model(Path(weights), config.DEFAULT_ARCH).module
+    model = loading.load_model(Path(weights), config.DEFAULT_ARCH).module
     labels = import_model.imagenet_labels()
     for name, (mean, std, resize, interpolation) in CANDIDATES.items():
         prep = Preprocessing(resize=resize, crop=224, mean=mean, std=std, interpolation=interpolation)

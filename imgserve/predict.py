@@ -14,7 +14,7 @@ from imgserve import config
 
 log = logging.getLogger(__name__)
 
-INPUT_NAME = "pixels"  # uint8, (batch, 3, crop, crop), RGB; written by imgserve.convert
+INPUT_NAME = "pixels"  # uint8, (batch, channels, height, width), RGB or gray; written by imgserve.convert
 OUTPUT_NAME = "probabilities"  # float32, (batch, classes), rows sum to 1
 
 
@@ -41,8 +41,15 @@ def open_session(onnx_path: str, threads: int = config.MODEL_THREADS) -> ort.Inf
 
 
 def run(session: ort.InferenceSession, pixels: np.ndarray) -> np.ndarray:
-    """Probabilities for a uint8 batch; one row per input, checked."""
-    probs = session.run([OUTPUT_NAME], {INPUT_NAME: pixels})[0]
+    """Probabilities for a uint8 batch; one row per input, checked.
+
+    A graph whose batch dimension is fixed (a torch.export model exported for one image) runs the
+    batch's images one after another.
+    """
+    if isinstance(session.get_inputs()[0].shape[0], int) and len(pixels) > 1:
+        probs = np.concatenate([session.run([OUTPUT_NAME], {INPUT_NAME: x[None]})[0] for x in pixels])
+    else:
+        probs = session.run([OUTPUT_NAME], {INPUT_NAME: pixels})[0]
     if len(probs) != len(pixels):
         raise RuntimeError(f"model returned {len(probs)} rows for {len(pixels)} images")
     return probs

@@ -37,36 +37,105 @@ class ImageRejected(ValueError):
         self.status = status
 
 
+Size = int | tuple[int, int]  # torchvision's size: an int, or (height, width)
+
+
+def _size(value: Size | list[int]) -> Size:
+    """An int stays an int (Resize's shorter side, a square crop); [h, w] from JSON becomes a tuple."""
+    if isinstance(value, int):
+        return value
+    h, w = (int(v) for v in value)
+    return (h, w)
+
+
+def _hw(size: Size) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else size
+
+
 @dataclass(frozen=True)
 class Preprocessing:
-    """How a model wants its pixels; stored in the model's metadata at import."""
+    """How a model wants its pixels, in torchvision's terms; stored in the model's metadata at import.
 
-    resize: int = config.DEFAULT_RESIZE
-    crop: int = config.DEFAULT_CROP
-    mean: tuple[float, float, float] = config.IMAGENET_MEAN
-    std: tuple[float, float, float] = config.IMAGENET_STD
+    The recipe is always Grayscale? -> Resize -> CenterCrop -> ToTensor -> Normalize:
+    - resize: as Resize(size): an int is the shorter side (aspect kept), (h, w) the exact size;
+    - crop: as CenterCrop(size), the model's input size; equal to an exact resize means no crop;
+    - mean, std: normalisation of [0, 1] pixels, one value per input channel;
+    - channels: the model's input channels, 3 (RGB) or 1 (gray, as torchvision's Grayscale());
+    - grayscale: with 3 channels, the photo is made gray first (Grayscale(num_output_channels=3)).
+    """
+
+    resize: Size = config.DEFAULT_RESIZE
+    crop: Size = config.DEFAULT_CROP
+    mean: tuple[float, ...] = config.IMAGENET_MEAN
+    std: tuple[float, ...] = config.IMAGENET_STD
     interpolation: str = config.DEFAULT_INTERPOLATION
+    channels: int = 3
+    grayscale: bool = False
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "resize", _size(self.resize))
+        object.__setattr__(self, "crop", _size(self.crop))
+        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
+        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+        object.__setattr__(self, "grayscale", bool(self.grayscale or self.channels == 1))
         if self.interpolation not in INTERPOLATIONS:
             raise ValueError(f"interpolation must be one of {sorted(INTERPOLATIONS)}, not {self.interpolation!r}")
-        if not 0 < self.crop <= self.resize:
-            raise ValueError(f"need 0 < crop <= resize, got crop={self.crop}, resize={self.resize}")
-        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
-            raise ValueError("mean and std need three values each, std all positive")
+        if self.channels not in (1, 3):
+            raise ValueError(f"a model takes 1 (gray) or 3 (RGB) input channels, not {self.channels}")
+        (crop_h, crop_w), (min_h, min_w) = self.input_size, _hw(self.resize)
+        if min(crop_h, crop_w, min_h, min_w) <= 0 or crop_h > min_h or crop_w > min_w:
+            raise ValueError(
+                f"need a crop inside the resized image, got Resize({self.resize}), CenterCrop({self.crop})"
+            )
+        if len(self.mean) != self.channels or len(self.std) != self.channels or min(self.std) <= 0:
+            raise ValueError(
+                f"mean and std need {self.channels} value(s) each, one per input channel, std all positive; "
+                f"got mean={list(self.mean)}, std={list(self.std)}"
+            )
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """(height, width) of the model's input."""
+        return _hw(self.crop)
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "mean": list(self.mean), "std": list(self.std)}
+        d = asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
     @classmethod
     def from_dict(cls, d: dict) -> Preprocessing:
+        """Also reads entries stored before channels and (h, w) sizes existed: those are RGB."""
         return cls(
-            resize=int(d["resize"]),
-            crop=int(d["crop"]),
+            resize=_size(d["resize"]),
+            crop=_size(d["crop"]),
             mean=tuple(float(v) for v in d["mean"]),
             std=tuple(float(v) for v in d["std"]),
             interpolation=str(d["interpolation"]),
+            channels=int(d.get("channels", 3)),
+            grayscale=bool(d.get("grayscale", False)),
         )
+
+    def transforms(self) -> str:
+        """The recipe as a torchvision transform list, the way a researcher writes it."""
+        steps = []
+        if self.grayscale:
+            steps.append("Grayscale()" if self.channels == 1 else "Grayscale(num_output_channels=3)")
+        mode = (
+            ""
+            if self.interpolation == "bilinear"
+            else f", interpolation=InterpolationMode.{self.interpolation.upper()}"
+        )
+        steps.append(f"Resize({self.resize}{mode})")
+        if isinstance(self.resize, int) or self.resize != self.input_size:  # else Resize((h, w)) is the size
+            steps.append(f"CenterCrop({self.crop})")
+        steps.append("ToTensor()")
+        if self.mean != (0.0,) * self.channels or self.std != (1.0,) * self.channels:
+            steps.append(f"Normalize(mean={_floats(self.mean)}, std={_floats(self.std)})")
+        return ", ".join(steps)
+
+
+def _floats(values: tuple[float, ...]) -> str:
+    return "[" + ", ".join(f"{v:.6g}" for v in values) + "]"
 
 
 def open_image(data: bytes, max_pixels: int = config.MAX_IMAGE_PIXELS) -> Image.Image:
@@ -97,8 +166,9 @@ def open_image(data: bytes, max_pixels: int = config.MAX_IMAGE_PIXELS) -> Image.
     return img
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
-    """Any mode to RGB; transparent areas become white, 16-bit images keep their range."""
+def _to_model_mode(img: Image.Image, gray: bool) -> Image.Image:
+    """Any mode to RGB, or to gray ("L", as torchvision's Grayscale); transparent areas become
+    white, 16-bit images keep their range."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         arr = np.asarray(img, dtype=np.uint32)
         hi = 65535 if arr.max(initial=0) > 255 else 255
@@ -108,21 +178,24 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return img if img.mode == "RGB" else img.convert("RGB")  # most photos: RGB already, no copy
+        img = Image.alpha_composite(background, rgba).convert("RGB")
+    mode = "L" if gray else "RGB"
+    # A gray photo for a gray model and most photos for an RGB one are already in mode: no copy.
+    return img if img.mode == mode else img.convert(mode)
 
 
 def preprocess(data: bytes, prep: Preprocessing, max_pixels: int = config.MAX_IMAGE_PIXELS) -> np.ndarray:
-    """Decode one upload into the model's uint8 input, shape (3, crop, crop)."""
+    """Decode one upload into the model's uint8 input, shape (channels, height, width)."""
     img = open_image(data, max_pixels)
     try:
         if img.format == "JPEG":
-            # Decode at 1/2, 1/4 or 1/8 scale while both sides stay >= 2 x resize, so the
-            # final antialiased resize still does the real work (answers match full decode).
-            img.draft("RGB", (2 * prep.resize, 2 * prep.resize))
+            # Decode at 1/2, 1/4 or 1/8 scale while both sides stay >= 2 x the resized size, so
+            # the final antialiased resize still does the real work (answers match full decode).
+            h, w = (prep.resize, prep.resize) if isinstance(prep.resize, int) else prep.resize
+            img.draft("RGB", (2 * w, 2 * h))
         img.load()
         ImageOps.exif_transpose(img, in_place=True)  # in place: no copy of an upright photo
-        img = _to_rgb(img)
+        img = _to_model_mode(img, prep.grayscale)
     except ImageRejected:
         raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
@@ -138,13 +211,21 @@ def resize_crop(img: Image.Image, prep: Preprocessing) -> np.ndarray:
     resize would.
     """
     width, height = img.size
-    short = min(width, height)
-    # torchvision: the shorter side becomes `resize`, the longer one int(long * resize / short).
-    new_w = prep.resize if width == short else int(width * prep.resize / short)
-    new_h = prep.resize if height == short else int(height * prep.resize / short)
-    left = round((new_w - prep.crop) / 2.0)
-    top = round((new_h - prep.crop) / 2.0)
+    if isinstance(prep.resize, int):
+        # torchvision: the shorter side becomes `resize`, the longer one int(long * resize / short).
+        short = min(width, height)
+        new_w = prep.resize if width == short else int(width * prep.resize / short)
+        new_h = prep.resize if height == short else int(height * prep.resize / short)
+    else:
+        new_h, new_w = prep.resize
+    crop_h, crop_w = prep.input_size
+    left = round((new_w - crop_w) / 2.0)
+    top = round((new_h - crop_h) / 2.0)
     sx, sy = width / new_w, height / new_h
-    box = (left * sx, top * sy, (left + prep.crop) * sx, (top + prep.crop) * sy)
-    img = img.resize((prep.crop, prep.crop), INTERPOLATIONS[prep.interpolation], box=box)
-    return np.ascontiguousarray(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1))
+    box = (left * sx, top * sy, (left + crop_w) * sx, (top + crop_h) * sy)
+    img = img.resize((crop_w, crop_h), INTERPOLATIONS[prep.interpolation], box=box)
+    pixels = np.asarray(img, dtype=np.uint8)
+    pixels = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)  # gray (H, W) -> (1, H, W)
+    if prep.grayscale and prep.channels == 3:
+        pixels = np.repeat(pixels, 3, axis=0)  # Grayscale(num_output_channels=3)
+    return np.ascontiguousarray(pixels)

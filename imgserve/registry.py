@@ -104,11 +104,14 @@ class Registry:
 
 
 class PreprocessingInfo(BaseModel):
-    resize: int = Field(description="shorter side resized to this many pixels")
-    crop: int = Field(description="then the centre square of this side")
-    mean: list[float] = Field(description="per RGB channel, pixels scaled to 0..1 first")
+    transforms: str = Field(description="the recipe in torchvision's words, as stored at import")
+    resize: int | list[int] = Field(description="a number: the shorter side resized to it; [h, w]: the exact size")
+    crop: int | list[int] = Field(description="then the centre crop: the model's input size ([h, w] or a square)")
+    mean: list[float] = Field(description="per input channel, pixels scaled to 0..1 first")
     std: list[float]
     interpolation: str
+    channels: int = Field(description="the model's input channels: 3 (RGB) or 1 (gray)")
+    grayscale: bool = Field(description="photos are made gray first")
 
 
 class ModelInfo(BaseModel):
@@ -129,7 +132,7 @@ def info(m: Served) -> ModelInfo:
         classes=len(c.labels),
         title=c.title,
         description=c.description,
-        preprocessing=PreprocessingInfo(**c.preprocessing.to_dict()),
+        preprocessing=PreprocessingInfo(transforms=c.preprocessing.transforms(), **c.preprocessing.to_dict()),
         default=m.default,
     )
 

@@ -6,6 +6,7 @@ labels, preprocessing and provenance. No pickle, no model code: serving needs ne
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +15,9 @@ import bentoml
 from imgserve.preprocess import Preprocessing
 
 ONNX_FILE = "model.onnx"
+# BentoML's rule for a tag's name: lowercase letters, digits, '_', '-', '.', alphanumeric at both ends.
+NAME_PATTERN = re.compile(r"^[a-z0-9]([a-z0-9._-]*[a-z0-9])?$")
+NAME_MAX_LENGTH = 63
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,21 @@ def load_card(tag: object) -> ModelCard:
         raise bentoml.exceptions.NotFound(
             f"model {tag} is not in the model store; import it first: python import_model.py"
         ) from None
+
+
+def check_name(name: str) -> None:
+    """Refuse a name the model store would refuse, before any work is done."""
+    if len(name) > NAME_MAX_LENGTH or not NAME_PATTERN.match(name):
+        raise ValueError(
+            f"--name {name!r} cannot name a stored model: use at most {NAME_MAX_LENGTH} lowercase letters, digits, "
+            f"'-', '_' or '.', starting and ending with a letter or digit (e.g. {name_from(name)!r})"
+        )
+
+
+def name_from(stem: str) -> str:
+    """A valid model name made from a file name: 'Birds Model v2' -> 'birds-model-v2'."""
+    name = re.sub(r"[^a-z0-9._-]+", "-", stem.lower()).strip("-._")[:NAME_MAX_LENGTH].strip("-._")
+    return name or "model"
 
 
 def save(name: str, onnx_file: Path, metadata: dict) -> str:

@@ -13,9 +13,13 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import pytest
+
+if TYPE_CHECKING:
+    from torch import nn
 
 # The model store of the test session, isolated from the user's: set before bentoml is imported.
 BENTOML_HOME = Path(tempfile.mkdtemp(prefix="imgserve-test-home-"))
@@ -83,6 +87,65 @@ def colour_model(tmp_path_factory) -> str:
     labels.write_text("\n".join(COLOURS) + "\n")
     args = ["--labels", labels, "--name", "colours", "--mean", "0", "0", "0", "--std", "1", "1", "1"]
     return imported_tag(run_import(path, *args, "--resize", "32", "--crop", "32", "--title", "Colours"))
+
+
+# Real photos that ship with scikit-image, colour and gray, none of them in data/: the held-out set
+# of the import's faithfulness check (--photos) and of the tests comparing served answers with torch.
+SKIMAGE_PHOTOS = ("astronaut", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "colorwheel",
+                  "retina", "camera", "coins", "moon", "clock", "page", "grass", "brick")  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def real_photos(tmp_path_factory) -> Path:
+    """A folder of real photos as JPEGs, the way a camera or a microscope would save them."""
+    import skimage.data
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("photos")
+    for name in SKIMAGE_PHOTOS:
+        Image.fromarray(getattr(skimage.data, name)()).save(folder / f"{name}.jpg", quality=90)  # gray stays gray
+    return folder
+
+
+SPREAD = 4.0  # standard deviation of the test models' logits over photos: confident, photo-dependent answers
+
+
+def sensitive(build: Callable[[], nn.Module], transforms: Callable, gray: bool, seed: int) -> nn.Module:
+    """A small model whose answers follow the photo: seeded weights, batch norm's statistics and the last
+    layer set from a few photos (centred on their mean features, scaled by their spread), roughly as
+    training leaves them. Agreement between two pipelines means something only for such a model."""
+    import skimage.data
+    import torch
+    from PIL import Image
+    from torch import nn
+
+    torch.manual_seed(seed)
+    model = build()
+    arrays = [skimage.data.chelsea(), skimage.data.astronaut(), skimage.data.coffee(), skimage.data.rocket(),
+              skimage.data.camera(), skimage.data.coins(), skimage.data.immunohistochemistry()]  # fmt: skip
+    batch = torch.stack([transforms(Image.fromarray(a).convert("L" if gray else "RGB")) for a in arrays])
+    # Batch norm's statistics from these photos (as training leaves them): features then follow the photo.
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for bn in norms:
+        bn.reset_running_stats()
+        bn.momentum = None  # a plain average over what it sees
+    model.train(bool(norms))
+    last = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+    seen: list[torch.Tensor] = []
+    hook = last.register_forward_hook(lambda module, args, out: seen.append(args[0].detach()))
+    with torch.no_grad():
+        model(batch)
+        model.eval()
+        model(batch)
+    hook.remove()
+    features = seen[-1]
+    # A floor under each feature's spread: no weight is huge, so pixel-level noise cannot swing an answer.
+    mean, std = features.mean(0), features.std(0) + features.std(0).median() + 1e-6
+    with torch.no_grad():
+        weight = torch.randn(last.out_features, last.in_features) / std * SPREAD / last.in_features**0.5
+        last.weight.copy_(weight)
+        last.bias.copy_(-(weight @ mean))
+    return model
 
 
 def free_port() -> int:

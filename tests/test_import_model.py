@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import bentoml
@@ -10,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from conftest import CAT_CLASSES, COLOURS, DATA, colour_module, image_bytes, imported_tag, run_import
+from conftest import CAT_CLASSES, COLOURS, DATA, ROOT, colour_module, image_bytes, imported_tag, run_import, sensitive
 from torch import nn
 
-from imgserve import config, convert, predict, store
+from imgserve import config, convert, loading, predict, store
 from imgserve.preprocess import Preprocessing, preprocess
 
 
@@ -152,9 +154,9 @@ def test_reimport_makes_a_new_version_and_latest_follows(tmp_path, labels3):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        ([], "name the architecture they belong to with --arch"),
+        ([], "they look like torchvision's mobilenet_v3_small. Name the architecture they belong to with --arch"),
         (["--arch", "resnet9000"], "unknown architecture 'resnet9000'"),
-        (["--arch", "resnet18"], "do not look like this architecture"),
+        (["--arch", "resnet18"], "They look like torchvision's mobilenet_v3_small: try --arch mobilenet_v3_small"),
     ],
 )
 def test_state_dict_errors_say_what_to_do(tmp_path, args, message):
@@ -169,11 +171,224 @@ def test_parity_check_refuses_an_export_that_disagrees(tmp_path):
     prep = Preprocessing(resize=32, crop=32, mean=(0, 0, 0), std=(1, 1, 1))
     exported = convert.Packaged(colour_module(), prep, apply_softmax=True).eval()
     onnx_path = tmp_path / "model.onnx"
-    convert.export_onnx(exported, 32, onnx_path)
+    convert.export_onnx(exported, prep, onnx_path)
     inputs = np.stack([preprocess(image_bytes(c), prep) for c in [(255, 0, 0), (0, 0, 255)]])
     assert convert.check_parity(exported, onnx_path, inputs)["top1_agree"]
     other = colour_module()
     with torch.no_grad():
         other[2].weight.copy_(10 * torch.eye(3).flip(0))  # red <-> blue
-    with pytest.raises(convert.ImportRefused, match="does not answer like the torch model"):
+    with pytest.raises(loading.ImportRefused, match="does not answer like the torch model"):
         convert.check_parity(convert.Packaged(other, prep, apply_softmax=True).eval(), onnx_path, inputs)
+
+
+# --- Every bad file and every careless command: exit 2, one message that says what to do, nothing stored.
+
+CODE = "tests/researcher_code.py"  # the researcher's own model code, named as a user names theirs
+
+
+def refused(result, message: str) -> None:
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def zip_of_text() -> bytes:
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("notes.txt", "not a model")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (lambda: np.random.default_rng(0).bytes(4096), "is not a PyTorch model file"),
+        (lambda: b"", "is not a PyTorch model file"),
+        (lambda: b"daisy\ndandelion\n", "is not a PyTorch model file"),
+        (lambda: __import__("pickle").dumps({"weights": [1, 2, 3]}), "is a plain Python pickle (pickle.dump)"),
+        (zip_of_text, "is a zip archive but not one that torch wrote"),
+    ],
+    ids=["random bytes", "empty", "text", "plain pickle", "zip of text"],
+)
+def test_a_file_that_is_no_torch_model_is_called_that(tmp_path, content, message):
+    path = tmp_path / "model.pth"
+    path.write_bytes(content())
+    before = len(bentoml.models.list())
+    refused(run_import(path, "--trust-pickle"), message)  # trusting does not make random bytes a pickle
+    assert len(bentoml.models.list()) == before
+
+
+def test_a_truncated_torch_file_is_called_damaged_or_not_a_model(tmp_path):
+    whole = tmp_path / "whole.pth"
+    torch.save(torchvision.models.mobilenet_v3_small(num_classes=3).state_dict(), whole)
+    cut = tmp_path / "cut.pth"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    refused(run_import(cut, "--arch", "mobilenet_v3_small"), "(corrupt, truncated, or another kind of file)")
+
+
+def test_a_file_holding_no_model_says_what_it_holds(tmp_path):
+    path = tmp_path / "stats.pth"
+    torch.save({"epoch": 3, "loss": 0.25}, path)
+    refused(run_import(path, "--arch", "resnet18"), "holds no model")
+
+
+def test_the_legacy_torch_format_imports(tmp_path, labels3):
+    path = tmp_path / "old.pth"
+    torch.save(
+        torchvision.models.mobilenet_v3_small(num_classes=3).state_dict(), path, _use_new_zipfile_serialization=False
+    )
+    tag = imported_tag(run_import(path, "--arch", "mobilenet_v3_small", "--labels", labels3))
+    assert stored(tag).info.metadata["num_classes"] == 3
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--name", "Birds Model v2"], "--name 'Birds Model v2' cannot name a stored model"),
+        (["--labels", "missing.txt"], "cannot read labels file missing.txt"),
+        (["--labels", "latin1.txt"], "cannot read labels file"),
+        (["--photos", "no-such-folder"], "--photos no-such-folder: no such folder"),
+        (["--arch", "no_such_file.py:Net"], "no such file: no_such_file.py"),
+        (["--arch", "mynet.py"], "write FILE.py:NAME or package.module:NAME"),
+        (["--arch-kwargs", "{num_classes: 4}"], "--arch-kwargs is not JSON"),
+        (["--transforms", "RandomResizedCrop(224), ToTensor()"], "at inference use Resize(256), CenterCrop(224)"),
+        (["--transforms", "Resize(256), ToTensor()", "--crop", "224"], "--transforms replaces --crop"),
+        (["--mean", "0.5", "0.5", "0.5", "--std", "0.5"], "--mean has 3 values but --std 1"),
+    ],
+)
+def test_names_labels_paths_and_options_are_checked_before_the_model_is_loaded(tmp_path, args, message):
+    """The model file is corrupt: its error would come first if the option were checked after loading."""
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9\n".encode("latin-1"))
+    corrupt = tmp_path / "model.pth"
+    corrupt.write_bytes(b"\x00" * 64)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "import_model.py"), str(corrupt), *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    refused(result, message)
+
+
+def test_a_file_name_that_is_no_model_name_becomes_one(tmp_path, labels3):
+    path = tmp_path / "Birds Model v2.pth"
+    torch.save(torchvision.models.mobilenet_v3_small(num_classes=3).state_dict(), path)
+    result = run_import(path, "--arch", "mobilenet_v3_small", "--labels", labels3)
+    assert imported_tag(result).startswith("birds-model-v2:")
+    assert "from the file name 'Birds Model v2.pth'" in result.stderr
+
+
+def test_a_wrong_torchvision_arch_names_the_right_one(tmp_path):
+    path = tmp_path / "resnet18.pth"
+    torch.save(torchvision.models.resnet18(num_classes=5).state_dict(), path)
+    refused(run_import(path, "--arch", "resnet34"), "They look like torchvision's resnet18: try --arch resnet18")
+
+
+def test_a_changed_head_under_a_torchvision_name_shows_the_builder_to_write(tmp_path):
+    from researcher_code import resnet18_with_new_head
+
+    path = tmp_path / "birds.pth"
+    torch.save(resnet18_with_new_head(5).state_dict(), path)
+    result = run_import(path, "--arch", "resnet18")
+    refused(result, "the head 'fc' was changed (the file has fc.1.weight [5, 512], fc.1.bias [5])")
+    assert "model = torchvision.models.resnet18()" in result.stderr and "--arch head.py:build" in result.stderr
+    # And the way forward works: the builder named as FILE.py:NAME.
+    assert imported_tag(run_import(path, "--arch", f"{CODE}:resnet18_with_new_head")).startswith("birds:")
+
+
+def test_an_own_class_with_other_arguments_is_told_the_arch_kwargs(tmp_path):
+    from researcher_code import Net
+
+    path = tmp_path / "cells.pth"
+    torch.save(Net(num_classes=4).state_dict(), path)
+    refused(run_import(path, "--arch", f"{CODE}:Net"), """pass --arch-kwargs '{"num_classes": 4}'""")
+    refused(run_import(path, "--arch", f"{CODE}:Nett"), "Nett is not defined there (nn.Module classes found: ['At128'")
+
+
+def test_an_own_file_that_fails_is_reported_as_its_error(tmp_path):
+    (tmp_path / "broken.py").write_text("import torch\nx = 1 / 0\n")
+    path = tmp_path / "m.pth"
+    torch.save(torchvision.models.mobilenet_v3_small(num_classes=3).state_dict(), path)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "import_model.py"), str(path), "--arch", "broken.py:build"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    refused(result, "running broken.py failed: ZeroDivisionError: division by zero")
+
+
+def test_a_model_that_refuses_the_size_is_told_to_set_crop(tmp_path):
+    from researcher_code import At128
+
+    path = tmp_path / "plankton.pth"
+    torch.save(At128().state_dict(), path)
+    result = run_import(path, "--arch", f"{CODE}:At128")
+    refused(result, "the model refused an input of 3 x 224 x 224 (channels x height x width)")
+    assert "It does run at 128 x 128" in result.stderr and "--crop N" in result.stderr
+
+
+def test_a_whole_pickle_of_a_class_from_the_training_script_needs_that_file(tmp_path, labels3):
+    """torch.save(model) in a script that defines the class itself: the pickle names __main__.Net."""
+    script = tmp_path / "train.py"
+    script.write_text(
+        (ROOT / "tests" / "researcher_code.py").read_text()
+        + "\nif __name__ == '__main__':\n    torch.save(Net(num_classes=3).eval(), 'cells.pth')\n"
+    )
+    subprocess.run([sys.executable, str(script)], cwd=tmp_path, check=True)
+    path = tmp_path / "cells.pth"
+    refused(run_import(path, "--trust-pickle"), "Pass the file that defines the class, e.g. --arch mynet.py:Net")
+    tag = imported_tag(run_import(path, "--trust-pickle", "--arch", f"{script}:Net", "--labels", labels3))
+    assert stored(tag).info.metadata["source_format"] == "pickle"
+
+
+def test_a_pt2_that_holds_pickled_code_needs_trust(tmp_path):
+    """A .pt2 whose weights were written with pickle: loading it runs what the pickle names."""
+    import zipfile
+
+    from researcher_code import Net
+
+    path = tmp_path / "net.pt2"
+    torch.export.save(torch.export.export(Net(num_classes=3).eval(), (torch.randn(1, 3, 64, 64),)), path)
+    evil = tmp_path / "evil.pt2"
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(evil, "w") as dst:
+        for item in src.infolist():
+            data = src.read(item)
+            if item.filename.endswith("sample_inputs/model.pt"):
+                buf = __import__("io").BytesIO()
+                torch.save(flowers_style_model(), buf)  # a whole pickled model where tensors belong
+                data = buf.getvalue()
+            dst.writestr(item, data)
+    refused(run_import(evil), "Loading it runs Python code stored in the file")
+
+
+def test_the_faithfulness_gate_refuses_a_model_the_server_would_answer_differently(tmp_path, real_photos):
+    """Resizing a tensor without antialiasing cannot be served exactly (the server resamples with Pillow,
+    antialiased): on a model whose answers follow the photo, answers move, and the import says so."""
+    from researcher_code import Net
+    from torchvision import transforms as T
+
+    model = sensitive(
+        lambda: Net(num_classes=4), T.Compose([T.ToTensor(), T.Resize((64, 64), antialias=False)]), False, 7
+    )
+    path = tmp_path / "cells.pth"
+    torch.save(model.state_dict(), path)
+    args = ["--arch", f"{CODE}:Net", "--arch-kwargs", '{"num_classes": 4}', "--photos", real_photos,
+            "--transforms", "ToTensor(), Resize((64, 64), antialias=False)"]  # fmt: skip
+    before = len(bentoml.models.list())
+    refused(run_import(path, *args), "served answers disagree with torch running your transforms")
+    assert len(bentoml.models.list()) == before
+    tag = imported_tag(run_import(path, *args, "--accept-disagreement"))
+    faithfulness = stored(tag).info.metadata["faithfulness"]
+    assert faithfulness["accepted_anyway"] and faithfulness["max_prob_diff"] > config.FAITHFUL_MAX_PROB_DIFF
+
+
+def test_torchscript_imports_without_torchs_deprecation_warnings(tmp_path, labels3):
+    path = tmp_path / "scripted.pt"
+    torch.jit.script(colour_module()).save(str(path))
+    result = run_import(path, "--labels", labels3, "--crop", "32")
+    assert imported_tag(result).startswith("scripted:")
+    assert "Warning" not in result.stderr and "deprecated" not in result.stderr, result.stderr

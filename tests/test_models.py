@@ -134,8 +134,8 @@ def test_a_full_queue_sheds_only_its_own_model_and_the_other_answers_meanwhile(o
         return run(pixels)
 
     def pixels(m: registry.Served, n: int) -> np.ndarray:
-        side = m.card.preprocessing.crop
-        return np.zeros((n, 3, side, side), np.uint8)
+        prep = m.card.preprocessing
+        return np.zeros((n, prep.channels, *prep.input_size), np.uint8)
 
     async def scenario() -> None:
         await slow.batcher(pixels(slow, 1))  # measured: the slow model's seconds per image is known
@@ -231,7 +231,7 @@ def test_get_models_lists_the_served_models_default_first_and_the_docs_list_it(
                 "classes": len(card.labels),
                 "title": card.title,
                 "description": card.description,
-                "preprocessing": card.preprocessing.to_dict(),
+                "preprocessing": {"transforms": card.preprocessing.transforms(), **card.preprocessing.to_dict()},
                 "default": default,
             }
         )

@@ -1,0 +1,115 @@
+"""Does the server answer as the researcher's own code does? Measured at import, on real photos.
+
+Served path: the bundle's own decoding (JPEG draft decode, EXIF orientation, one uint8 resample of the
+crop box) and the exported ONNX graph, exactly as the server runs them. Reference: each photo decoded in
+full by Pillow, the researcher's transform list run by torchvision itself, and their torch model. The
+two are compared on top-1 and on the largest probability difference.
+
+Import side only (torch, torchvision); the server never reads it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from torch import nn
+
+from imgserve import config
+from imgserve.predict import open_session, run
+from imgserve.preprocess import ImageRejected, Preprocessing, preprocess
+from imgserve.transforms import Step
+
+PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+@dataclass(frozen=True)
+class Agreement:
+    photos: int
+    top1_agree: int
+    max_prob_diff: float
+
+    @property
+    def fraction(self) -> float:
+        return self.top1_agree / self.photos if self.photos else 0.0
+
+    @property
+    def acceptable(self) -> bool:
+        return (
+            self.photos > 0
+            and self.fraction >= config.FAITHFUL_MIN_TOP1_AGREEMENT
+            and self.max_prob_diff <= config.FAITHFUL_MAX_PROB_DIFF
+        )
+
+    def to_dict(self) -> dict:
+        return {
+            "photos": self.photos,
+            "top1_agreement": round(self.fraction, 4),
+            "max_prob_diff": round(self.max_prob_diff, 6),
+        }
+
+    def __str__(self) -> str:
+        return (
+            f"top-1 the same on {self.top1_agree} of {self.photos} photos, "
+            f"largest probability difference {self.max_prob_diff:.4f}"
+        )
+
+
+def photos_in(folder: Path, limit: int = config.FAITHFUL_MAX_PHOTOS) -> list[Path]:
+    """Image files of a folder and its subfolders, by name, at most `limit` (sorted, so runs repeat)."""
+    found = sorted(p for p in folder.rglob("*") if p.suffix.lower() in PHOTO_SUFFIXES and not p.name.startswith("."))
+    return found[:limit]
+
+
+def reference_transform(steps: list[Step]) -> Callable[[Image.Image], torch.Tensor]:
+    """The researcher's transform list, built by torchvision from the parsed steps."""
+    from torchvision import transforms as v1
+    from torchvision.transforms import InterpolationMode, v2
+
+    def value(v: object) -> object:
+        if isinstance(v, str) and v.upper() in InterpolationMode.__members__:
+            return InterpolationMode[v.upper()]
+        if isinstance(v, str) and hasattr(torch, v) and isinstance(getattr(torch, v), torch.dtype):
+            return getattr(torch, v)
+        return v
+
+    built = []
+    for step in steps:
+        cls = getattr(v1, step.name, None) or getattr(v2, step.name)  # ToImage, ToDtype: v2 only
+        built.append(cls(*map(value, step.args), **{k: value(v) for k, v in step.kwargs.items()}))
+    return v1.Compose(built)
+
+
+def measure(
+    model: nn.Module,
+    apply_softmax: bool,
+    onnx_path: Path,
+    prep: Preprocessing,
+    steps: list[Step],
+    photos: list[Path],
+) -> Agreement:
+    """Served path against the reference on every photo that decodes; photos that do not are skipped."""
+    transform = reference_transform(steps)
+    # The researcher's images were gray already when the model is gray and their list has no Grayscale.
+    mode = "L" if prep.channels == 1 and not any(s.name == "Grayscale" for s in steps) else "RGB"
+    session = open_session(str(onnx_path))
+    agree, worst, count = 0, 0.0, 0
+    for path in photos:
+        data = path.read_bytes()
+        try:
+            served = run(session, preprocess(data, prep)[None])[0]
+        except ImageRejected:
+            continue  # not a photo the server would classify either
+        with Image.open(path) as img:
+            photo = ImageOps.exif_transpose(img).convert(mode)
+        with torch.inference_mode():
+            out = model(transform(photo)[None].float())
+            expected = (torch.softmax(out, dim=1) if apply_softmax else out)[0].numpy()
+        count += 1
+        agree += int(served.argmax() == expected.argmax())
+        worst = max(worst, float(np.abs(served - expected).max()))
+    return Agreement(count, agree, worst)

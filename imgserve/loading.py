@@ -1,0 +1,511 @@
+"""The torch side of import, first step: read a model file in whatever form a researcher saved it.
+
+Forms, told apart by their bytes before anything is unpickled:
+- a state_dict (or a training checkpoint holding one), built with `--arch`: a torchvision name, or
+  the researcher's own class or builder function (`FILE.py:NAME`, `package.module:NAME`);
+- a whole pickled model, `torch.save(model)`: only with `--trust-pickle`, since unpickling runs code;
+- TorchScript (`torch.jit.save`) and `torch.export` archives (`.pt2`).
+
+Every refusal is an `ImportRefused` whose message says what the file is and what to do. Only
+`import_model.py`, the benchmark and the tests import this file; the server never needs torch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.util
+import io
+import json
+import os
+import pickle
+import sys
+import types
+import warnings
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+
+PICKLE_REFUSED = (
+    "{path} is a whole pickled model (saved with torch.save(model)){classes}. Loading it runs Python "
+    "code stored in the file, which can do anything on this machine. If you made this file or trust "
+    "its source, run again with --trust-pickle. To avoid the question, save model.state_dict() and "
+    "pass --arch, or save a torch.export archive (.pt2)."
+)
+# The pickle protocol 2 header of torch.save's legacy (pre-1.6, non-zip) format: its magic number.
+LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
+CHECKPOINT_KEYS = ("state_dict", "model_state_dict", "model", "net", "network", "weights")
+SHOWN_KEYS = 4  # key names quoted in a mismatch message; the rest are counted
+
+
+class ImportRefused(Exception):
+    """The model cannot be imported as asked; the message tells the user what to do."""
+
+
+@dataclass
+class LoadedModel:
+    module: nn.Module
+    source_format: str  # "state_dict", "pickle", "torchscript" or "exported" (.pt2)
+    arch: str
+    # (channels, height, width) when the file itself fixes the input (a .pt2's signature)
+    input_shape: tuple[int, int, int] | None = None
+    one_image_per_call: bool = False  # a .pt2 exported with a fixed batch of 1
+    notes: list[str] = field(default_factory=list)
+
+
+@contextlib.contextmanager
+def quiet_torch() -> Iterator[None]:
+    """torch's deprecation chatter (TorchScript, the ONNX exporter, the tracer) says nothing a user can act on."""
+    with warnings.catch_warnings():
+        for category in (DeprecationWarning, FutureWarning, torch.jit.TracerWarning):
+            warnings.filterwarnings("ignore", category=category, module=r"(torch|torchvision|efficientnet_lite)")
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message=".*constant folding.*", category=UserWarning)
+        yield
+
+
+# --- What a file is, from its bytes.
+
+
+def file_kind(path: Path) -> str:
+    """'torch' (torch.save archive), 'torchscript', 'exported' (.pt2) or 'legacy'; else ImportRefused."""
+    with open(path, "rb") as f:
+        head = f.read(len(LEGACY_TORCH_MAGIC))
+    if zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = z.namelist()
+        except (zipfile.BadZipFile, OSError) as e:
+            raise ImportRefused(f"{path.name} is a damaged zip archive ({e}), not a model torch can read") from None
+        if any("/code/__torch__" in n for n in names):
+            return "torchscript"
+        if any(n.endswith(("/archive_format", "serialized_exported_program.json")) for n in names):
+            return "exported"
+        if any(n.endswith("data.pkl") for n in names):
+            return "torch"
+        raise ImportRefused(
+            f"{path.name} is a zip archive but not one that torch wrote (no data.pkl, TorchScript code "
+            "or torch.export program in it)"
+        )
+    if head == LEGACY_TORCH_MAGIC:
+        return "legacy"
+    if head[:1] == b"\x80":
+        raise ImportRefused(
+            f"{path.name} is a plain Python pickle (pickle.dump), not a file saved with torch.save; "
+            "save the model's weights with torch.save(model.state_dict(), path)"
+        )
+    raise ImportRefused(
+        f"{path.name} is not a PyTorch model file: it is none of torch.save's formats, TorchScript or a "
+        ".pt2 archive (corrupt, truncated, or another kind of file)"
+    )
+
+
+def unsafe_globals(source: Path | bytes) -> list[str]:
+    """Classes and functions a torch.save pickle would import to load: empty for plain tensors."""
+    f = io.BytesIO(source) if isinstance(source, bytes) else source
+    try:
+        return sorted(torch.serialization.get_unsafe_globals_in_checkpoint(f))
+    except Exception as e:  # torch reads the pickle's opcodes only; any failure means a damaged file
+        name = "an entry of the archive" if isinstance(source, bytes) else source.name
+        raise ImportRefused(f"{name} is damaged: torch cannot read its pickle ({e})") from None
+
+
+# --- The architecture a state_dict belongs to: torchvision's, or the researcher's own code.
+
+
+def classification_archs() -> list[str]:
+    """torchvision's classification models, plus the EfficientNet-Lite family of the default model."""
+    lite = [f"efficientnet-lite{i}" for i in range(5)]
+    return sorted(torchvision.models.list_models(module=torchvision.models)) + lite
+
+
+def build_arch(arch: str, **kwargs: object) -> nn.Module:
+    with quiet_torch():
+        if arch.startswith("efficientnet-lite"):
+            from efficientnet_lite_pytorch import EfficientNet
+
+            return EfficientNet.from_name(arch, **kwargs)
+        return torchvision.models.get_model(arch, weights=None, **kwargs)
+
+
+def is_code_arch(arch: str) -> bool:
+    """`FILE.py:NAME` or `package.module:NAME`: the researcher's own code, run only when named."""
+    return ":" in arch
+
+
+def check_arch(arch: str) -> None:
+    """--arch as spelled, and its file, checked before any model is loaded."""
+    if not is_code_arch(arch):
+        if arch.endswith(".py") or "/" in arch:
+            raise ImportRefused(
+                f"--arch {arch!r}: write FILE.py:NAME or package.module:NAME (NAME a class or function)"
+            )
+        if arch not in classification_archs():
+            raise ImportRefused(
+                f"unknown architecture {arch!r}; --list-archs shows torchvision's, or pass FILE.py:NAME"
+            )
+        return
+    target, _, name = arch.rpartition(":")
+    if not target or not name.isidentifier():
+        raise ImportRefused(f"--arch {arch!r}: write FILE.py:NAME or package.module:NAME (NAME a class or function)")
+    if target.endswith(".py") and not Path(target).is_file():
+        raise ImportRefused(f"--arch {arch!r}: no such file: {target}")
+
+
+def import_code(arch: str) -> types.ModuleType:
+    """Run the researcher's module (their explicit choice) and return it."""
+    target = arch.rpartition(":")[0]
+    try:
+        if target.endswith(".py"):
+            path = Path(target).resolve()
+            sys.path.insert(0, str(path.parent))  # so that the file's own imports of its neighbours work
+            spec = importlib.util.spec_from_file_location(path.stem, path)
+            assert spec and spec.loader
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[path.stem] = module  # a pickle that names the module finds it too
+            spec.loader.exec_module(module)
+            return module
+        if os.getcwd() not in sys.path:
+            sys.path.insert(0, os.getcwd())  # package.module names a module of the folder the user is in
+        return importlib.import_module(target)
+    except ImportRefused:
+        raise
+    except Exception as e:  # their code: whatever it raises is reported, not a traceback of ours
+        raise ImportRefused(f"--arch {arch}: running {target} failed: {type(e).__name__}: {e}") from None
+
+
+def build_code_arch(arch: str, kwargs: dict) -> nn.Module:
+    name = arch.rpartition(":")[2]
+    module = import_code(arch)
+    builder = getattr(module, name, None)
+    if not callable(builder):
+        found = sorted(n for n, v in vars(module).items() if isinstance(v, type) and issubclass(v, nn.Module))
+        raise ImportRefused(f"--arch {arch}: {name} is not defined there (nn.Module classes found: {found or 'none'})")
+    try:
+        with quiet_torch():
+            model = builder(**kwargs)
+    except Exception as e:
+        hint = "" if kwargs else "; pass its arguments as JSON with --arch-kwargs '{\"num_classes\": 10}'"
+        raise ImportRefused(
+            f"--arch {arch}: calling {name}(**{kwargs}) failed: {type(e).__name__}: {e}{hint}"
+        ) from None
+    if not isinstance(model, nn.Module):
+        raise ImportRefused(f"--arch {arch}: {name}(...) returned {type(model).__name__}, not a torch nn.Module")
+    return model
+
+
+# --- Loading each form.
+
+
+def load_model(
+    path: Path, arch: str | None = None, trust_pickle: bool = False, arch_kwargs: dict | None = None
+) -> LoadedModel:
+    """Load a model file in any of the forms above; refuse with a message that says what to do."""
+    kind = file_kind(path)
+    with quiet_torch():
+        if kind == "torchscript":
+            try:
+                module = torch.jit.load(str(path), map_location="cpu")
+            except Exception as e:
+                raise ImportRefused(f"{path.name} is a damaged TorchScript archive ({e})") from None
+            return LoadedModel(module.eval(), "torchscript", arch or "torchscript")
+        if kind == "exported":
+            return _load_exported(path, trust_pickle)
+        classes = unsafe_globals(path) if kind == "torch" else []
+        if classes:
+            return _load_pickle(path, classes, arch, trust_pickle)
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:  # the legacy format, read without a scan first: a pickled model
+            return _load_pickle(path, [], arch, trust_pickle)
+        except Exception as e:
+            raise ImportRefused(f"{path.name} is damaged: torch.load cannot read it ({e})") from None
+    return _build_from_state_dict(path, unwrap_state_dict(obj, path), arch, arch_kwargs or {})
+
+
+def _load_pickle(path: Path, classes: list[str], arch: str | None, trust_pickle: bool) -> LoadedModel:
+    if not trust_pickle:
+        shown = ", ".join(c for c in classes if not c.startswith("torch."))[:200]
+        raise ImportRefused(PICKLE_REFUSED.format(path=path.name, classes=f" of {shown}" if shown else ""))
+    code = import_code(arch) if arch and is_code_arch(arch) else None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_pickle_module(code))
+    except (AttributeError, ModuleNotFoundError) as e:
+        where = "the script that saved it" if "__main__" in str(e) else "a module that cannot be imported here"
+        raise ImportRefused(
+            f"unpickling needs the code that defined the model ({e}): it was defined in {where}. "
+            "Pass the file that defines the class, e.g. --arch mynet.py:Net (with --trust-pickle), or run "
+            "from the folder where its module can be imported"
+        ) from None
+    except Exception as e:  # code from the file ran and failed
+        raise ImportRefused(f"unpickling {path.name} failed: {type(e).__name__}: {e}") from None
+    for key in CHECKPOINT_KEYS:  # a checkpoint dict holding the whole model
+        if isinstance(obj, dict) and isinstance(obj.get(key), nn.Module):
+            obj = obj[key]
+            break
+    if isinstance(obj, nn.Module):
+        return LoadedModel(obj.eval(), "pickle", type(obj).__name__)
+    if isinstance(obj, torch.jit.ScriptModule):
+        return LoadedModel(obj.eval(), "torchscript", "torchscript")
+    raise ImportRefused(f"{path.name} holds a {type(obj).__name__}, not a model or a state_dict")
+
+
+def _pickle_module(code: types.ModuleType | None) -> types.ModuleType:
+    """pickle, where a class saved from a training script (`__main__.Net`) is found in `code`."""
+
+    class Unpickler(pickle.Unpickler):
+        def find_class(self, module: str, name: str) -> object:
+            if module == "__main__" and code is not None and hasattr(code, name):
+                return getattr(code, name)
+            return super().find_class(module, name)
+
+    shim = types.ModuleType("pickle")
+    shim.Unpickler = Unpickler  # type: ignore[attr-defined]
+    shim.load = pickle.load  # type: ignore[attr-defined]
+    return shim
+
+
+def _pickled_members(z: zipfile.ZipFile) -> list[str]:
+    """Members of a .pt2 that torch.export.load unpickles: sample inputs and saved tensors (`*.pt`), and
+    weights or constants its configs mark `use_pickle`. The other weights are raw bytes."""
+    names = z.namelist()
+    found = [n for n in names if n.endswith((".pt", ".pkl"))]
+    for config in (n for n in names if n.endswith("_config.json")):
+        try:
+            entries = json.loads(z.read(config)).get("config", {}).values()
+        except (ValueError, AttributeError):
+            raise ImportRefused(f"the .pt2 archive's {config} is damaged") from None
+        folder = config.rpartition("/")[0]
+        found += [f"{folder}/{e['path_name']}" for e in entries if isinstance(e, dict) and e.get("use_pickle")]
+    return found
+
+
+def _load_exported(path: Path, trust_pickle: bool) -> LoadedModel:
+    """A torch.export archive: its graph is data, but its weights or constants may be pickles."""
+    classes: set[str] = set()
+    with zipfile.ZipFile(path) as z:
+        for name in _pickled_members(z):
+            data = z.read(name)
+            # torch.save's zip format can be scanned without running it; any other pickle cannot.
+            classes |= set(unsafe_globals(data)) if data[:2] == b"PK" else {f"an unscanned pickle ({name})"}
+    classes = sorted(classes)
+    if classes and not trust_pickle:
+        raise ImportRefused(PICKLE_REFUSED.format(path=path.name, classes=f" holding {', '.join(classes)[:200]}"))
+    try:
+        program = torch.export.load(str(path))
+    except Exception as e:
+        raise ImportRefused(f"{path.name} is a damaged torch.export archive ({type(e).__name__}: {e})") from None
+    inputs = [
+        s for s in program.graph_signature.input_specs if s.kind == torch.export.graph_signature.InputKind.USER_INPUT
+    ]
+    if len(inputs) != 1:
+        raise ImportRefused(f"{path.name} takes {len(inputs)} inputs; an image classifier takes one image batch")
+    node = next(n for n in program.graph.nodes if n.op == "placeholder" and n.name == inputs[0].arg.name)
+    shape = tuple(node.meta["val"].shape)
+    if len(shape) != 4:
+        raise ImportRefused(f"{path.name} takes an input of shape {list(shape)}, not an image batch (N, C, H, W)")
+    fixed = tuple(int(d) if isinstance(d, int) else None for d in shape[1:])
+    input_shape = fixed if None not in fixed else None
+    module = program.module()
+    loaded = LoadedModel(module, "exported", "torch.export", input_shape, one_image_per_call=isinstance(shape[0], int))
+    if loaded.one_image_per_call and shape[0] != 1:
+        raise ImportRefused(
+            f"{path.name} was exported for batches of exactly {shape[0]} images; export it with a batch of 1 "
+            "or a dynamic batch (dynamic_shapes={'x': {0: torch.export.Dim('batch')}})"
+        )
+    if loaded.one_image_per_call:
+        loaded.notes.append("exported with a fixed batch of 1: served one image per model call")
+    return loaded
+
+
+# --- A state_dict: unwrapped, its architecture built, its weights fitted with a diagnosis.
+
+
+def unwrap_state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:
+    """A bare state_dict, or one inside a training checkpoint; DataParallel prefixes removed."""
+    if isinstance(obj, dict):
+        for key in CHECKPOINT_KEYS:
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ImportRefused(
+            f"{path.name} holds no model: no state_dict (a mapping of parameter names to tensors) "
+            f"and no whole model; found {_describe(obj)}"
+        )
+    return {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in obj.items()}
+
+
+def _describe(obj: object) -> str:
+    if isinstance(obj, dict):
+        return f"a dict with keys {sorted(map(str, obj))[:SHOWN_KEYS]}"
+    return f"a {type(obj).__name__}"
+
+
+def _build_from_state_dict(path: Path, state_dict: dict, arch: str | None, kwargs: dict) -> LoadedModel:
+    if not arch:
+        guess = closest_archs(state_dict)
+        hint = f"; they look like torchvision's {guess[0]}" + (f" ({guess[1]})" if guess[1] else "") if guess else ""
+        raise ImportRefused(
+            f"{path.name} holds only weights (a state_dict){hint}. Name the architecture they belong to with "
+            "--arch: a torchvision name (--arch resnet18, see --list-archs), or the code that builds your model "
+            "(--arch mynet.py:Net, with --arch-kwargs for its arguments)"
+        )
+    if is_code_arch(arch):
+        module = build_code_arch(arch, kwargs)
+        fit_state_dict(module, state_dict, arch, kwargs)
+        return LoadedModel(module.eval(), "state_dict", arch)
+    check_arch(arch)
+    reference = build_arch(arch, **kwargs)
+    head = last_layer(reference)
+    if "num_classes" not in kwargs and head in state_dict:
+        kwargs = {**kwargs, "num_classes": int(state_dict[head].shape[0])}
+    module = build_arch(arch, **kwargs) if kwargs else reference
+    fit_state_dict(module, state_dict, arch, kwargs)
+    return LoadedModel(module.eval(), "state_dict", arch)
+
+
+def last_layer(module: nn.Module) -> str:
+    """The key of the classifier's weight: the last 2-D (or more) weight of the model."""
+    return [k for k, v in module.state_dict().items() if k.endswith("weight") and v.ndim >= 2][-1]
+
+
+def fit_state_dict(module: nn.Module, state_dict: dict, arch: str, kwargs: dict) -> None:
+    """Load the weights strictly, or say exactly how they differ from the architecture and what to do."""
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    wrong = [k for k in expected if k in state_dict and state_dict[k].shape != expected[k].shape]
+    if not (missing or unexpected or wrong):
+        module.load_state_dict(state_dict, strict=True)
+        return
+    what = f"torchvision's {arch}" if not is_code_arch(arch) else arch
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} weights missing from the file ({_keys(missing)})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} in the file that {what} has not ({_keys(unexpected)})")
+    if wrong:
+        shapes = ", ".join(
+            f"{k}: file {list(state_dict[k].shape)}, model {list(expected[k].shape)}" for k in wrong[:SHOWN_KEYS]
+        )
+        problems.append(f"{len(wrong)} of another shape ({shapes})")
+    message = f"the weights do not fit {what}{f' with {kwargs}' if kwargs else ''}: " + "; ".join(problems)
+    raise ImportRefused(message + ". " + _mismatch_hint(module, state_dict, arch, missing, unexpected, wrong))
+
+
+def _keys(keys: list[str]) -> str:
+    more = f", ... {len(keys) - SHOWN_KEYS} more" if len(keys) > SHOWN_KEYS else ""
+    return ", ".join(keys[:SHOWN_KEYS]) + more
+
+
+def _mismatch_hint(module, state_dict, arch, missing, unexpected, wrong) -> str:
+    """The way forward: the right torchvision name, the classes argument, or a builder for a changed head."""
+    head = last_layer(module)
+    if wrong and set(wrong) <= {head, head.removesuffix("weight") + "bias"} and not (missing or unexpected):
+        classes = int(state_dict[head].shape[0])
+        return f"The file has {classes} classes: pass --arch-kwargs '{{\"num_classes\": {classes}}}'"
+    prefixes = {k.split(".")[0] for k in missing + unexpected}
+    if not is_code_arch(arch) and len(prefixes) == 1 and not wrong:
+        [prefix] = prefixes
+        shapes = ", ".join(f"{k} {list(state_dict[k].shape)}" for k in unexpected[:SHOWN_KEYS])
+        return (
+            f"Everything but the classifier fits: the head '{prefix}' was changed (the file has {shapes}). "
+            "Give the code that builds it, as in your training script: a file head.py with\n"
+            f"    import torchvision\n    from torch import nn\n\n    def build():\n"
+            f"        model = torchvision.models.{arch}()\n        model.{prefix} = ...  # your new head\n"
+            "        return model\n"
+            "and pass --arch head.py:build"
+        )
+    guess = closest_archs(state_dict)
+    if guess and guess[0] != arch:
+        return f"They look like torchvision's {guess[0]}{f' ({guess[1]})' if guess[1] else ''}: try --arch {guess[0]}"
+    return "Check --arch (and --arch-kwargs) against the code that trained the model"
+
+
+def closest_archs(state_dict: dict) -> tuple[str, str] | None:
+    """The torchvision architecture whose weights, all but the classifier, are these: (name, note) or None.
+
+    Each candidate is built on the meta device (shapes, no memory), so all 80 take a few seconds.
+    """
+    best: tuple[float, str, str] | None = None
+    for arch in classification_archs():
+        try:
+            with torch.device("meta"):
+                reference = build_arch(arch).state_dict()
+        except Exception:  # a few (RegNet) cannot be built without real tensors; never the answer then
+            continue
+        head = last_layer_key(reference)
+        body = {k: v.shape for k, v in reference.items() if not k.startswith(head)}
+        same = sum(1 for k, shape in body.items() if k in state_dict and state_dict[k].shape == shape)
+        extra = sum(1 for k in state_dict if k not in reference and not k.startswith(head))
+        score = same / (len(body) + extra) if body else 0.0
+        if score >= 0.99 and (best is None or score > best[0]):
+            heads = [k for k in state_dict if k.startswith(head)]
+            fits = heads and all(k in reference and reference[k].ndim == state_dict[k].ndim for k in heads)
+            note = "" if fits else f"with a changed head: {', '.join(heads[:SHOWN_KEYS])}"
+            best = (score, arch, note)
+    return (best[1], best[2]) if best else None
+
+
+def last_layer_key(reference: dict) -> str:
+    """The prefix of the classifier in a state_dict: 'fc', 'classifier.6', 'heads.head', ..."""
+    key = [k for k, v in reference.items() if k.endswith("weight") and v.ndim >= 2][-1]
+    return key.removesuffix("weight").rstrip(".")
+
+
+# --- What the model takes: channels and size, read from the weights where they say.
+
+
+def first_layer_input(module: nn.Module) -> tuple[int | None, tuple[int, int] | None]:
+    """(channels, size) the model's first layer implies: a convolution gives the channels; a Linear
+    first layer (a flattened image) gives both, when its inputs are a square gray or RGB image."""
+    for name, p in module.named_parameters():
+        if not name.endswith("weight") or p.ndim not in (2, 4):
+            continue
+        if p.ndim == 4:
+            return int(p.shape[1]), None
+        n = int(p.shape[1])
+        for channels in (1, 3):
+            side = round((n / channels) ** 0.5)
+            if side * side * channels == n and side >= 8:
+                return channels, (side, side)
+        return None, None
+    return None, None
+
+
+INPUT_SIZES_TRIED = (224, 256, 299, 384, 128, 96, 64, 32, 28)  # common training sizes, probed on refusal
+
+
+def probe(module: nn.Module, channels: int, size: tuple[int, int]) -> str | None:
+    """None if the model runs on a (1, channels, *size) input, else the first line of its error."""
+    try:
+        with torch.inference_mode(), quiet_torch():
+            out = module(torch.zeros(1, channels, *size))
+    except Exception as e:  # any failure in the model's own code means: not this input
+        return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+    if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != 1:
+        shape = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        return f"it returned {shape}, not one row of class scores per image"
+    return None
+
+
+def accepted_sizes(module: nn.Module, channels: int) -> list[int]:
+    return [s for s in INPUT_SIZES_TRIED if probe(module, channels, (s, s)) is None]
+
+
+def parse_arch_kwargs(text: str | None) -> dict:
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ImportRefused(f"--arch-kwargs is not JSON ({e}); write e.g. '{{\"num_classes\": 10}}'") from None
+    if not isinstance(value, dict):
+        raise ImportRefused("--arch-kwargs must be a JSON object of keyword arguments, e.g. '{\"num_classes\": 10}'")
+    return value

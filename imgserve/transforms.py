@@ -1,0 +1,282 @@
+"""A torchvision transform list, as written in a researcher's training or app code, read into a Preprocessing.
+
+    Resize(256), CenterCrop(224), ToTensor(), Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+
+The text is parsed with `ast`, never evaluated: transform names (`transforms.`, `T.` or `v2.` in front
+are fine, and a `Compose([...])` around them), numbers, lists, tuples, keywords and the few constants
+these transforms take (InterpolationMode.BICUBIC, torch.float32). Training-time augmentation is refused
+with the deterministic transform to use instead, and the server needs a fixed input size.
+
+`reference` rebuilds the same list with torchvision itself, so the import can compare the served path
+with the researcher's own transforms (imgserve/faithful.py). Import side only: the server never reads it.
+"""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass, field
+
+from imgserve import config
+from imgserve.preprocess import INTERPOLATIONS, Preprocessing
+
+# Drop-in deterministic replacements for training-only transforms, as the torchvision references do.
+INSTEAD = {
+    "RandomResizedCrop": "Resize({resize}), CenterCrop({size})",
+    "RandomCrop": "CenterCrop({size})",
+    "RandomSizedCrop": "Resize({resize}), CenterCrop({size})",
+}
+AUGMENTATIONS = {
+    "ColorJitter",
+    "GaussianBlur",
+    "GaussianNoise",
+    "ElasticTransform",
+    "AutoAugment",
+    "RandAugment",
+    "TrivialAugmentWide",
+    "AugMix",
+    "RandomErasing",
+}
+MULTI_CROP = {"FiveCrop", "TenCrop"}
+SUPPORTED = ("Resize", "CenterCrop", "Grayscale", "ToTensor", "PILToTensor", "ConvertImageDtype", "ToImage", "ToDtype",
+             "Normalize")  # fmt: skip
+FLOAT_DTYPES = {"float", "float32", "float16", "float64", "double", "half"}
+
+
+class TransformsRefused(ValueError):
+    """The transform list cannot be served as written; the message says what to write instead."""
+
+
+@dataclass(frozen=True)
+class Step:
+    """One transform call, e.g. Resize(256, interpolation='bicubic'); constants already read."""
+
+    name: str
+    args: tuple = ()
+    kwargs: dict = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        parts = [repr(a) for a in self.args] + [f"{k}={v!r}" for k, v in self.kwargs.items()]
+        return f"{self.name}({', '.join(parts)})"
+
+
+def parse(text: str) -> list[Step]:
+    """The calls of a transform list, in order; refuses anything that is not a plain call of literals."""
+    try:
+        tree = ast.parse(f"[{text.strip()}]", mode="eval").body
+    except SyntaxError as e:
+        raise TransformsRefused(f"--transforms is not a transform list ({e.msg}): {text!r}") from None
+    assert isinstance(tree, ast.List)
+    elements = tree.elts
+    if len(elements) == 1 and isinstance(elements[0], ast.List | ast.Tuple):
+        elements = elements[0].elts  # written as a list: [Resize(256), ...]
+    elif len(elements) == 1 and _name(elements[0]) == "Compose":
+        call = elements[0]
+        if not (isinstance(call, ast.Call) and len(call.args) == 1 and isinstance(call.args[0], ast.List | ast.Tuple)):
+            raise TransformsRefused("Compose(...) takes a list: Compose([Resize(256), CenterCrop(224), ToTensor()])")
+        elements = call.args[0].elts
+    if not elements:
+        raise TransformsRefused(f"--transforms: expected transforms such as 'Resize(256), ToTensor()', got {text!r}")
+    return [_step(node) for node in elements]
+
+
+def _name(node: ast.AST) -> str | None:
+    """The transform's name: Resize for Resize(...), transforms.Resize(...), T.Resize, v2.Resize."""
+    func = node.func if isinstance(node, ast.Call) else node
+    if isinstance(func, ast.Name):
+        return func.id
+    if isinstance(func, ast.Attribute):
+        return func.attr
+    return None
+
+
+def _step(node: ast.AST) -> Step:
+    name = _name(node) if isinstance(node, ast.Call) else None
+    if name is None:
+        raise TransformsRefused(f"--transforms: {ast.unparse(node)!r} is not a transform call such as Resize(256)")
+    assert isinstance(node, ast.Call)
+    try:
+        args = tuple(_literal(a, name) for a in node.args)
+        kwargs = {k.arg: _literal(k.value, name) for k in node.keywords if k.arg}
+    except TransformsRefused:
+        if name in SUPPORTED:
+            raise
+        args, kwargs = (), {}  # refused below by name (Lambda, augmentation): what it was given does not matter
+    return Step(name, args, kwargs)
+
+
+def _literal(node: ast.AST, where: str) -> object:
+    """Numbers, strings, booleans, None, lists and tuples; InterpolationMode.X and torch.<dtype> as names."""
+    if isinstance(node, ast.Constant):
+        return node.value
+    if isinstance(node, ast.List | ast.Tuple):
+        values = [_literal(e, where) for e in node.elts]
+        return tuple(values) if isinstance(node, ast.Tuple) else values
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub | ast.UAdd):
+        value = _literal(node.operand, where)
+        if isinstance(value, int | float):
+            return -value if isinstance(node.op, ast.USub) else value
+    if isinstance(node, ast.Attribute | ast.Name):
+        constant = node.attr if isinstance(node, ast.Attribute) else node.id
+        if constant.lower() in INTERPOLATIONS or constant.lower() in FLOAT_DTYPES | {"uint8"}:
+            return constant.lower()  # InterpolationMode.BICUBIC, Image.BICUBIC, torch.float32 ...
+    raise TransformsRefused(
+        f"--transforms: in {where}(...), {ast.unparse(node)!r} is not a value this reader takes "
+        "(numbers, lists, tuples, InterpolationMode.NAME, torch.float32)"
+    )
+
+
+def to_preprocessing(steps: list[Step], model_channels: int | None) -> Preprocessing:
+    """The Preprocessing that serves these steps exactly, for a model taking `model_channels` channels."""
+    resize = crop = None
+    interpolation = "bilinear"
+    gray_out: int | None = None  # Grayscale's num_output_channels
+    tensor = floats = False
+    scale = 255.0  # the tensor holds u * scale for u = uint8 / 255: 1 after ToTensor, 255 for unscaled floats
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    for step in steps:
+        args = _bind(step)
+        match step.name:
+            case "Resize":
+                if resize is not None:
+                    raise TransformsRefused("two Resize steps: write the one the model's input gets")
+                if crop is not None:
+                    raise TransformsRefused(
+                        "CenterCrop before Resize crops a part that depends on the photo's resolution; "
+                        "write Resize first, then CenterCrop"
+                    )
+                if args.get("max_size") is not None:
+                    raise TransformsRefused("Resize(max_size=...) makes the size depend on the photo; drop max_size")
+                resize = _size(args["size"], "Resize")
+                interpolation = str(args.get("interpolation") or "bilinear")
+            case "CenterCrop":
+                if crop is not None:
+                    raise TransformsRefused("two CenterCrop steps: write the one the model's input gets")
+                crop = _size(args["size"], "CenterCrop")
+            case "Grayscale":
+                gray_out = int(args.get("num_output_channels", 1))
+                if gray_out not in (1, 3):
+                    raise TransformsRefused("Grayscale(num_output_channels=...) takes 1 or 3")
+            case "ToTensor":
+                tensor, floats, scale = True, True, 1.0
+            case "PILToTensor" | "ToImage":
+                tensor = True
+            case "ConvertImageDtype" | "ToDtype":
+                dtype = str(args.get("dtype", ""))
+                if not tensor or dtype not in FLOAT_DTYPES:
+                    raise TransformsRefused(
+                        f"{step}: the model needs float tensors, e.g. ConvertImageDtype(torch.float)"
+                    )
+                floats = True
+                # ConvertImageDtype always scales uint8 to [0, 1]; v2's ToDtype only with scale=True.
+                scale = 1.0 if step.name == "ConvertImageDtype" or args.get("scale") else 255.0
+            case "Normalize":
+                if not floats:
+                    raise TransformsRefused("Normalize works on float tensors: put ToTensor() before it")
+                if mean is not None:
+                    raise TransformsRefused("two Normalize steps: combine them into one")
+                mean, std = _floats(args["mean"], "mean"), _floats(args["std"], "std")
+                if len(mean) != len(std):
+                    raise TransformsRefused(f"Normalize: {len(mean)} mean values but {len(std)} std values")
+            case _:
+                raise TransformsRefused(_unsupported(step))
+    if not floats:
+        raise TransformsRefused("the list never makes a float tensor: add ToTensor() (after Resize/CenterCrop)")
+    if resize is None:
+        raise TransformsRefused(
+            "the server needs a fixed input size, and this list has no Resize: add Resize(N) before "
+            "CenterCrop(N), or Resize((H, W)) for an exact size"
+            + (" (a CenterCrop alone takes a part that depends on the photo's resolution)" if crop else "")
+        )
+    if crop is None:
+        if isinstance(resize, int):
+            raise TransformsRefused(
+                f"Resize({resize}) keeps the photo's aspect ratio, so the model's input size would depend on "
+                f"the photo; the server needs a fixed size: add CenterCrop({resize}), or write "
+                f"Resize(({resize}, {resize})) to squeeze the photo to that size"
+            )
+        crop = resize
+
+    if model_channels is not None and gray_out is not None and gray_out != model_channels:
+        raise TransformsRefused(
+            f"Grayscale(num_output_channels={gray_out}) gives {gray_out} channel(s) but the model's first layer "
+            f"takes {model_channels}; write Grayscale(num_output_channels={model_channels})"
+        )
+    channels = model_channels or gray_out or 3
+    mean, std = mean or [0.0], std or [1.0]
+    if len(mean) not in (1, channels):
+        raise TransformsRefused(
+            f"Normalize has {len(mean)} values per statistic but the model takes {channels} channels"
+        )
+    if len(mean) == 1:  # torchvision broadcasts one value over every channel
+        mean, std = mean * channels, std * channels
+    # The model sees (u * scale - m) / s for u = uint8 / 255, which is (u - m / scale) / (s / scale).
+    return Preprocessing(
+        resize=resize,
+        crop=crop,
+        mean=tuple(m / scale for m in mean),
+        std=tuple(v / scale for v in std),
+        interpolation=interpolation,
+        channels=channels,
+        grayscale=gray_out is not None or channels == 1,
+    )
+
+
+def _bind(step: Step) -> dict:
+    """The step's arguments by name, as torchvision's signatures have them."""
+    names = {
+        "Resize": ("size", "interpolation", "max_size", "antialias"),
+        "CenterCrop": ("size",),
+        "Grayscale": ("num_output_channels",),
+        "ConvertImageDtype": ("dtype",),
+        "ToDtype": ("dtype", "scale"),
+        "Normalize": ("mean", "std", "inplace"),
+    }.get(step.name, ())
+    if step.name not in SUPPORTED:
+        raise TransformsRefused(_unsupported(step))
+    if len(step.args) > len(names):
+        raise TransformsRefused(f"{step}: too many arguments for {step.name}")
+    bound = dict(zip(names, step.args, strict=False))
+    for key, value in step.kwargs.items():
+        if key not in names:
+            raise TransformsRefused(f"{step}: {step.name} has no argument {key!r}")
+        bound[key] = value
+    required = {"Resize": ["size"], "CenterCrop": ["size"], "Normalize": ["mean", "std"]}.get(step.name, [])
+    for key in required:
+        if key not in bound:
+            raise TransformsRefused(f"{step}: {step.name} needs {key}")
+    if "interpolation" in bound and bound["interpolation"] not in INTERPOLATIONS:
+        raise TransformsRefused(f"{step}: interpolation must be one of {sorted(INTERPOLATIONS)}")
+    return bound
+
+
+def _unsupported(step: Step) -> str:
+    if step.name in INSTEAD:
+        size = step.args[0] if step.args else step.kwargs.get("size", 224)
+        side = size if isinstance(size, int) else (size[0] if size else 224)
+        instead = INSTEAD[step.name].format(size=size, resize=round(side / config.DEFAULT_CROP_RATIO))
+        return f"{step.name} is training-time augmentation (random); at inference use {instead}"
+    if step.name.startswith("Random") or step.name in AUGMENTATIONS:
+        return f"{step.name} is training-time augmentation (random): leave it out of the inference transforms"
+    if step.name in MULTI_CROP:
+        return f"{step.name} makes several crops per image; the server classifies one: use CenterCrop"
+    if step.name == "Lambda":
+        return "Lambda runs code the server cannot store; write the transforms it does as transform names"
+    return f"{step.name} is not a transform the server can apply; supported: {', '.join(SUPPORTED)}"
+
+
+def _size(value: object, where: str) -> int | tuple[int, int]:
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    if isinstance(value, list | tuple) and len(value) == 1:
+        return _size(value[0], where)  # torchvision reads [n] as n
+    if isinstance(value, list | tuple) and len(value) == 2 and all(isinstance(v, int) and v > 0 for v in value):
+        return (int(value[0]), int(value[1]))
+    raise TransformsRefused(f"{where}: size must be a positive whole number or (height, width), got {value!r}")
+
+
+def _floats(value: object, what: str) -> list[float]:
+    values = value if isinstance(value, list | tuple) else [value]
+    if not values or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+        raise TransformsRefused(f"Normalize: {what} must be numbers, got {value!r}")
+    return [float(v) for v in values]

@@ -1,0 +1,63 @@
+"""Model code as researchers write it, for the import tests: a file of their own, not part of imgserve.
+
+The tests import weights saved from these classes with `--arch tests/researcher_code.py:NAME`, the way
+a researcher names their own `mynet.py`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torchvision
+from torch import nn
+
+
+class Net(nn.Module):
+    """A small CNN of the researcher's own, any input size (adaptive pooling)."""
+
+    def __init__(self, num_classes: int = 10, width: int = 16) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, width, 5, stride=2),
+            nn.ReLU(),
+            nn.Conv2d(width, 2 * width, 3, stride=2),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+        )
+        self.head = nn.Linear(2 * width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+class Digits(nn.Module):
+    """MNIST-style: 1 x 28 x 28 gray input, log-softmax output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Sequential(
+            nn.Conv2d(1, 8, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 16, 3), nn.ReLU(), nn.MaxPool2d(2)
+        )
+        self.fc = nn.Linear(16 * 5 * 5, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.log_softmax(self.fc(self.conv(x).flatten(1)), dim=1)
+
+
+class At128(nn.Module):
+    """Trained at 128 px: its flattened features fit that size only."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Sequential(nn.Conv2d(3, 8, 5, stride=4), nn.ReLU(), nn.MaxPool2d(2))
+        self.fc = nn.Linear(8 * 15 * 15, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.conv(x).flatten(1))
+
+
+def resnet18_with_new_head(num_classes: int = 5) -> nn.Module:
+    """The most common transfer-learning change: torchvision's ResNet-18 with a dropout + linear head."""
+    model = torchvision.models.resnet18()
+    model.fc = nn.Sequential(nn.Dropout(0.5), nn.Linear(512, num_classes))
+    return model
