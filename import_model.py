@@ -265,7 +265,10 @@ def import_model(args: argparse.Namespace) -> str:
         num_classes = int(packaged(torch.from_numpy(inputs[:1])).shape[1])
 
     labels = plan.labels or [f"class_{i}" for i in range(num_classes)]
-    plan.sources["labels"] = f"from {args.labels}" if args.labels else "none given: class_0, class_1, ..."
+    if args.default_model:
+        plan.sources["labels"] = "ImageNet's, from torchvision"
+    else:
+        plan.sources["labels"] = f"from {args.labels}" if args.labels else "none given: class_0, class_1, ..."
     if plan.labels is None and not args.default_model:
         log.warning("no --labels given: answers will say class_0 .. class_%d", num_classes - 1)
     if len(labels) != num_classes:

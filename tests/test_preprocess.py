@@ -140,3 +140,32 @@ def test_invalid_preprocessing_is_refused(bad):
 def test_preprocessing_round_trips_through_metadata():
     prep = Preprocessing(resize=300, crop=288, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), interpolation="bicubic")
     assert Preprocessing.from_dict(prep.to_dict()) == prep
+
+
+def test_a_gray_model_gets_one_channel_as_torchvisions_grayscale():
+    data = image_bytes((200, 100, 50), size=(60, 40))
+    out = preprocess(data, Preprocessing(resize=32, crop=32, mean=(0.5,), std=(0.5,), channels=1))
+    expected = Image.new("RGB", (1, 1), (200, 100, 50)).convert("L").getpixel((0, 0))  # Grayscale() is Pillow's "L"
+    assert out.shape == (1, 32, 32) and centre(np.repeat(out, 3, 0)) == (expected,) * 3
+    three = preprocess(data, Preprocessing(resize=32, crop=32, grayscale=True))  # Grayscale(num_output_channels=3)
+    assert three.shape == (3, 32, 32) and centre(three) == (expected,) * 3
+
+
+def test_an_exact_resize_squeezes_and_a_crop_may_be_oblong():
+    out = preprocess(image_bytes(size=(300, 100)), Preprocessing(resize=(40, 50), crop=(30, 20)))
+    assert out.shape == (3, 30, 20) and centre(out) == (255, 0, 0)
+
+
+def test_entries_stored_before_channels_existed_read_as_rgb():
+    old = {"resize": 256, "crop": 224, "mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bilinear"}
+    prep = Preprocessing.from_dict(old)
+    assert (prep.channels, prep.grayscale, prep.input_size) == (3, False, (224, 224))
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [{"channels": 2, "mean": (0, 0), "std": (1, 1)}, {"channels": 1}, {"resize": (100, 50), "crop": (60, 60)}],
+)
+def test_channels_and_sizes_that_cannot_be_are_refused(bad):
+    with pytest.raises(ValueError):
+        Preprocessing(**bad)

@@ -99,18 +99,26 @@ def test_the_folder_example_writes_the_rows_shown_and_resume_sends_nothing_twice
     assert len(list(csv.DictReader(io.StringIO(out.read_text())))) == 3
 
 
-def test_the_three_import_examples_run_as_written(tmp_path):
+def test_the_import_examples_run_as_written(tmp_path):
     """The README's file names, with small models of the same kinds standing in for real ones."""
+    from researcher_code import Digits, Net
+
+    (tmp_path / "mynet.py").write_text((ROOT / "tests" / "researcher_code.py").read_text())
     torch.save(torchvision.models.resnet18(num_classes=3).state_dict(), tmp_path / "birds_resnet18.pth")
-    flowers = torchvision.models.mobilenet_v3_small(num_classes=3)
+    torch.save(Net(num_classes=4).state_dict(), tmp_path / "cells.pth")
+    torch.export.save(
+        torch.export.export(Net(num_classes=3).eval(), (torch.randn(1, 3, 96, 96),)), tmp_path / "insects.pt2"
+    )
+    flowers = torchvision.models.mobilenet_v3_small(num_classes=5)
     flowers.classifier.append(torch.nn.LogSoftmax(dim=1))
     torch.save(flowers, tmp_path / "flowers.pth")
-    torch.jit.script(torchvision.models.mobilenet_v3_small(num_classes=3).eval()).save(str(tmp_path / "cells.pt"))
-    for name in ("birds", "flowers", "cells"):
-        (tmp_path / f"{name}.txt").write_text("one\ntwo\nthree\n")
+    torch.save(Digits().state_dict(), tmp_path / "digits.pth")
+    torch.jit.script(Net(num_classes=4).eval()).save(str(tmp_path / "cells.pt"))
+    for name, classes in {"birds": 3, "cells": 4, "insects": 3, "flowers": 5, "digits": 10}.items():
+        (tmp_path / f"{name}.txt").write_text("".join(f"{name} {i}\n" for i in range(classes)))
     block = next(b for b in blocks("sh") if "--trust-pickle" in b)
     lines = [c for c in commands(block) if "import_model.py" in c]
-    assert len(lines) == 3
+    assert len(lines) == 6
     for line in lines:
         argv = shlex.split(line.replace(".venv/bin/python import_model.py", ""))
         result = subprocess.run(
@@ -118,6 +126,23 @@ def test_the_three_import_examples_run_as_written(tmp_path):
         )
         name = argv[argv.index("--name") + 1]
         assert imported_tag(result).startswith(f"{name}:")
+
+
+def test_the_import_summary_shown_is_what_an_import_prints(tmp_path):
+    from researcher_code import Digits
+
+    [shown] = [b for b in re.findall(r"```\n(stored .*?)```", README, flags=re.S)]
+    (tmp_path / "mynet.py").write_text((ROOT / "tests" / "researcher_code.py").read_text())
+    torch.save(Digits().state_dict(), tmp_path / "digits.pth")
+    (tmp_path / "digits.txt").write_text("".join(f"{i}\n" for i in range(10)))
+    line = next(c for c in commands(next(b for b in blocks("sh") if "--trust-pickle" in b)) if "digits.pth" in c)
+    argv = shlex.split(line.replace(".venv/bin/python import_model.py", ""))
+    result = subprocess.run(
+        [PYTHON, str(ROOT / "import_model.py"), *argv], cwd=tmp_path, capture_output=True, text=True
+    )
+    printed = result.stderr.splitlines()[-len(shown.splitlines()) :]
+    numbers = re.compile(r"[0-9][0-9.e+-]*|digits:\w+|\d+ of \d+")  # versions, times and measurements vary
+    assert [numbers.sub("#", p) for p in printed] == [numbers.sub("#", s) for s in shown.splitlines()]
 
 
 def test_the_options_table_lists_every_import_option():

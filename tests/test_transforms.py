@@ -1,0 +1,158 @@
+"""Transform lists as researchers write them: read safely, served exactly, refused with what to write instead."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from conftest import DATA
+from PIL import Image
+from torchvision import transforms as T
+from torchvision.transforms import v2
+
+from imgserve import faithful
+from imgserve.preprocess import Preprocessing, preprocess
+from imgserve.transforms import TransformsRefused, parse, to_preprocessing
+
+
+def prep_of(text: str, channels: int | None = 3) -> Preprocessing:
+    return to_preprocessing(parse(text), channels)
+
+
+@pytest.mark.parametrize(
+    ("text", "channels", "expected"),
+    [
+        (
+            "Resize(256), CenterCrop(224), ToTensor(), Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])",
+            3,
+            Preprocessing(),
+        ),
+        (
+            "transforms.Compose([transforms.Resize((224, 224)), transforms.ToTensor()])",
+            3,
+            Preprocessing(resize=(224, 224), crop=(224, 224), mean=(0, 0, 0), std=(1, 1, 1)),
+        ),
+        (
+            "[T.Resize(28), T.CenterCrop(28), T.ToTensor(), T.Normalize((0.1307,), (0.3081,))]",
+            1,
+            Preprocessing(resize=28, crop=28, mean=(0.1307,), std=(0.3081,), channels=1),
+        ),
+        (
+            "Grayscale(num_output_channels=3), Resize(160, interpolation=InterpolationMode.BICUBIC), CenterCrop(144), "
+            "ToTensor(), Normalize(mean=0.5, std=0.25)",
+            3,
+            Preprocessing(160, 144, (0.5,) * 3, (0.25,) * 3, "bicubic", channels=3, grayscale=True),
+        ),
+        (
+            "v2.ToImage(), v2.Resize(size=(96, 128), antialias=True), v2.ToDtype(torch.float32, scale=True)",
+            3,
+            Preprocessing(resize=(96, 128), crop=(96, 128), mean=(0, 0, 0), std=(1, 1, 1)),
+        ),
+        (
+            "Resize(64), CenterCrop(64), PILToTensor(), ConvertImageDtype(torch.float)",
+            None,
+            Preprocessing(resize=64, crop=64, mean=(0, 0, 0), std=(1, 1, 1)),
+        ),
+    ],
+    ids=["imagenet", "compose with prefixes", "gray mnist", "keywords and constants", "v2", "pil to tensor"],
+)
+def test_a_transform_list_reads_into_the_preprocessing_it_means(text, channels, expected):
+    assert prep_of(text, channels) == expected
+
+
+def test_unscaled_floats_and_normalize_fold_into_the_same_arithmetic_as_torchvision():
+    """ToDtype without scale keeps 0..255 floats; Normalize then works on those: the model sees the same."""
+    text = "Resize((32, 32)), ToImage(), ToDtype(torch.float32), Normalize([100.0, 120.0, 130.0], [50.0, 60.0, 70.0])"
+    prep = prep_of(text)
+    photo = Image.open(DATA / "coffee.jpg").convert("RGB")
+    expected = faithful.reference_transform(parse(text))(photo)
+    pixels = torch.from_numpy(T.PILToTensor()(T.Resize((32, 32))(photo)).numpy()).float()
+    mean, std = torch.tensor(prep.mean).view(3, 1, 1), torch.tensor(prep.std).view(3, 1, 1)
+    assert torch.allclose((pixels / 255 - mean) / std, expected, atol=1e-4)
+
+
+def test_the_stored_recipe_reads_back_as_itself():
+    for prep in [
+        Preprocessing(),
+        Preprocessing(
+            resize=(120, 80), crop=(100, 64), mean=(0.2, 0.3, 0.4), std=(0.5, 0.6, 0.7), interpolation="nearest"
+        ),
+        Preprocessing(resize=30, crop=28, mean=(0.1307,), std=(0.3081,), channels=1),
+        Preprocessing(resize=256, crop=224, channels=3, grayscale=True, interpolation="lanczos"),
+    ]:
+        assert prep_of(prep.transforms(), prep.channels) == prep, prep.transforms()
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("RandomResizedCrop(224), ToTensor()", "at inference use Resize(256), CenterCrop(224)"),
+        ("Resize(256), RandomCrop(224), ToTensor()", "at inference use CenterCrop(224)"),
+        (
+            "Resize(256), CenterCrop(224), RandomHorizontalFlip(), ToTensor()",
+            "leave it out of the inference transforms",
+        ),
+        (
+            "Resize(256), CenterCrop(224), ColorJitter(0.4, 0.4), ToTensor()",
+            "ColorJitter is training-time augmentation",
+        ),
+        ("Resize(256), Lambda(lambda x: x * 2), ToTensor()", "Lambda runs code the server cannot store"),
+        ("Resize(256), TenCrop(224), ToTensor()", "makes several crops per image"),
+        ("Resize(256), ToTensor()", "the server needs a fixed size: add CenterCrop(256)"),
+        ("CenterCrop(224), ToTensor()", "the server needs a fixed input size, and this list has no Resize"),
+        ("ToTensor(), Normalize([0.5], [0.5])", "this list has no Resize"),
+        ("Resize(256), CenterCrop(224)", "add ToTensor()"),
+        ("Resize(256), CenterCrop(224), PILToTensor()", "add ToTensor()"),
+        ("Resize(256), CenterCrop(224), Normalize([0.5], [0.5]), ToTensor()", "put ToTensor() before it"),
+        ("Resize(256), CenterCrop(224), ToTensor(), Normalize([0.5, 0.5], [0.5])", "2 mean values but 1 std values"),
+        ("Resize(256, max_size=512), CenterCrop(224), ToTensor()", "drop max_size"),
+        ("Resize(size=-3), CenterCrop(224), ToTensor()", "size must be a positive whole number"),
+        ("Resize(256), CenterCrop(224), ToTensor(), Pad(4)", "Pad is not a transform the server can apply"),
+        ("Resize(256, interpolation=InterpolationMode.BOX), CenterCrop(224), ToTensor()", "is not a value"),
+        ("Resize(__import__('os').getcwd()), ToTensor()", "is not a value this reader takes"),
+        ("Resize(256", "is not a transform list"),
+        ("", "expected transforms such as"),
+    ],
+)
+def test_what_cannot_be_served_as_written_is_refused_with_what_to_write(text, message):
+    with pytest.raises(TransformsRefused, match=None) as e:
+        prep_of(text)
+    assert message in str(e.value)
+
+
+def test_channels_the_list_gives_must_be_what_the_model_takes():
+    with pytest.raises(TransformsRefused, match="takes 1; write Grayscale"):
+        prep_of("Grayscale(3), Resize(28), CenterCrop(28), ToTensor()", 1)
+    with pytest.raises(TransformsRefused, match="3 values per statistic but the model takes 1 channels"):
+        prep_of("Resize(28), CenterCrop(28), ToTensor(), Normalize([0.5, 0.5, 0.5], [0.5, 0.5, 0.5])", 1)
+    gray = prep_of("Resize(28), CenterCrop(28), ToTensor()", 1)  # the model's weights say gray: photos made gray
+    assert gray.channels == 1 and gray.grayscale
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Resize(256), CenterCrop(224), ToTensor(), Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])",
+        "Resize((120, 90)), ToTensor()",
+        "Grayscale(), Resize(40), CenterCrop((32, 28)), ToTensor(), Normalize((0.5,), (0.5,))",
+        "Resize(64, interpolation=InterpolationMode.BICUBIC), CenterCrop(64), ToTensor()",
+    ],
+)
+def test_the_served_pixels_are_torchvisions_on_a_real_photo(text):
+    """The server's fast path (draft JPEG decode, one resample of the crop box) against torchvision's own."""
+    steps = parse(text)
+    prep = to_preprocessing(steps, None)
+    data = (DATA / "cat.jpg").read_bytes()
+    reference = [s for s in steps if s.name not in ("ToTensor", "Normalize")]
+    pil = faithful.reference_transform([*reference, parse("PILToTensor()")[0]])
+    expected = pil(Image.open(io.BytesIO(data)).convert("RGB")).numpy().astype(np.int16)
+    got = preprocess(data, prep).astype(np.int16)
+    assert got.shape == expected.shape
+    assert np.abs(got - expected).mean() < 2.0  # JPEG draft decoding: a level or two at small sizes
+
+
+def test_v2_only_transforms_are_built_from_torchvision_v2():
+    built = faithful.reference_transform(parse("ToImage(), Resize((8, 8)), ToDtype(torch.float32, scale=True)"))
+    assert [type(t) for t in built.transforms] == [v2.ToImage, T.Resize, v2.ToDtype]
