@@ -362,7 +362,7 @@ def _build_from_state_dict(path: Path, state_dict: dict, arch: str | None, kwarg
         return LoadedModel(module.eval(), "state_dict", arch)
     check_arch(arch)
     reference = build_arch(arch, **kwargs)
-    head = last_layer(reference)
+    head = classifier_key(reference.state_dict())
     if "num_classes" not in kwargs and head in state_dict:
         kwargs = {**kwargs, "num_classes": int(state_dict[head].shape[0])}
     module = build_arch(arch, **kwargs) if kwargs else reference
@@ -370,9 +370,9 @@ def _build_from_state_dict(path: Path, state_dict: dict, arch: str | None, kwarg
     return LoadedModel(module.eval(), "state_dict", arch)
 
 
-def last_layer(module: nn.Module) -> str:
-    """The key of the classifier's weight: the last 2-D (or more) weight of the model."""
-    return [k for k, v in module.state_dict().items() if k.endswith("weight") and v.ndim >= 2][-1]
+def classifier_key(state_dict: dict) -> str:
+    """The classifier's weight: the last weight of two or more dimensions ('fc.weight', 'classifier.6.weight')."""
+    return [k for k, v in state_dict.items() if k.endswith("weight") and v.ndim >= 2][-1]
 
 
 def fit_state_dict(module: nn.Module, state_dict: dict, arch: str, kwargs: dict) -> None:
@@ -406,7 +406,7 @@ def _keys(keys: list[str]) -> str:
 
 def _mismatch_hint(module, state_dict, arch, missing, unexpected, wrong) -> str:
     """The way forward: the right torchvision name, the classes argument, or a builder for a changed head."""
-    head = last_layer(module)
+    head = classifier_key(module.state_dict())
     if wrong and set(wrong) <= {head, head.removesuffix("weight") + "bias"} and not (missing or unexpected):
         classes = int(state_dict[head].shape[0])
         return f"The file has {classes} classes: pass --arch-kwargs '{{\"num_classes\": {classes}}}'"
@@ -440,7 +440,7 @@ def closest_archs(state_dict: dict) -> tuple[str, str] | None:
                 reference = build_arch(arch).state_dict()
         except Exception:  # a few (RegNet) cannot be built without real tensors; never the answer then
             continue
-        head = last_layer_key(reference)
+        head = classifier_key(reference).removesuffix("weight")  # 'fc.', 'classifier.6.'
         body = {k: v.shape for k, v in reference.items() if not k.startswith(head)}
         same = sum(1 for k, shape in body.items() if k in state_dict and state_dict[k].shape == shape)
         extra = sum(1 for k in state_dict if k not in reference and not k.startswith(head))
@@ -451,12 +451,6 @@ def closest_archs(state_dict: dict) -> tuple[str, str] | None:
             note = "" if fits else f"with a changed head: {', '.join(heads[:SHOWN_KEYS])}"
             best = (score, arch, note)
     return (best[1], best[2]) if best else None
-
-
-def last_layer_key(reference: dict) -> str:
-    """The prefix of the classifier in a state_dict: 'fc', 'classifier.6', 'heads.head', ..."""
-    key = [k for k, v in reference.items() if k.endswith("weight") and v.ndim >= 2][-1]
-    return key.removesuffix("weight").rstrip(".")
 
 
 # --- What the model takes: channels and size, read from the weights where they say.
