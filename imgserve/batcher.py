@@ -44,11 +44,13 @@ class Batcher:
         max_batch_size: int,
         max_latency_s: float,
         on_batch: Callable[[int, float], None] = lambda images, seconds: None,
+        clock: Callable[[], float] = time.perf_counter,  # the tests' model keeps its own time
     ) -> None:
         self.run = run  # pixels (n, ...) -> one output row per image
         self.max_batch_size = max_batch_size
         self.max_latency_s = max_latency_s
         self.on_batch = on_batch  # told each batch's size and seconds (metrics)
+        self.clock = clock
         self.queue: deque[_Job] = deque()
         self.queued_images = 0
         self.seconds_per_image = 0.0  # moving average over measured batches; 0 until the first
@@ -90,10 +92,10 @@ class Batcher:
             if not jobs:
                 continue
             batch = np.concatenate([j.pixels for j in jobs]) if len(jobs) > 1 else jobs[0].pixels
-            started = time.perf_counter()
+            started = self.clock()
             try:
                 outputs = await loop.run_in_executor(self.model_thread, self.run, batch)
-                self._measured(len(batch), time.perf_counter() - started)
+                self._measured(len(batch), self.clock() - started)
             except Exception as e:  # the model failed: each request of this batch hears why, the next batch runs
                 for j in jobs:
                     if not j.future.done():

@@ -1,35 +1,56 @@
 """The in-process batcher (imgserve/batcher.py) on its own: merging, bounds, shedding, failures.
 
-The model is a small function that doubles its input and sleeps like a model would; the service's
-own use of the batcher is tested against a real server in test_service.py and test_errors.py.
+The model is a fake that doubles its input, waits at a gate the test opens, and keeps its own clock
+(`seconds_per_image` per image), so that every test orders its events by those gates, never by sleeps
+or by how fast the machine is. The service's own use of the batcher is tested against a real server
+in test_service.py and test_errors.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
+import queue
+import threading
 
 import numpy as np
 import pytest
 
 from imgserve.batcher import Batcher, Overloaded
 
+WAIT_S = 30  # a bound on waiting for an event that must come; never reached when the code is right
 
-class SlowModel:
-    """Doubles its input after `seconds_per_image` per image; records every batch size it saw."""
 
-    def __init__(self, seconds_per_image: float = 0.02, fail_once: bool = False) -> None:
+class GatedModel:
+    """Doubles its input. Each call reports its batch size, then waits until the test lets one call through."""
+
+    def __init__(self, seconds_per_image: float = 0.2, fail_first: bool = False) -> None:
         self.seconds_per_image = seconds_per_image
-        self.fail_once = fail_once
+        self.fail_first = fail_first
+        self.now = 0.0  # the fake clock: advanced by each call as a real model's time would pass
         self.batches: list[int] = []
+        self.started: queue.Queue[int] = queue.Queue()
+        self.gate = threading.Semaphore(0)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         self.batches.append(len(x))
-        time.sleep(self.seconds_per_image * len(x))
-        if self.fail_once:
-            self.fail_once = False
+        self.started.put(len(x))
+        assert self.gate.acquire(timeout=WAIT_S), "the test never let this call through"
+        self.now += self.seconds_per_image * len(x)
+        if self.fail_first:
+            self.fail_first = False
             raise RuntimeError("model failed")
         return x * 2
+
+    async def running(self) -> int:
+        """Wait until the model is busy with a batch; its size."""
+        return await asyncio.to_thread(self.started.get, True, WAIT_S)
+
+    def let_through(self, calls: int = 1) -> None:
+        self.gate.release(calls)
+
+
+def batcher_of(model: GatedModel, max_batch_size: int = 8, max_latency_s: float = 10) -> Batcher:
+    return Batcher(model, max_batch_size, max_latency_s, clock=lambda: model.now)
 
 
 def images(*values: int) -> np.ndarray:
@@ -40,14 +61,25 @@ def run(coroutine):
     return asyncio.run(coroutine)
 
 
+async def queued(batcher: Batcher, images: int) -> None:
+    """Until `images` images wait in the queue (the tasks that add them have run their first step)."""
+    for _ in range(10_000):  # turns of the event loop, not time: each task needs one
+        if batcher.queued_images >= images:
+            return
+        await asyncio.sleep(0)
+    raise AssertionError(f"{images} images never reached the queue ({batcher.queued_images} did)")
+
+
 def test_requests_arriving_while_the_model_runs_share_the_next_batch():
-    model = SlowModel(seconds_per_image=0.2)  # long enough that a busy machine still queues the rest behind it
-    batcher = Batcher(model, max_batch_size=8, max_latency_s=10)
+    model = GatedModel()
+    batcher = batcher_of(model)
 
     async def main():
         first = asyncio.create_task(batcher(images(1)))
-        await asyncio.sleep(0.01)  # the model is busy with the first request
-        rest = [batcher(images(v)) for v in (2, 3, 4, 5)]
+        assert await model.running() == 1  # the model is busy with the first request
+        rest = [asyncio.create_task(batcher(images(v))) for v in (2, 3, 4, 5)]
+        await queued(batcher, 4)
+        model.let_through(2)
         return await first, await asyncio.gather(*rest)
 
     first, rest = run(main())
@@ -57,17 +89,23 @@ def test_requests_arriving_while_the_model_runs_share_the_next_batch():
 
 
 def test_a_lone_request_does_not_wait_for_company():
-    model = SlowModel(seconds_per_image=0)
-    batcher = Batcher(model, max_batch_size=8, max_latency_s=10)
-    started = time.perf_counter()
-    run(batcher(images(1)))
+    model = GatedModel()
+    batcher = batcher_of(model)
+
+    async def main():
+        lone = asyncio.create_task(batcher(images(1)))
+        assert await model.running() == 1  # dispatched alone, with nobody else queued
+        model.let_through()
+        return await lone
+
+    assert run(main()).ravel().tolist() == [2]
     assert model.batches == [1]
-    assert time.perf_counter() - started < 0.5
 
 
 def test_batches_never_exceed_the_maximum_and_multi_image_requests_stay_whole():
-    model = SlowModel(seconds_per_image=0.005)
-    batcher = Batcher(model, max_batch_size=4, max_latency_s=10)
+    model = GatedModel()
+    batcher = batcher_of(model, max_batch_size=4)
+    model.let_through(20)  # never blocks: at most 20 calls
 
     async def main():
         calls = [batcher(images(i, i + 100, i + 200)) if i % 2 else batcher(images(i)) for i in range(10)]
@@ -81,26 +119,27 @@ def test_batches_never_exceed_the_maximum_and_multi_image_requests_stay_whole():
 
 
 def test_a_call_larger_than_a_batch_is_refused():
-    batcher = Batcher(SlowModel(), max_batch_size=2, max_latency_s=10)
+    batcher = batcher_of(GatedModel(), max_batch_size=2)
     with pytest.raises(ValueError, match="1 to 2 allowed"):
         run(batcher(images(1, 2, 3)))
 
 
 def test_work_past_the_latency_bound_is_shed_at_once_and_the_queue_recovers():
-    model = SlowModel(seconds_per_image=0.2)
-    batcher = Batcher(model, max_batch_size=8, max_latency_s=0.3)
+    model = GatedModel(seconds_per_image=0.2)
+    batcher = batcher_of(model, max_latency_s=0.3)
 
     async def main():
-        await batcher(images(1))  # measures >= 0.2 s per image
+        model.let_through()
+        await batcher(images(1))  # measured: 0.2 s per image
         running = asyncio.create_task(batcher(images(2)))
-        await asyncio.sleep(0.02)  # the model runs it; the queue is empty
-        queued = asyncio.create_task(batcher(images(3)))  # an empty queue admits anything
-        await asyncio.sleep(0)
-        shed_at = time.perf_counter()
+        await model.running()  # the model runs it; the queue is empty
+        waiting = asyncio.create_task(batcher(images(3)))  # an empty queue admits anything
+        await queued(batcher, 1)
         with pytest.raises(Overloaded, match=r"the bound is 0\.3 s"):
-            await batcher(images(4, 5))  # 3 images x 0.2 s predicted: past the bound
-        assert time.perf_counter() - shed_at < 0.1, "shedding waited (>= 0.2 s) instead of answering at once"
-        answered = [await running, await queued]
+            await batcher(images(4, 5))  # 3 images x 0.2 s predicted: past the bound, refused while the model is held
+        model.let_through(2)
+        answered = [await running, await waiting]
+        model.let_through()
         return [*answered, await batcher(images(6))]  # the queue drained: admitted again
 
     assert [r.ravel().tolist() for r in run(main())] == [[4], [6], [12]]
@@ -108,8 +147,9 @@ def test_work_past_the_latency_bound_is_shed_at_once_and_the_queue_recovers():
 
 
 def test_a_failing_model_call_fails_its_batch_only():
-    model = SlowModel(fail_once=True)
-    batcher = Batcher(model, max_batch_size=8, max_latency_s=10)
+    model = GatedModel(fail_first=True)
+    batcher = batcher_of(model)
+    model.let_through(2)
 
     async def main():
         with pytest.raises(RuntimeError, match="model failed"):
@@ -120,16 +160,21 @@ def test_a_failing_model_call_fails_its_batch_only():
 
 
 def test_a_caller_that_gave_up_is_dropped_and_the_others_are_answered():
-    model = SlowModel(seconds_per_image=0.3)
-    batcher = Batcher(model, max_batch_size=8, max_latency_s=10)
+    model = GatedModel()
+    batcher = batcher_of(model)
 
     async def main():
         first = asyncio.create_task(batcher(images(1)))
-        await asyncio.sleep(0.01)
-        with pytest.raises(TimeoutError):
-            await asyncio.wait_for(batcher(images(99)), timeout=0.001)  # gives up while queued
-        kept = await batcher(images(2))
-        return await first, kept
+        await model.running()  # held at the gate: whatever comes next must queue
+        abandoned = asyncio.create_task(batcher(images(99)))
+        await queued(batcher, 1)
+        abandoned.cancel()  # the caller gives up while queued (a timeout, a closed connection)
+        with pytest.raises(asyncio.CancelledError):
+            await abandoned
+        kept = asyncio.create_task(batcher(images(2)))
+        await queued(batcher, 2)
+        model.let_through(2)
+        return await first, await kept
 
     first, kept = run(main())
     assert (first.ravel().tolist(), kept.ravel().tolist()) == ([2], [4])
@@ -138,18 +183,21 @@ def test_a_caller_that_gave_up_is_dropped_and_the_others_are_answered():
 
 def test_a_caller_can_ask_before_costly_work():
     """The service asks before decoding a request: a full queue refuses it without spending the CPU."""
-    batcher = Batcher(SlowModel(seconds_per_image=0.2), max_batch_size=8, max_latency_s=0.3)
+    model = GatedModel(seconds_per_image=0.2)
+    batcher = batcher_of(model, max_latency_s=0.3)
 
     async def main():
-        await batcher(images(1))  # measures >= 0.2 s per image
+        model.let_through()
+        await batcher(images(1))  # measured: 0.2 s per image
         batcher.check(32)  # an empty queue admits any request
         running = asyncio.create_task(batcher(images(2)))
-        await asyncio.sleep(0.02)
-        queued = asyncio.create_task(batcher(images(3)))
-        await asyncio.sleep(0)
+        await model.running()
+        waiting = asyncio.create_task(batcher(images(3)))
+        await queued(batcher, 1)
         with pytest.raises(Overloaded):
             batcher.check(1)
-        await asyncio.gather(running, queued)
+        model.let_through(2)
+        await asyncio.gather(running, waiting)
         batcher.check(1)  # drained: admitted again
 
     run(main())
