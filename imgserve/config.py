@@ -7,7 +7,47 @@ Values that an operator may want to change are read from environment variables (
 
 from __future__ import annotations
 
+import math
 import os
+from pathlib import Path
+
+
+class SettingsError(ValueError):
+    """A setting from the environment is out of its range: the server does not start."""
+
+
+def _setting(name: str, default: float, low: float, high: float, kind: type = int) -> float:
+    """$name as a whole number (or `kind` float) from `low` to `high`, or `default` when unset.
+
+    Read once, at import, so that a typo'd or out-of-range value stops the server as it starts,
+    with the variable and its range named, instead of a traceback later or a silent clamp."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    what = "a whole number" if kind is int else "a number"
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r}: must be {what} from {low:g} to {high:g}") from None
+    if not (low <= value <= high) or (kind is float and not math.isfinite(value)):
+        raise SettingsError(f"{name}={raw!r}: must be {what} from {low:g} to {high:g}")
+    return value
+
+
+def available_cpus(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
+    """Cores this process may use: its CPU affinity, and the container's CPU quota (cgroup v2's
+    cpu.max) when it has one: a 2-CPU container on a 64-core node counts 2, not 64."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        quota, period = cpu_max.read_text().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass  # no cgroup v2 quota: the affinity stands
+    return max(1, cpus)
+
+
+CPUS = available_cpus()
 
 # --- The default model: EfficientNet-Lite0, ImageNet, installed offline from PyPI.
 DEFAULT_MODEL_NAME = "efficientnet-lite0"
@@ -89,15 +129,15 @@ ENV_API_KEY = "CLASSIFIER_API_KEY"
 # --- Request limits, checked at the boundary before anything reaches the batch.
 DEFAULT_TOP_K = 5
 ENV_MAX_IMAGES = "CLASSIFIER_MAX_IMAGES_PER_REQUEST"
-MAX_IMAGES_PER_REQUEST = int(os.environ.get(ENV_MAX_IMAGES, "32"))  # one page of a folder
+MAX_IMAGES_PER_REQUEST = _setting(ENV_MAX_IMAGES, 32, 1, 10_000)  # one page of a folder
 ENV_MAX_PIXELS = "CLASSIFIER_MAX_IMAGE_PIXELS"
 # 50 MP admits every phone photo in common use (48 MP sensors) and refuses
 # decompression bombs from the header, before a byte of pixel data is decoded.
-MAX_IMAGE_PIXELS = int(os.environ.get(ENV_MAX_PIXELS, str(50_000_000)))
+MAX_IMAGE_PIXELS = _setting(ENV_MAX_PIXELS, 50_000_000, 1, 1_000_000_000)
 ENV_MAX_REQUEST_BYTES = "CLASSIFIER_MAX_REQUEST_BYTES"
 # A whole request body: 32 phone photos of 2-5 MB each fit. Bigger bodies get 413 from the
 # Content-Length header, or the moment a streamed body passes the limit.
-MAX_REQUEST_BYTES = int(os.environ.get(ENV_MAX_REQUEST_BYTES, str(100 * 1024 * 1024)))
+MAX_REQUEST_BYTES = _setting(ENV_MAX_REQUEST_BYTES, 100 * 1024 * 1024, 1024, 2**40)
 # Formats a camera, phone or microscope exports; detected from the bytes, never the name.
 ACCEPTED_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF")
 
@@ -105,12 +145,12 @@ ACCEPTED_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF")
 ENV_BODY_TIMEOUT_S = "CLASSIFIER_BODY_TIMEOUT_S"
 # Seconds a request body may go without a single byte before it gets 408. A phone on a bad
 # link stalls for a few seconds at most; a stalled or lying client frees its connection this soon.
-BODY_TIMEOUT_S = float(os.environ.get(ENV_BODY_TIMEOUT_S, "10"))
+BODY_TIMEOUT_S = _setting(ENV_BODY_TIMEOUT_S, 10.0, 0.1, 3600, float)
 ENV_MAX_UPLOADS = "CLASSIFIER_MAX_UPLOADS"
 # Requests still sending their body, a separate bound from the requests at work: stalled and slow
 # uploads never take the place of work, and each costs only a connection (bodies stream to disk),
 # so the bound is large; well under the 1024 open files a process is commonly allowed.
-MAX_UPLOADS = int(os.environ.get(ENV_MAX_UPLOADS, "512"))
+MAX_UPLOADS = _setting(ENV_MAX_UPLOADS, 512, 1, 100_000)
 # All request headers together; past it: 431. A browser's cookies and the API key fit many times
 # over (nginx's default header buffers are 8 kB each); the HTTP server itself has no limit.
 MAX_HEADER_BYTES = 16 * 1024
@@ -125,29 +165,30 @@ MAX_FIELD_BYTES = 1000
 # ~55 ms of someone else's EfficientNet-Lite0 batch.
 # $CLASSIFIER_MAX_BATCH_SIZE=1 switches batching off (the benchmark's "unbatched" server).
 ENV_MAX_BATCH_SIZE = "CLASSIFIER_MAX_BATCH_SIZE"
-MAX_BATCH_SIZE = max(1, int(os.environ.get(ENV_MAX_BATCH_SIZE, "8")))
+MAX_BATCH_SIZE = _setting(ENV_MAX_BATCH_SIZE, 8, 1, 1024)
 # A request whose predicted wait in the model queue (images queued x measured seconds per
 # image) passes this is refused at once with 503 (imgserve/batcher.py). Under full load the
 # model gets about half the CPU (decoding has the rest): ~20 ms per EfficientNet-Lite0 image,
 # so 2 s lets ~100 images queue, more than 64 clients send at once. For a model much slower
 # per image, raise it, or accept more 503s: VGG-11 (~65 ms per image) sheds past ~30 images.
 ENV_MAX_LATENCY_MS = "CLASSIFIER_MAX_LATENCY_MS"
-MAX_LATENCY_MS = int(os.environ.get(ENV_MAX_LATENCY_MS, "2000"))
-# ONNX Runtime intra-op threads: one per core; more oversubscribes a 2-core machine.
+MAX_LATENCY_MS = _setting(ENV_MAX_LATENCY_MS, 2000, 1, 3_600_000)
+# ONNX Runtime intra-op threads: one per available core (the CPU quota counts); more oversubscribes.
 ENV_MODEL_THREADS = "CLASSIFIER_MODEL_THREADS"
-MODEL_THREADS = int(os.environ.get(ENV_MODEL_THREADS, str(os.cpu_count() or 1)))
+MODEL_THREADS = _setting(ENV_MODEL_THREADS, CPUS, 1, 1024)
 ENV_REQUEST_TIMEOUT_S = "CLASSIFIER_REQUEST_TIMEOUT_S"
 # A whole request, 32 large photos on a busy 2-core machine included; past it: 504.
-REQUEST_TIMEOUT_S = float(os.environ.get(ENV_REQUEST_TIMEOUT_S, "60"))
+REQUEST_TIMEOUT_S = _setting(ENV_REQUEST_TIMEOUT_S, 60.0, 0.1, 86_400, float)
 # In-flight /classify requests the service holds before answering 503: bounds the
 # memory of decoded pixels (32 images x 150 kB x 96 = 460 MB at worst) while letting the
 # 64 concurrent clients of the soak test in without a single 503.
 ENV_MAX_CONCURRENT = "CLASSIFIER_MAX_CONCURRENT_REQUESTS"
-MAX_CONCURRENT_REQUESTS = int(os.environ.get(ENV_MAX_CONCURRENT, "96"))
+MAX_CONCURRENT_REQUESTS = _setting(ENV_MAX_CONCURRENT, 96, 1, 100_000)
 # Decoding threads: Pillow releases the GIL while decoding and resizing, so two threads per
 # core keep both cores busy while a thread waits on I/O; more only adds memory. (Measured at
-# 8 clients: 2, 3 and 4 threads within 3% of each other.)
-DECODE_THREADS = 2 * (os.cpu_count() or 1)
+# 8 clients: 2, 3 and 4 threads within 3% of each other.) Counted from the available cores.
+ENV_DECODE_THREADS = "CLASSIFIER_DECODE_THREADS"
+DECODE_THREADS = _setting(ENV_DECODE_THREADS, 2 * CPUS, 1, 1024)
 RETRY_AFTER_S = 1  # what 429/503 answers tell clients: about one second of queue
 # Prometheus histograms at /metrics (service.py): images and seconds per model call.
 METRIC_BATCH_SIZE = "classifier_batch_size"

@@ -1,0 +1,57 @@
+"""Settings from the environment: read once, checked, and the server refuses to start on a bad one."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT, start_server
+
+from imgserve import config
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        (config.ENV_MAX_BATCH_SIZE, "-3", "CLASSIFIER_MAX_BATCH_SIZE='-3': must be a whole number from 1 to 1024"),
+        (config.ENV_MAX_BATCH_SIZE, "8.5", "must be a whole number from 1 to 1024"),
+        (config.ENV_REQUEST_TIMEOUT_S, "one minute", "CLASSIFIER_REQUEST_TIMEOUT_S='one minute': must be a number"),
+        (config.ENV_REQUEST_TIMEOUT_S, "nan", "must be a number from 0.1 to 86400"),
+        (config.ENV_MAX_CONCURRENT, "0", "CLASSIFIER_MAX_CONCURRENT_REQUESTS='0': must be a whole number from 1"),
+        (config.ENV_DECODE_THREADS, "100000", "CLASSIFIER_DECODE_THREADS='100000'"),
+    ],
+)
+def test_a_bad_setting_is_refused_with_its_name_and_range(variable, value, message):
+    result = subprocess.run(
+        [sys.executable, "-c", "import imgserve.config"], cwd=ROOT, capture_output=True, text=True,
+        env={"PATH": "/usr/bin:/bin", variable: value},
+    )  # fmt: skip
+    assert result.returncode != 0 and message in result.stderr
+
+
+def test_settings_at_the_edges_of_their_range_are_taken():
+    assert config._setting("IMGSERVE_TEST_UNSET", 7, 1, 10) == 7
+    for raw, expected in (("1", 1), (" 10 ", 10)):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("IMGSERVE_TEST_SETTING", raw)
+            assert config._setting("IMGSERVE_TEST_SETTING", 7, 1, 10) == expected
+    with pytest.MonkeyPatch.context() as mp, pytest.raises(config.SettingsError):
+        mp.setenv("IMGSERVE_TEST_SETTING", "11")
+        config._setting("IMGSERVE_TEST_SETTING", 7, 1, 10)
+
+
+@pytest.mark.parametrize(
+    ("cpu_max", "expected"), [("200000 100000\n", 2), ("50000 100000\n", 1), ("max 100000\n", None)]
+)
+def test_threads_follow_the_containers_cpu_quota(tmp_path, cpu_max, expected):
+    path = tmp_path / "cpu.max"
+    path.write_text(cpu_max)
+    unlimited = config.available_cpus(tmp_path / "missing")
+    assert config.available_cpus(path) == (min(expected, unlimited) if expected else unlimited)
+
+
+@pytest.mark.serve
+def test_a_server_with_a_bad_setting_does_not_start_and_says_why(default_model, tmp_path):
+    with pytest.raises(RuntimeError, match="CLASSIFIER_MAX_LATENCY_MS='soon': must be a whole number"):
+        start_server(default_model, tmp_path, {config.ENV_MAX_LATENCY_MS: "soon"})
