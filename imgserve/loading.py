@@ -60,11 +60,11 @@ class LoadedModel:
 
 @contextlib.contextmanager
 def quiet_torch() -> Iterator[None]:
-    """torch's deprecation chatter (TorchScript, the ONNX exporter, the tracer) says nothing a user can act on."""
+    """torch's deprecation chatter (TorchScript, the legacy ONNX exporter, the tracer) says nothing a user
+    can act on. Only torch's own calls run inside: what they warn of is torch's, whatever module it names."""
     with warnings.catch_warnings():
         for category in (DeprecationWarning, FutureWarning, torch.jit.TracerWarning):
-            warnings.filterwarnings("ignore", category=category, module=r"(torch|torchvision|efficientnet_lite)")
-        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+            warnings.simplefilter("ignore", category)
         warnings.filterwarnings("ignore", message=".*constant folding.*", category=UserWarning)
         yield
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -165,11 +166,11 @@ class Server:
 
     def metric(self, name: str, model: str | None = None) -> float:
         """Sum of a Prometheus metric over all its label sets, or over those of one served model (its tag)."""
+        from prometheus_client.parser import text_string_to_metric_families
+
         text = httpx.get(f"{self.url}/metrics", timeout=10).text
-        lines = [line for line in text.splitlines() if line.startswith((name + "{", name + " "))]
-        if model is not None:
-            lines = [line for line in lines if f'model="{model}"' in line]
-        return sum(float(line.rsplit(" ", 1)[1]) for line in lines)
+        samples = [s for family in text_string_to_metric_families(text) for s in family.samples if s.name == name]
+        return sum(s.value for s in samples if model is None or s.labels.get("model") == model)
 
 
 def wait_until_ready(url: str, process: subprocess.Popen, timeout_s: float, output: Callable[[], str]) -> None:
@@ -201,14 +202,15 @@ def start_server(tags: str | list[str], log_dir: Path, env: dict[str, str] | Non
     # $BENTOML_HOME/prometheus_multiproc_dir as it starts, which froze the /metrics of servers already up.
     home = Path(tempfile.mkdtemp(prefix=f"home-{port}-", dir=log_dir))
     (home / "models").symlink_to(BENTOML_HOME / "models")
-    process = subprocess.Popen(
-        [BENTOML, "serve", "service:ImageClassifier", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=ROOT,
-        env={**os.environ, "BENTOML_HOME": str(home), **serve_env(tags), **(env or {})},
-        stdout=log.open("w"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # its own process group: stopped whole, workers included
-    )
+    with log.open("w") as out:  # the server writes to its own copy of the file descriptor
+        process = subprocess.Popen(
+            [BENTOML, "serve", "service:ImageClassifier", "--host", "127.0.0.1", "--port", str(port)],
+            cwd=ROOT,
+            env={**os.environ, "BENTOML_HOME": str(home), **serve_env(tags), **(env or {})},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: stopped whole, workers included
+        )
     server = Server(f"http://127.0.0.1:{port}", process, log)
     try:
         wait_until_ready(f"{server.url}/readyz", process, READY_TIMEOUT_S, lambda: log.read_text()[-3000:])
@@ -245,24 +247,17 @@ def colour_server(colour_model, tmp_path_factory) -> Iterator[Server]:
 
 
 def tree_rss_bytes(pid: int) -> int:
-    """Resident memory of a process and all its descendants, from /proc."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    total, todo = 0, [pid]
-    while todo:
-        p = todo.pop()
-        todo.extend(children.get(p, []))
-        try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1]) * 1024
-        except OSError:
-            pass
+    """Resident memory of a process and all its descendants."""
+    import psutil
+
+    total = 0
+    try:
+        root = psutil.Process(pid)
+        for p in [root, *root.children(recursive=True)]:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                total += p.memory_info().rss
+    except psutil.NoSuchProcess:
+        pass
     return total
 
 
