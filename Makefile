@@ -42,7 +42,9 @@ endif
 	print(f"envs:\n  - name: {config.ENV_MODELS}\n    value: \"{tags}\"")' \
 	>> $(BUILD_BENTOFILE)
 	$(BIN)/bentoml build -f $(BUILD_BENTOFILE)
-	$(BIN)/bentoml containerize image-classifier:latest --backend $(BACKEND) --image-tag $(IMAGE) $(CONTAINERIZE_OPTS)
+	@# From /: BentoML 1.4.39 re-reads the Dockerfile template (bentofile.yaml) from a temporary copy of
+	@# the Bento and refuses a file outside its working directory; / holds every temporary directory.
+	cd / && $(CURDIR)/$(BIN)/bentoml containerize image-classifier:latest --backend $(BACKEND) --image-tag $(IMAGE) $(CONTAINERIZE_OPTS)
 	@echo $(IMAGE)
 
 test: $(INSTALLED)

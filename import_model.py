@@ -79,6 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="model name in the store (default: from the file name)")
     p.add_argument("--title", help="title shown on the web page")
     p.add_argument("--description", help="description shown on the web page")
+    p.add_argument(
+        "--examples",
+        type=Path,
+        metavar="DIR",
+        help=f"1 to {config.MAX_EXAMPLES} photos (each at most {config.MAX_EXAMPLE_BYTES // 1024} kB) stored with "
+        "the model and shown on its web page",
+    )
     p.add_argument("--resize", type=int, help=f"shorter side before cropping (default {config.DEFAULT_RESIZE})")
     p.add_argument("--crop", type=int, help=f"centre crop, the model's input size (default {config.DEFAULT_CROP})")
     p.add_argument("--mean", type=float, nargs="+", metavar="V", help="normalisation mean, one per input channel")
@@ -116,6 +123,7 @@ class Plan:
     arch_kwargs: dict
     photos: list[Path]
     sources: dict[str, str] = field(default_factory=dict)
+    examples: list[Path] = field(default_factory=list)  # --examples, stored with the model
 
 
 def check_args(args: argparse.Namespace) -> Plan:
@@ -154,7 +162,8 @@ def check_args(args: argparse.Namespace) -> Plan:
         if not mine:
             raise ImportRefused(f"--photos {args.photos}: no image files in it ({', '.join(faithful.PHOTO_SUFFIXES)})")
         photos += mine
-    return Plan(name, labels, steps, loading.parse_arch_kwargs(args.arch_kwargs), photos, sources)
+    examples = store.check_examples(args.examples) if args.examples else []  # the web page's photos
+    return Plan(name, labels, steps, loading.parse_arch_kwargs(args.arch_kwargs), photos, sources, examples)
 
 
 def resolve_preprocessing(args: argparse.Namespace, plan: Plan, loaded: loading.LoadedModel) -> Preprocessing:
@@ -313,7 +322,7 @@ def import_model(args: argparse.Namespace) -> str:
             "description": args.description or "",
             "torch_version": str(torch.__version__),
         }
-        tag = store.save(plan.name, onnx_path, metadata)
+        tag = store.save(plan.name, onnx_path, metadata, plan.examples)
     for line in summary(tag, metadata, loaded, agreement, time.monotonic() - started):
         log.info("%s", line)
     return tag

@@ -31,7 +31,7 @@ import numpy as np
 from bentoml.exceptions import BentoMLException, InvalidArgument, ServiceUnavailable
 from pydantic import BaseModel, BeforeValidator, Field
 
-from imgserve import config, predict, registry, ui
+from imgserve import config, docs, predict, registry, ui
 from imgserve.batcher import Overloaded
 from imgserve.guard import (
     MODEL_QUEUE_FULL,
@@ -49,6 +49,7 @@ log = logging.getLogger("bentoml.service")
 # is malformed or names a model not in the store stops the server here, before it is ready.
 MODELS = registry.Registry.from_config()
 UI = ui.asgi_app()  # the web page at /ui (imgserve/ui.py); ImageClassifier.__init__ builds it
+DOCS = docs.asgi_app([m.card for m in MODELS])  # the API docs at /docs, with the models' titles (imgserve/docs.py)
 # Prometheus metrics at /metrics: how the batching goes (created once, before the worker starts).
 BATCH_SIZE = bentoml.metrics.Histogram(
     name=config.METRIC_BATCH_SIZE,
@@ -98,6 +99,7 @@ class Classification(BaseModel):
 
 @bentoml.asgi_app(UI, path=config.UI_PATH)  # the web page, in this process
 @bentoml.asgi_app(registry.models_api(MODELS))  # GET /models (only that path: see imgserve/registry.py)
+@bentoml.asgi_app(DOCS, path=config.DOCS_PATH)
 @bentoml.service(
     name="image-classifier",
     workers=1,  # one process holds the model; its threads use the cores (Pillow and ONNX Runtime release the GIL)
@@ -176,6 +178,8 @@ def _check_model(value: object) -> str:
 
 # `bentoml build` packs every served model with the service.
 ImageClassifier.models[:] = [bentoml.models.BentoModel(m.card.tag) for m in MODELS]
+# The root URL opens the web page; outside the guard, so a browser reaches the page that asks for the key.
+ImageClassifier.add_asgi_middleware(docs.RootToPage)
 # The HTTP boundary: the one error shape, API key, headers, body size and progress, the form's
 # fields checked before BentoML parses it, in-flight bound, Retry-After (imgserve/guard.py).
 ImageClassifier.add_asgi_middleware(

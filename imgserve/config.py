@@ -195,8 +195,11 @@ METRIC_BATCH_SIZE = "classifier_batch_size"
 METRIC_BATCH_SECONDS = "classifier_batch_seconds"
 METRIC_MODEL_LABEL = "model"  # each histogram per served model, by its exact tag
 
-# --- The web page (imgserve/ui.py): Gradio, served by the same process.
+# --- The web page (imgserve/ui.py): Gradio, served by the same process. The root URL sends
+# browsers to it (imgserve/docs.py): the URL a researcher shares opens the page for people.
 UI_PATH = "/ui"
+# The API docs (Swagger UI, imgserve/docs.py); the OpenAPI document stays BentoML's /docs.json.
+DOCS_PATH = "/docs"
 # The slider's top: past 10 bars the page is a wall of near-zero scores; /classify gives any top_k.
 UI_MAX_TOP_K = 10
 # Page classifications in progress at once: two model batches' worth, so concurrent page users
@@ -205,6 +208,11 @@ UI_CONCURRENCY = 2 * MAX_BATCH_SIZE
 # Uploaded photos are deleted from the server's temp folder after an hour (checked as often):
 # a public page should not keep people's photos.
 UI_UPLOAD_TTL_S = 3600
+# Example photos stored with a model (`import_model.py --examples DIR`), shown on its page: a
+# handful, each the size of a photo saved for the web. They travel in every image that packs
+# the model, so at most 6 x 1 MB: a page's worth of thumbnails, not a data set.
+MAX_EXAMPLES = 6
+MAX_EXAMPLE_BYTES = 1024 * 1024
 
 # --- Tracing.
 # OpenTelemetry spans for these paths cost ~5% of the images/s at 8 clients (measured) and go

@@ -51,7 +51,8 @@ log = logging.getLogger("bentoml.service.guard")
 
 OPEN_PATHS = frozenset({"/livez", "/readyz"})  # probes must work without the key
 SHED_PATHS = (config.CLASSIFY_PATH, config.UI_PATH)  # work that costs decoding and model time
-BROWSER_PATHS = (config.UI_PATH,)  # pages people open in a browser; Gradio's answers are its own
+# Pages people open in a browser (the API docs page, not /docs.json); Gradio's answers are its own.
+BROWSER_PATHS = (config.UI_PATH, f"{config.DOCS_PATH}/")
 DOCS_PATH = "/docs.json"  # BentoML's OpenAPI document: the guard adds the real error answers
 TOO_MANY_IN_FLIGHT = "server busy: too many requests in progress, retry shortly"
 TOO_MANY_UPLOADS = "server busy: too many uploads in progress, retry shortly"

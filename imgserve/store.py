@@ -1,23 +1,31 @@
 """The model store entry: what import writes and what serve reads, in one schema.
 
-An entry holds `model.onnx` (uint8 pixels in, probabilities out) and metadata with the
-labels, preprocessing and provenance. No pickle, no model code: serving needs neither.
+An entry holds `model.onnx` (uint8 pixels in, probabilities out), metadata with the
+labels, preprocessing and provenance, and optionally `examples/`: a few photos of the
+model's own classes for its web page. No pickle, no model code: serving needs neither.
 """
 
 from __future__ import annotations
 
 import re
+import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import bentoml
 
-from imgserve.preprocess import Preprocessing
+from imgserve import config
+from imgserve.preprocess import ImageRejected, Preprocessing, open_image
 
 ONNX_FILE = "model.onnx"
 # BentoML's rule for a tag's name: lowercase letters, digits, '_', '-', '.', alphanumeric at both ends.
 NAME_PATTERN = re.compile(r"^[a-z0-9]([a-z0-9._-]*[a-z0-9])?$")
 NAME_MAX_LENGTH = 63
+EXAMPLES_FOLDER = "examples"
+# The bundle's photos (a cat, an espresso, a rocket): ImageNet classes, so the default model's
+# examples when it has none of its own. Packed into the Bento by bentofile.yaml.
+BUNDLED_EXAMPLES = Path(__file__).resolve().parents[1] / "data"
 
 
 @dataclass(frozen=True)
@@ -30,6 +38,7 @@ class ModelCard:
     title: str
     description: str
     metadata: dict
+    examples: tuple[Path, ...] = ()  # photos for the web page, in name order
 
     @classmethod
     def from_stored(cls, stored: bentoml.Model) -> ModelCard:
@@ -41,7 +50,43 @@ class ModelCard:
             title=meta.get("title") or stored.tag.name,
             description=meta.get("description") or "",
             metadata=meta,
+            examples=examples_of(stored),
         )
+
+
+def examples_of(stored: bentoml.Model) -> tuple[Path, ...]:
+    """The entry's own example photos; else the bundle's for the default model, and none for any
+    other: a flowers model's page must not offer a cat."""
+    own = Path(stored.path) / EXAMPLES_FOLDER
+    if own.is_dir():
+        return tuple(sorted(p for p in own.iterdir() if p.is_file()))
+    if stored.tag.name == config.DEFAULT_MODEL_NAME:
+        return tuple(sorted(BUNDLED_EXAMPLES.glob("*.jpg")))
+    return ()
+
+
+def check_examples(folder: Path) -> list[Path]:
+    """The photos of `folder` to store as a model's examples, each decoded as the server decodes
+    an upload; a ValueError says which file breaks which rule."""
+    if not folder.is_dir():
+        raise ValueError(f"--examples: no such folder: {folder}")
+    photos = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    if not 1 <= len(photos) <= config.MAX_EXAMPLES:
+        raise ValueError(f"--examples: {folder} has {len(photos)} files; give 1 to {config.MAX_EXAMPLES} photos")
+    for photo in photos:
+        size = photo.stat().st_size
+        if size > config.MAX_EXAMPLE_BYTES:
+            raise ValueError(
+                f"--examples: {photo.name} is {size:,} bytes, the limit is {config.MAX_EXAMPLE_BYTES:,}: "
+                "save it smaller (a photo for the web, e.g. 1024 px wide)"
+            )
+        try:
+            open_image(photo.read_bytes()).load()
+        except ImageRejected as e:
+            raise ValueError(f"--examples: {photo.name}: {e}") from None
+        except (OSError, SyntaxError, ValueError) as e:
+            raise ValueError(f"--examples: {photo.name}: image data is truncated or corrupt ({e})") from None
+    return photos
 
 
 def load_card(tag: object) -> ModelCard:
@@ -69,14 +114,20 @@ def name_from(stem: str) -> str:
     return name or "model"
 
 
-def save(name: str, onnx_file: Path, metadata: dict) -> str:
-    """Store a verified ONNX file with its metadata; returns the new `name:version` tag."""
+def save(name: str, onnx_file: Path, metadata: dict, examples: Sequence[Path] = ()) -> str:
+    """Store a verified ONNX file with its metadata and example photos (from `check_examples`);
+    returns the new `name:version` tag."""
     with bentoml.models.create(
         name,
         labels={"task": "image-classification", "runtime": "onnxruntime", "arch": str(metadata["arch"])},
         metadata=metadata,
     ) as entry:
         Path(entry.path_of(ONNX_FILE)).write_bytes(onnx_file.read_bytes())
+        if examples:
+            folder = Path(entry.path_of(EXAMPLES_FOLDER))
+            folder.mkdir()
+            for photo in examples:
+                shutil.copyfile(photo, folder / photo.name)
     return str(entry.tag)
 
 

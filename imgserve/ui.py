@@ -3,9 +3,10 @@
 A Gradio page mounted into the service's own process. It classifies with the code of
 `/classify` itself, called in-process, so its images are decoded by the same checks, sent to
 the same batched model (they share batches with API traffic) and refused with the same
-messages. Title, description, model tag and labels come from the model's card in the store.
+messages. Title, description, model tag, labels and example photos come from the model's card
+in the store; an "About this model" area says what the model is and how to cite it.
 When the server serves several models, a chooser above the photo picks one; the page's
-title, description, examples and slider follow the choice. With one model there is no chooser.
+title, description, examples, About area and slider follow the choice. With one model there is no chooser.
 
 Gradio is imported only when the page is built, in the serving worker: `bentoml serve`'s own
 process imports service.py too, and does not need it.
@@ -30,7 +31,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("bentoml.service")
 
-EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "data"  # packed into the Bento by bentofile.yaml
 # ImageClassifier.classify's own code: (images=[Path], top_k=int, model=tag) -> one answer per image.
 Classify = Callable[..., Awaitable[list[Any]]]
 
@@ -70,18 +70,34 @@ def max_top_k(card: ModelCard) -> int:
     return min(config.UI_MAX_TOP_K, len(card.labels))
 
 
+def heading(card: ModelCard) -> str:
+    """The page's heading for a model: its title and description."""
+    return f"# {card.title}\n\n{card.description}"
+
+
 def about(card: ModelCard) -> str:
-    """The page's heading for a model: its title, description, exact tag and number of classes."""
-    return (
-        f"# {card.title}\n\n{card.description}\n\n"
-        f"Model `{card.tag}`, {len(card.labels)} classes. Programs use the same model through `POST /classify`: "
-        "see the [API docs](/)."
+    """What the model is, from its metadata; what to write down to cite a result; the API."""
+    prep, meta = card.preprocessing, card.metadata
+    (height, width), colour = prep.input_size, "gray" if prep.channels == 1 else "RGB"
+    rows = [
+        ("Model", f"`{card.tag}`"),
+        ("Classes", f"{len(card.labels)}"),
+        ("Input", f"{height}×{width} pixels, {colour}: `{prep.transforms()}`"),
+    ]
+    if meta.get("arch"):
+        rows.append(("Architecture", f"`{meta['arch']}`"))
+    if meta.get("source_file"):
+        rows.append(("Weights", f"`{meta['source_file']}`, SHA-256 `{meta.get('source_sha256', '?')}`"))
+    facts = "".join(f"- **{k}:** {v}\n" for k, v in rows)
+    cite = (
+        f"**How to cite:** *{card.title}*, with its exact version (Model above: a name and a version that "
+        "never changes), and the work that trained it."
     )
-
-
-def examples_of(card: ModelCard) -> list[Path]:
-    """A model's example photos: for now the bundled photos of data/, the same for every model."""
-    return sorted(EXAMPLES_DIR.glob("*.jpg"))
+    api = (
+        "Programs use the same model through `POST /classify`, a folder at a time with `client.py`: "
+        f"see the [API docs]({config.DOCS_PATH}/)."
+    )
+    return "\n\n".join((facts, cite, api))
 
 
 def page(cards: list[ModelCard], classify: Classify) -> gr.Blocks:
@@ -124,7 +140,7 @@ def page(cards: list[ModelCard], classify: Classify) -> gr.Blocks:
             )
         else:
             chooser = gr.State(card.tag)  # one model: no chooser, the page as it always was
-        heading = gr.Markdown(about(card))
+        title = gr.Markdown(heading(card))
         with gr.Row():
             with gr.Column():
                 image = gr.Image(
@@ -137,17 +153,22 @@ def page(cards: list[ModelCard], classify: Classify) -> gr.Blocks:
                     1, max_top_k(card), value=min(config.DEFAULT_TOP_K, max_top_k(card)), step=1, label="Classes shown"
                 )
             answer = gr.Label(label="Top classes", elem_id="answer")
-        # One set of examples per model, only the chosen model's shown.
+        # The examples of each model that has its own (the default model: the bundle's, if it has none),
+        # only the chosen model's shown; a model without examples shows none rather than a cat.
         example_sets = []
         for i, c in enumerate(cards):
+            if not c.examples:
+                continue
             with gr.Column(visible=c is card) as column:
                 examples = gr.Examples(
-                    [[str(p)] for p in examples_of(c)],
+                    [[str(p)] for p in c.examples],
                     inputs=[image],
                     label="Example photos",
                     elem_id="examples" if c is card else f"examples-{i}",  # the default's: "examples", as ever
                 )
             example_sets.append((c.tag, column, examples))
+        with gr.Accordion("About this model", open=True, elem_id="about"):
+            facts = gr.Markdown(about(card))
         # gr.Image's own preprocessing opens the upload with Pillow before the callback sees it (with
         # its own error for a non-image) and re-saves any image that is not RGB. With preprocess=False
         # the callback gets the uploaded file itself, already checked to lie in Gradio's upload folder,
@@ -172,17 +193,18 @@ def page(cards: list[ModelCard], classify: Classify) -> gr.Blocks:
         if len(cards) > 1:
 
             def on_choice(tag: str, k: float) -> list:
-                """The chosen model's heading, slider range and examples; the photo is then classified again."""
+                """The chosen model's heading, About area, slider range and examples; the photo is then classified
+                again."""
                 chosen = by_tag.get(tag, card)
                 top = max_top_k(chosen)
                 k = int(k) if isinstance(k, int | float) else config.DEFAULT_TOP_K
                 shown = [gr.Column(visible=t == chosen.tag) for t, _, _ in example_sets]
-                return [about(chosen), gr.Slider(maximum=top, value=min(max(k, 1), top)), *shown]
+                return [heading(chosen), about(chosen), gr.Slider(maximum=top, value=min(max(k, 1), top)), *shown]
 
             chooser.input(
                 on_choice,
                 [chooser, top_k],
-                [heading, top_k, *(column for _, column, _ in example_sets)],
+                [title, facts, top_k, *(column for _, column, _ in example_sets)],
                 api_visibility="private",
                 show_progress="hidden",
                 # Raw values: Gradio would check the slider against the range it had before this choice.

@@ -149,6 +149,38 @@ def sensitive(build: Callable[[], nn.Module], transforms: Callable, gray: bool, 
     return model
 
 
+# Real photos for a model's own examples (`--examples`): a fundus photograph and a stained tissue slide.
+EXAMPLE_PHOTOS = ("retina", "immunohistochemistry")
+
+
+@pytest.fixture(scope="session")
+def example_photos(tmp_path_factory) -> Path:
+    """A folder of example photos as a researcher would give it: scikit-image's, saved as JPEGs."""
+    import skimage.data
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("examples")
+    for name in EXAMPLE_PHOTOS:
+        Image.fromarray(getattr(skimage.data, name)()).save(folder / f"{name}.jpg", quality=85)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def examples_model(tmp_path_factory, example_photos) -> str:
+    """The colour model again, under its own name, imported with its own example photos."""
+    import torch
+
+    tmp = tmp_path_factory.mktemp("stains")
+    path = tmp / "stains.pt"
+    torch.jit.script(colour_module()).save(str(path))
+    labels = tmp / "labels.txt"
+    labels.write_text("\n".join(COLOURS) + "\n")
+    args = ["--labels", labels, "--name", "stains", "--mean", "0", "0", "0", "--std", "1", "1", "1"]
+    args += ["--resize", "32", "--crop", "32", "--title", "Stain colours"]
+    args += ["--description", "Says which colour channel dominates a stained slide.", "--examples", example_photos]
+    return imported_tag(run_import(path, *args))
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -268,6 +300,18 @@ def two_model_server(default_model, colour_model, tmp_path_factory) -> Iterator[
     slow work without being shed."""
     env = {"CLASSIFIER_MAX_LATENCY_MS": "120000"}
     s = start_server([default_model, colour_model], tmp_path_factory.mktemp("logs"), env)
+    yield s
+    stop_server(s)
+
+
+@pytest.fixture(scope="session")
+def examples_server(examples_model, tmp_path_factory) -> Iterator[Server]:
+    """The model with its own examples, served with a temporary folder of its own: as in the image, the
+    model store then lies outside both folders Gradio serves files from (cwd and temp). Gradio copies
+    the examples into its cache as the page is built, so they show all the same."""
+    logs = tmp_path_factory.mktemp("logs")
+    (logs / "tmp").mkdir()
+    s = start_server(examples_model, logs, env={"TMPDIR": str(logs / "tmp")})
     yield s
     stop_server(s)
 

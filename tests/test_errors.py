@@ -247,15 +247,24 @@ def test_the_api_key_guards_classify(limited, headers, status):
         assert "Bearer" in r.headers["www-authenticate"]
 
 
-@pytest.mark.parametrize(("path", "status"), [("/livez", 200), ("/readyz", 200), ("/metrics", 401), ("/", 401)])
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [("/livez", 200), ("/readyz", 200), ("/metrics", 401), ("/docs.json", 401), ("/", 307)],  # / only redirects
+)
 def test_only_health_probes_are_open_with_a_key(limited, path, status):
     assert httpx.get(f"{limited.url}{path}", timeout=10).status_code == status
 
 
-def test_the_web_page_asks_a_browser_for_the_key_as_a_password(limited):
-    r = httpx.get(f"{limited.url}{config.UI_PATH}/", timeout=30)
+@pytest.mark.parametrize("path", [config.UI_PATH, config.DOCS_PATH])
+def test_the_web_page_and_api_docs_ask_a_browser_for_the_key_as_a_password(limited, path):
+    r = httpx.get(f"{limited.url}{path}/", timeout=30)
     assert r.status_code == 401 and r.headers["www-authenticate"].startswith("Basic ")
-    assert httpx.get(f"{limited.url}{config.UI_PATH}/", headers={"Authorization": BASIC}, timeout=30).status_code == 200
+    assert httpx.get(f"{limited.url}{path}/", headers={"Authorization": BASIC}, timeout=30).status_code == 200
+
+
+def test_the_root_url_leads_a_browser_to_the_page_that_asks_for_the_key(limited):
+    root = httpx.get(f"{limited.url}/", timeout=10)
+    assert (root.status_code, root.headers["location"]) == (307, f"{config.UI_PATH}/")
 
 
 def test_too_many_images_is_a_400_at_limit_plus_one(limited):

@@ -2,8 +2,8 @@
 
 `make image` (import if missing, `bentoml build`, `bentoml containerize`) of two models, run the image on a
 loopback port, classify a real photo through it and ask the second model, check that nothing inside runs
-as root, push it to a registry on loopback and read the manifest back with skopeo; the image's size goes
-to bench/results/image_size.txt.
+as root, push it to a registry on loopback and read the manifest back with skopeo; the image's size and
+its cold start (container start to /readyz 200) go to bench/results/image_size.txt.
 
 Needs a container engine: a running Docker engine, or podman with BACKEND=podman in the environment.
 CI's .ci/setup-containers.sh installs podman, skopeo and docker-registry, makes a local base image and
@@ -19,6 +19,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,11 +31,17 @@ from bentoml._internal.configuration.containers import BentoMLContainer
 from bentoml._internal.container.generate import DEFAULT_BENTO_ENVS
 from conftest import CAT_CLASSES, COLOURS, DATA, ROOT, free_port, image_bytes, serve_env, wait_until_ready
 
+from imgserve import store
+
 pytestmark = pytest.mark.image
 
 SERVING_PORT = BentoMLContainer.http.port.get()  # BentoML's port inside the image (its Dockerfile EXPOSEs it)
 BENTO_UID = DEFAULT_BENTO_ENVS["uid_gid"]  # the non-root user BentoML's Dockerfile creates
-SIZE_TARGET_BYTES = 1_500_000_000  # the issue's target for the serving image, on disk
+# The serving image on disk, with the default model: 1,376 MB with BentoML's own Dockerfile (a compiler
+# toolchain and uv in it); the two-stage Dockerfile.template keeps only what serving runs.
+SIZE_TARGET_BYTES = 700_000_000
+# Container start to /readyz 200, on a 2-core machine: a platform's readiness probe waits about a minute.
+COLD_START_TARGET_S = 60
 MAKE_IMAGE_TIMEOUT_S = 40 * 60  # a first build on 2 cores: ~4 min; a slow mirror must not hang CI
 READY_TIMEOUT_S = 180
 SIZE_FILE = ROOT / "bench" / "results" / "image_size.txt"
@@ -130,6 +137,7 @@ def image(engine, registry_address, served, tmp_path_factory) -> Iterator[Image]
 class Container:
     url: str
     name: str
+    cold_start_s: float  # `run` to the first 200 from /readyz
 
 
 @pytest.fixture(scope="module")
@@ -139,11 +147,12 @@ def container(image, tmp_path_factory) -> Iterator[Container]:
     name = f"imgserve-test-{port}"
     log = tmp_path_factory.mktemp("container") / "run.log"
     argv = [image.engine, "run", "--rm", "--name", name, "-p", f"127.0.0.1:{port}:{SERVING_PORT}", image.ref]
+    started = time.monotonic()
     process = subprocess.Popen(argv, stdout=log.open("w"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until_ready(f"{url}/readyz", process, READY_TIMEOUT_S, lambda: log.read_text()[-3000:])
-        yield Container(url, name)
+        yield Container(url, name, time.monotonic() - started)
     finally:
         process.terminate()  # the engine's client passes SIGTERM on to the container: BentoML shuts down
         try:
@@ -265,7 +274,7 @@ def test_the_pushed_manifest_reads_back_from_the_registry(pushed, image, registr
     assert config["Entrypoint"][0].endswith("entrypoint.sh")
 
 
-def test_the_image_size_is_recorded_stated_and_within_target(pushed, image):
+def test_the_image_size_is_recorded_stated_and_within_target(pushed, image, container):
     on_disk = int(inspect(image, "{{.Size}}"))
     to_pull = sum(layer["size"] for layer in pushed["manifest"]["layers"]) + pushed["manifest"]["config"]["size"]
     history = run(image.engine, "history", "--format", "{{.Size}}\t{{.CreatedBy}}", image.ref).stdout
@@ -277,12 +286,26 @@ def test_the_image_size_is_recorded_stated_and_within_target(pushed, image):
         f"base image: {base}\n"
         f"on disk: {on_disk / 1e6:,.0f} MB (the engine's image size, uncompressed)\n"
         f"to pull: {to_pull / 1e6:,.0f} MB (compressed layers and config in the registry's manifest)\n"
+        f"cold start: {container.cold_start_s:.1f} s (`run` to the first 200 from /readyz, image already pulled)\n"
         "layers with content, newest first (size, instruction):\n" + "".join(f"  {line}\n" for line in largest)
     )
     assert on_disk <= SIZE_TARGET_BYTES, f"{on_disk / 1e6:,.0f} MB on disk, above the target"
+    assert container.cold_start_s <= COLD_START_TARGET_S, f"ready {container.cold_start_s:.1f} s after start"
     stated = re.search(r"([\d,]+) MB on disk", README.read_text())
     assert stated, "README states no image size ('N MB on disk')"
     stated_mb = int(stated.group(1).replace(",", ""))
     assert abs(stated_mb - on_disk / 1e6) <= 0.2 * stated_mb, (
         f"README says {stated_mb} MB on disk, measured {on_disk / 1e6:,.0f} MB: update README from {SIZE_FILE.name}"
     )
+
+
+def test_the_image_serves_the_demo_and_its_own_api_docs(container, default_model):
+    """What a visitor of a hosted image meets: / opens the page; /docs is the model's, assets served here."""
+    with httpx.Client(base_url=container.url, timeout=60) as client:
+        root = client.get("/")
+        assert (root.status_code, root.headers["location"]) == (307, "/ui/")
+        assert client.get("/ui/").status_code == 200
+        docs = client.get("/docs/")
+        title = store.load_card(default_model).title
+        assert docs.status_code == 200 and title in docs.text and "https://" not in docs.text
+        assert client.get("/static_content/swagger-ui-bundle.js").status_code == 200

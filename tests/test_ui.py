@@ -16,10 +16,11 @@ from urllib.parse import urlsplit
 
 import bentoml
 import pytest
-from conftest import CAT_CLASSES, COLOURS, DATA, ROOT, image_bytes
+from conftest import CAT_CLASSES, COLOURS, DATA, EXAMPLE_PHOTOS, ROOT, image_bytes
 
-from imgserve import config, store
-from imgserve.ui import confidences
+from imgserve import config, docs, store
+from imgserve.preprocess import Preprocessing
+from imgserve.ui import about, confidences
 
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's; a test tool's own browser download does not work here
 CHROMIUM_ARGS = [
@@ -55,6 +56,22 @@ def test_a_repeated_class_name_stays_two_bars():
     assert confidences(predictions) == {"crane": 0.5, "kite": 0.3, "crane (2)": 0.2}
 
 
+def test_the_about_area_comes_from_the_metadata():
+    card = store.ModelCard(
+        tag="birds:abc123",
+        labels=["robin", "wren"],
+        preprocessing=Preprocessing(resize=256, crop=224),
+        title="Garden birds",
+        description="Names garden birds.",
+        metadata={"arch": "resnet18", "source_file": "birds.pth", "source_sha256": "ab" * 32},
+    )
+    text = about(card)
+    assert "- **Model:** `birds:abc123`\n" in text and "- **Classes:** 2\n" in text
+    assert "- **Input:** 224×224 pixels, RGB: `Resize(256), CenterCrop(224), ToTensor(), Normalize(" in text
+    assert f"- **Weights:** `birds.pth`, SHA-256 `{'ab' * 32}`\n" in text
+    assert f"[API docs]({config.DOCS_PATH}/)" in text
+
+
 # --- Over HTTP, no browser
 
 
@@ -67,6 +84,22 @@ def test_the_page_answers_with_the_models_card_and_the_api_docs_link_to_it(serve
         assert card.title in r.text and default_model in r.text
         classify = c.get("/docs.json").json()["paths"]["/classify"]["post"]
     assert f"]({config.UI_PATH})" in classify["description"]
+
+
+@pytest.mark.serve
+def test_the_root_url_sends_browsers_to_the_page_and_programs_keep_bentomls_endpoints(server, default_model):
+    with server.client() as c:
+        for method in ("GET", "HEAD"):
+            root = c.request(method, "/")
+            assert (root.status_code, root.headers["location"]) == (307, f"{config.UI_PATH}/")
+        assert c.get("/", follow_redirects=True).url.path == f"{config.UI_PATH}/"
+        document = c.get("/docs.json").json()  # BentoML's OpenAPI document, for programs, as it was
+        assert document["info"]["title"] == "image-classifier"
+        assert {"/healthz", "/livez", "/readyz", "/metrics", config.CLASSIFY_PATH} <= set(document["paths"])
+        page = c.get(f"{config.DOCS_PATH}/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert docs.info([card_of(default_model)])["title"] in page.text
+    assert "googletagmanager" not in page.text and "https://" not in page.text
 
 
 @pytest.mark.serve
@@ -127,15 +160,21 @@ def chromium() -> Iterator:
 
 @pytest.fixture
 def browser_page(chromium, request) -> Iterator:
-    """A fresh tab that records every host it talks to; its last state is saved as a screenshot."""
+    """A fresh tab that records every request it and the tabs it opens make; its last state is saved as
+    a screenshot. `page.foreign` lists the requests to any host but the server's."""
     context = chromium.new_context(
         viewport={"width": 1100, "height": 760}, permissions=["camera", "clipboard-read", "clipboard-write"]
     )
+    context.set_default_timeout(TIMEOUT_MS)
     page = context.new_page()
-    page.set_default_timeout(TIMEOUT_MS)
-    page.hosts, page.http_errors = set(), []
-    page.on("request", lambda r: page.hosts.add(urlsplit(r.url).hostname))
-    page.on("response", lambda r: r.status >= 400 and page.http_errors.append(f"{r.status} {r.url}"))
+    page.hosts, page.urls, page.http_errors = set(), [], []
+
+    def record(r) -> None:
+        page.hosts.add(urlsplit(r.url).hostname)
+        page.urls.append(r.url)
+
+    context.on("request", record)
+    context.on("response", lambda r: r.status >= 400 and page.http_errors.append(f"{r.status} {r.url}"))
     yield page
     page.screenshot(path=ARTIFACTS / f"ui-{request.node.name}.png", full_page=True)
     context.close()
@@ -144,7 +183,12 @@ def browser_page(chromium, request) -> Iterator:
 
 def open_ui(page, server) -> None:
     page.goto(f"{server.url}{config.UI_PATH}")
-    page.locator("#examples img").first.wait_for()  # rendered, example photos loaded
+    page.locator("#about li").first.wait_for()  # rendered, down to the About area
+
+
+def foreign(page, server) -> list[str]:
+    """Every request the tabs made to a host other than the server's."""
+    return [url for url in page.urls if urlsplit(url).netloc != urlsplit(server.url).netloc]
 
 
 def shown(page) -> list[tuple[str, str]]:
@@ -203,6 +247,8 @@ def test_an_example_photo_is_one_click_away(browser_page, server):
 
     page = browser_page
     open_ui(page, server)
+    # The default model has none of its own: the bundled photos, of ImageNet classes.
+    expect(page.locator("#examples img")).to_have_count(len(list(DATA.glob("*.jpg"))))
     page.locator("#examples button:has(img[src$='/coffee.jpg'])").click()
     expect_top(page, "espresso")
     preview = page.locator("#photo img")
@@ -237,6 +283,7 @@ def test_a_user_model_by_drop_paste_and_webcam(browser_page, colour_server, colo
     page = browser_page
     open_ui(page, colour_server)
     expect(page.locator("h1")).to_have_text(card_of(colour_model).title)
+    expect(page.locator("#examples")).to_have_count(0)  # its own classes and no photos of them: no cat
 
     dropped = png_in_page(page, (255, 0, 0), DROP_JS)
     drop_zone = page.get_by_label("Drop an image file here to upload")
@@ -262,7 +309,7 @@ def test_the_api_docs_link_to_the_page_and_the_page_back(browser_page, server, d
     from playwright.sync_api import expect
 
     docs = browser_page
-    docs.goto(f"{server.url}/")
+    docs.goto(f"{server.url}{config.DOCS_PATH}")
     docs.locator(".opblock-summary", has_text="/classify").click()
     with docs.expect_popup() as opened:
         docs.get_by_role("link", name="the web page").click()
@@ -312,7 +359,7 @@ def test_with_two_models_a_chooser_picks_the_model_and_the_page_follows(
     open_ui(page, two_model_server)
     expect(page.locator("h1")).to_have_text(default.title)
     expect(page.locator("#examples")).to_be_visible()
-    expect(page.locator("#examples-1")).to_be_hidden()
+    expect(page.locator("#examples-1")).to_have_count(0)  # the colour model has no photos of its own: none
 
     page.locator("#photo input[type=file]").set_input_files(
         {"name": "red.png", "mimeType": "image/png", "buffer": image_bytes((255, 0, 0))}
@@ -320,11 +367,10 @@ def test_with_two_models_a_chooser_picks_the_model_and_the_page_follows(
     expect(page.locator("#answer dl")).to_have_count(5)  # ImageNet's top 5 for a red square
     choose(page, colours)
     expect(page.locator("h1")).to_have_text(colours.title)
-    expect(page.locator("code", has_text=colour_model)).to_be_visible()  # in the heading
+    expect(page.locator("#about code", has_text=colour_model)).to_be_visible()  # About follows the choice
     expect_top(page, "red")  # the photo on the page, classified again by the chosen model
     assert [name for name, _ in shown(page)] == ["red", "green", "blue"]  # its three classes: the slider's top
-    expect(page.locator("#examples-1")).to_be_visible()
-    expect(page.locator("#examples")).to_be_hidden()
+    expect(page.locator("#examples")).to_be_hidden()  # not the default's cat for a colour model
 
     choose(page, default)
     expect(page.locator("h1")).to_have_text(default.title)
@@ -332,3 +378,57 @@ def test_with_two_models_a_chooser_picks_the_model_and_the_page_follows(
     expect_top(page, *CAT_CLASSES)
     expect(page.locator("#answer dl")).to_have_count(3)  # the slider kept 3, within the default's range
     expect(page.get_by_test_id("toast-text")).to_have_count(0)  # no error on the way
+
+
+@pytest.mark.serve
+@pytest.mark.browser
+def test_a_visitor_goes_from_the_root_url_to_the_page_and_the_api_docs_and_no_one_else_hears(
+    browser_page, examples_server, examples_model, example_photos
+):
+    """The hosted demo as a visitor meets it: the shared URL opens the page, with the model's own
+    examples and its About area; its link opens the API docs with the model's title. Nothing on the
+    way is fetched from another host: no tracker, no badge, no font."""
+    from playwright.sync_api import expect
+
+    page = browser_page
+    card = card_of(examples_model)
+    page.goto(f"{examples_server.url}/")
+    expect(page).to_have_url(f"{examples_server.url}{config.UI_PATH}/")
+    expect(page.locator("h1")).to_have_text(card.title)
+    expect(page.get_by_text(card.description)).to_be_visible()
+
+    # Its own photos, and no others.
+    thumbnails = page.locator("#examples img")
+    expect(thumbnails).to_have_count(len(EXAMPLE_PHOTOS))
+    srcs = thumbnails.evaluate_all("imgs => imgs.map(i => i.src)")
+    names = sorted(Path(urlsplit(src).path).name for src in srcs)
+    assert names == sorted(f"{name}.jpg" for name in EXAMPLE_PHOTOS)
+    photo = example_photos / f"{EXAMPLE_PHOTOS[0]}.jpg"
+    page.locator(f"#examples button:has(img[src$='/{photo.name}'])").click()
+    with examples_server.client() as c:
+        [api] = c.post("/classify", files=[("images", (photo.name, photo.read_bytes()))], data={"top_k": "3"}).json()
+    expect_top(page, api["predictions"][0]["label"])
+    expect(page.locator("#answer dl")).to_have_count(3)
+    assert shown(page) == [(p["label"], f"{round(100 * p['score'])}%") for p in api["predictions"]]
+
+    # About this model: from the metadata.
+    rows = dict(item.split(": ", 1) for item in page.locator("#about li").all_inner_texts())
+    assert rows["Model"] == card.tag and rows["Classes"] == str(len(card.labels))
+    height, width = card.preprocessing.input_size
+    assert rows["Input"].startswith(f"{height}×{width} pixels, RGB: ")
+    expect(page.locator("#about")).to_contain_text("How to cite")
+    page.screenshot(path=ARTIFACTS / "ui-visitor.png", full_page=True)
+
+    with page.expect_popup() as opened:
+        page.locator("#about").get_by_role("link", name="API docs").click()
+    api_docs = opened.value
+    expect(api_docs).to_have_url(f"{examples_server.url}{config.DOCS_PATH}/")
+    expect(api_docs).to_have_title(f"{card.title}: API")
+    expect(api_docs.locator(".info .title")).to_contain_text(card.title)
+    expect(api_docs.locator(".info .description")).to_contain_text(card.description)
+    expect(api_docs.locator(".opblock-summary", has_text=config.CLASSIFY_PATH)).to_be_visible()
+    api_docs.wait_for_load_state("networkidle")  # everything the docs page loads, loaded
+    api_docs.screenshot(path=ARTIFACTS / "docs.png", full_page=True)
+
+    assert any(urlsplit(u).path == "/docs.json" for u in page.urls)  # the recording saw the docs page work
+    assert foreign(page, examples_server) == [], "a page asked another host for something"
