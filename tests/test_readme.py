@@ -61,7 +61,7 @@ def test_the_curl_example_answers_as_shown(server):
 
 @pytest.mark.serve
 def test_the_python_client_example_runs(server, monkeypatch):
-    [code] = blocks("python")
+    [code] = [b for b in blocks("python") if "SyncHTTPClient" in b]
     monkeypatch.chdir(ROOT)
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
