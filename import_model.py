@@ -5,6 +5,7 @@
     python import_model.py cells.pth --arch mynet.py:Net --arch-kwargs '{"num_classes": 4}' --labels cells.txt
     python import_model.py flowers.pth --trust-pickle --transforms "Resize((224, 224)), ToTensor()"
     python import_model.py digits.pt2 --labels digits.txt      # a torch.export archive
+    python import_model.py --quantize int8                     # the default model, and beside it an int8 one
 
 The model is exported to ONNX with its preprocessing inside and checked against the torch model;
 then the served path (this bundle's decoding and the ONNX model) is checked against torch running
@@ -24,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from imgserve import config, convert, faithful, loading, store, transforms
+from imgserve import config, convert, faithful, loading, quantize, store, transforms
 from imgserve.labels import read_labels
 from imgserve.loading import ImportRefused
 from imgserve.preprocess import INTERPOLATIONS, Preprocessing, preprocess
@@ -99,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--if-missing", action="store_true", help="do nothing when NAME:latest is already stored")
     p.add_argument("--list-archs", action="store_true", help="list the torchvision architectures --arch accepts")
+    p.add_argument("--quantize", choices=["int8"], help="also store NAME-int8, if its answers pass the gate")
+    p.add_argument("--photos", type=Path, action="append", default=[], help="photos to calibrate and check int8")
     return p
 
 
@@ -354,7 +357,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         tag = import_model(args)
-    except (ImportRefused, ValueError) as e:
+        if args.quantize:
+            tag = quantize.import_int8(tag, args.photos, args.if_missing)
+    except (ImportRefused, quantize.QuantizationRefused, ValueError) as e:
         log.error("error: %s", e)
         return 2
     sys.stdout.write(f"{tag}\n")  # the last line is the tag, for scripts

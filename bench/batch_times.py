@@ -1,6 +1,7 @@
 """Time the stored model alone at each batch size: the curve MAX_BATCH_SIZE and MAX_LATENCY_MS come from.
 
     BENTOML_HOME=... python bench/batch_times.py [TAG]
+    python bench/batch_times.py int8.onnx   # an ONNX file not (or not yet) in the store, 224 x 224 input
 
 Prints median milliseconds per batch and images/s for batch sizes 1..32 with ONNX Runtime,
 as the service runs it (same session options, same threads).
@@ -13,7 +14,6 @@ import sys
 import time
 from pathlib import Path
 
-import bentoml
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -24,10 +24,8 @@ REPEATS = 15
 
 def main() -> None:
     tag = sys.argv[1] if len(sys.argv) > 1 else config.model_tag()
-    entry = bentoml.models.get(tag)
-    card = store.ModelCard.from_stored(entry)
-    session = predict.open_session(entry.path_of(store.ONNX_FILE))
-    crop = card.preprocessing.crop
+    path, crop = store.onnx_file(tag)
+    session = predict.open_session(path)
     sys.stdout.write(f"{tag}, {config.MODEL_THREADS} threads\nbatch  ms/batch  img/s\n")
     for batch in (1, 2, 4, 8, 16, 32):
         x = np.random.default_rng(0).integers(0, 256, (batch, 3, crop, crop), np.uint8)

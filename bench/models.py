@@ -48,6 +48,23 @@ def ensure(name: str) -> str:
     return str(bentoml.models.get(f"{name}:latest").tag)
 
 
+def ensure_int8() -> dict:
+    """`import_model.py --quantize int8 --if-missing`: the default model's int8 tag and how it agrees
+    with the fp32 model when the gate passed it, else the gate's refusal, which the benchmark reports."""
+    import bentoml
+
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "import_model.py"), "--if-missing", "--quantize", "int8"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode != 0:
+        return {"tag": None, "refused": result.stderr.strip().splitlines()[-1].removeprefix("error: ")}
+    tag = result.stdout.strip().splitlines()[-1]
+    return {"tag": tag, **bentoml.models.get(tag).info.metadata["quantization"]}
+
+
 def torch_model(card):
     """The torch module behind a stored benchmark model: same weights, logits out."""
     arch = card.metadata["arch"]

@@ -1,6 +1,7 @@
 """ONNX Runtime session options, measured: which ones change the model's speed on this machine?
 
     BENTOML_HOME=... python bench/ort_options.py [TAG] > bench/results/ort_options.txt
+    python bench/ort_options.py int8.onnx   # an ONNX file not (or not yet) in the store, 224 x 224 input
 
 For each option set: milliseconds per model call at batch 1, 4 and 8 (median wall time), and the
 CPU time the process spent per call (user + system, all threads). Spinning threads show up as
@@ -60,12 +61,8 @@ def timed(sess, x: np.ndarray) -> tuple[float, float]:
 
 
 def main() -> None:
-    import bentoml
-
     tag = sys.argv[1] if len(sys.argv) > 1 else config.model_tag()
-    entry = bentoml.models.get(tag)
-    path = entry.path_of(store.ONNX_FILE)
-    crop = store.ModelCard.from_stored(entry).preprocessing.crop
+    path, crop = store.onnx_file(tag)
     print(f"{tag}, ONNX Runtime {ort.__version__}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}")
 
     stored = collections.Counter(n.op_type for n in onnx.load(path).graph.node)

@@ -14,6 +14,7 @@ STYLE = {
     "bentoml_unbatched": ("same, batching off", "tab:cyan", "s", 1.5),
     "litserve": ("LitServe, batching on", "tab:orange", "^", 1.5),
     "gradio": ("Gradio Interface (tutorial)", "tab:red", "v", 1.5),
+    "bentoml_int8": ("this bundle, int8 model", "tab:green", "D", 2.5),
 }
 
 
@@ -44,7 +45,8 @@ def plot(result: dict, path: Path) -> None:
             label=f"in-process limit ({limit['images_per_s']:.0f} img/s: batch {limit['batch']}, "
             f"{limit['model_threads']} model + {limit['decode_threads']} decode threads)",
         )
-        top.set_title(f"{name}: throughput")
+        refused = (m.get("int8") or {}).get("refused")
+        top.set_title(f"{name}: throughput" + ("\n(int8: refused by the import's gate)" if refused else ""))
         top.set_ylabel("images/s")
         top.set_ylim(bottom=0)
         bottom.set_title(f"{name}: p99 latency")

@@ -17,6 +17,8 @@ NAMES = {
     "large_preprocess_speedup": "12 MP JPEG preprocessing, textbook / ours",
     "ready_s": "`bentoml serve` to ready (s)",
     "rss_at_64_mb": "server RSS at 64 clients (MB)",
+    "int8_served_vs_fp32_served_at_8": "int8 served / fp32 served, 8 clients",
+    "int8_top1_agreement": "int8 top-1 agreement with fp32, held-back photos",
 }
 GOALS = {
     "served_vs_inprocess_at_8": "≥ {}",
@@ -26,11 +28,29 @@ GOALS = {
     "large_preprocess_speedup": "≥ {}",
     "ready_s": "≤ {}",
     "rss_at_64_mb": "≤ {}",
+    "int8_served_vs_fp32_served_at_8": "≥ {}",
+    "int8_top1_agreement": "≥ {}",
 }
 
 
 def cell(value) -> str:
     return "–" if value is None else str(value)
+
+
+def int8_lines(m: dict) -> list[str]:
+    """The int8 model's rows, when the run had one (runs before it was added have no "int8")."""
+    if "int8" not in m:
+        return []
+    int8 = m["int8"]
+    if int8["tag"] is None:
+        return ["", f"int8: the import refused it, nothing to serve: {int8['refused']}"]
+    rows = {r["clients"]: r for r in m["servers"]["bentoml_int8"]["levels"]}
+    return [
+        "",
+        f"int8 (`{int8['tag']}`, {int8['int8_layers']} of {int8['of_layers']} layers in int8): in-process limit "
+        f"{int8['inprocess']['images_per_s']} img/s; served, img/s and p99 ms by clients: "
+        + ", ".join(f"{c}: {r['images_per_s']}, {cell(r['p99_ms'])}" for c, r in rows.items()),
+    ]
 
 
 def report(result: dict) -> str:
@@ -85,6 +105,7 @@ def report(result: dict) -> str:
                 o = others.get(kind, {}).get(c)
                 cells.append("–" if o is None else f"{o['images_per_s']}, {cell(o['p99_ms'])}")
             out.append("| " + " | ".join(cells) + " |")
+        out += int8_lines(m)
     prep = result["preprocessing"]
     out += [
         "",

@@ -70,6 +70,8 @@ TARGETS = {
     "large_preprocess_speedup": 4.0,
     "ready_s": 15.0,
     "rss_at_64_mb": 1536,
+    "int8_served_vs_fp32_served_at_8": 1.3,
+    "int8_top1_agreement": 0.99,
 }
 
 
@@ -182,7 +184,8 @@ def own_home(path: Path) -> Path:
 
 
 def start(kind: str, tag: str, log_dir: Path) -> Server:
-    """`tag`: one model, or several separated by commas (one BentoML server of them all)."""
+    """`tag`: one model, or several separated by commas (one BentoML server of them all). `kind` is one
+    of SERVERS, or "bentoml_int8": this bundle serving the int8 model."""
     port = free_port()
     env = {**os.environ, "BENTOML_DO_NOT_TRACK": "true", "GRADIO_ANALYTICS_ENABLED": "False"}
     env |= (
@@ -336,6 +339,7 @@ def serve_and_load(
     expected: dict[str, dict[str, str]],
     log_dir: Path,
     parallel_start: bool,
+    int8_tag: str | None = None,
 ) -> dict:
     """All servers up at once, loaded in turn at each level, so that the servers compared at a level
     are measured within a minute of each other: on a shared machine, load from elsewhere comes and
@@ -344,20 +348,22 @@ def serve_and_load(
     (SIGSTOP): idle, they took 0.03 (BentoML, Gradio) to 0.13 (LitServe) of a core each.
     """
     started: dict[str, Server] = {}
+    kinds = list(expected)  # plan.servers, and "bentoml_int8" when an int8 model is stored
+    tags = {kind: int8_tag if kind == "bentoml_int8" else tag for kind in kinds}
     try:
         if parallel_start:
-            with ThreadPoolExecutor(len(plan.servers)) as pool:
-                futures = {kind: pool.submit(start, kind, tag, log_dir) for kind in plan.servers}
+            with ThreadPoolExecutor(len(kinds)) as pool:
+                futures = {kind: pool.submit(start, kind, tags[kind], log_dir) for kind in kinds}
             started = {kind: f.result() for kind, f in futures.items() if f.exception() is None}
             for f in futures.values():
                 if f.exception() is not None:
                     raise f.exception()
         else:
-            for kind in plan.servers:
-                started[kind] = start(kind, tag, log_dir)
+            for kind in kinds:
+                started[kind] = start(kind, tags[kind], log_dir)
         for server in started.values():
             freeze(server)
-        loads = [Target(started[kind], plan, sequence, expected[kind]) for kind in plan.servers]
+        loads = [Target(started[kind], plan, sequence, expected[kind]) for kind in kinds]
         for t in loads:
             with thawed(t.server):
                 t.warm_up()
@@ -568,6 +574,8 @@ def targets(result: dict) -> list[dict]:
         )
         ready = servers["bentoml"]["ready_s"]
         add("ready_s", name, ready, ready <= TARGETS["ready_s"], "bentoml serve started -> /readyz 200")
+        if "int8" in m:
+            int8_targets(m, served, clients, add)
         top = at(served, 64) or served[-1]
         add(
             "rss_at_64_mb",
@@ -577,6 +585,31 @@ def targets(result: dict) -> list[dict]:
             f"peak RSS of the server's process tree at {top['clients']} clients",
         )
     return rows
+
+
+def int8_targets(m: dict, served: list[dict], clients: int, add) -> None:
+    """The int8 model's two targets: its speed served against the fp32 model's, and its agreement."""
+    int8 = m["int8"]
+    if int8["tag"] is None:
+        for target in ("int8_served_vs_fp32_served_at_8", "int8_top1_agreement"):
+            add(target, models.DEFAULT, None, False, f"no int8 model: the import refused it ({int8['refused']})")
+        return
+    ours = at(served, clients)["images_per_s"]
+    row = at(m["servers"]["bentoml_int8"]["levels"], clients)
+    ratio = row["images_per_s"] / ours if ours else 0.0
+    detail = f"{row['images_per_s']} vs {ours} img/s at {clients} clients"
+    target = "int8_served_vs_fp32_served_at_8"
+    add(target, models.DEFAULT, round(ratio, 2), ratio >= TARGETS[target], detail)
+    held = int8["held_back"]
+    agree = held["decided_top1_agreement"]
+    add(
+        "int8_top1_agreement",
+        models.DEFAULT,
+        agree,
+        agree >= TARGETS["int8_top1_agreement"],
+        f"{held['decided_images']} held-back views (fp32 top-1 ahead by >= {held['decided_margin']}); "
+        f"{held['top1_agreement']} on all {held['images']}; largest probability difference {held['max_prob_diff']}",
+    )
 
 
 # --- Main
@@ -625,7 +658,24 @@ def run(plans: dict[str, ModelPlan], out_dir: Path, mode: str) -> dict:
         tutorial = textbook_answers(torch_model, card, all_photos)
         del session, torch_model
         answers = {kind: tutorial if kind == "gradio" else expected for kind in plan.servers}
-        m["servers"] = serve_and_load(tag, plan, sequence, answers, log_dir, parallel_start=mode == "smoke")
+        int8_tag = None
+        if name == models.DEFAULT:
+            m["int8"] = models.ensure_int8()
+            print(f"  int8: {m['int8'].get('held_back') or m['int8']['refused']}", flush=True)
+            int8_tag = m["int8"]["tag"]
+        if int8_tag:
+            int8_entry = bentoml.models.get(int8_tag)
+            int8_session = predict.open_session(int8_entry.path_of(store.ONNX_FILE))
+            answers["bentoml_int8"] = expected_answers(int8_session, card, sequence)
+            best = m["inprocess"]["limit"]
+            m["int8"]["inprocess"] = inprocess.pipeline(
+                int8_session, card.preprocessing, [p.data for p in sequence], best["decode_threads"], best["batch"],
+                plan.grid_seconds,
+            )  # fmt: skip
+            del int8_session
+        m["servers"] = serve_and_load(
+            tag, plan, sequence, answers, log_dir, parallel_start=mode == "smoke", int8_tag=int8_tag
+        )
         # The limit again, after the servers: the better of the two is the machine's capacity.
         best = m["inprocess"]["limit"]
         session = predict.open_session(entry.path_of(store.ONNX_FILE), threads=best["model_threads"])

@@ -122,6 +122,9 @@ class ModelInfo(BaseModel):
     description: str
     preprocessing: PreprocessingInfo
     default: bool = Field(description="answers when a request names no model")
+    quantization: str | None = Field(
+        None, description="an int8 model only: how its answers agree with its fp32 model's (import's gate)"
+    )
 
 
 def info(m: Served) -> ModelInfo:
@@ -134,6 +137,7 @@ def info(m: Served) -> ModelInfo:
         description=c.description,
         preprocessing=PreprocessingInfo(transforms=c.preprocessing.transforms(), **c.preprocessing.to_dict()),
         default=m.default,
+        quantization=c.quantization or None,
     )
 
 
@@ -148,6 +152,7 @@ def models_api(registry: Registry):
     @app.get(
         config.MODELS_PATH,
         response_model=list[ModelInfo],
+        response_model_exclude_none=True,  # `quantization` only where there is one
         tags=["Service APIs"],  # next to /classify in BentoML's docs
         summary="The served models",
     )

@@ -40,6 +40,21 @@ class ModelCard:
     metadata: dict
     examples: tuple[Path, ...] = ()  # photos for the web page, in name order
 
+    @property
+    def quantization(self) -> str:
+        """One sentence on how an int8 model answers against its fp32 original; empty for fp32 models."""
+        q = self.metadata.get("quantization")
+        if not q:
+            return ""
+        held = q["held_back"]
+        return (
+            f"int8 version of `{q['fp32_model']}` ({q['int8_layers']} of {q['of_layers']} layers in int8). "
+            f"On {held['images']} views of {len(q['held_back_photos'])} photos that its calibration never saw, "
+            f"its top-1 agrees with the fp32 model's on {held['decided_top1_agreement']:.1%} of the "
+            f"{held['decided_images']} where the fp32 top-1 leads by {held['decided_margin']} or more "
+            f"({held['top1_agreement']:.1%} of all); largest probability difference {held['max_prob_diff']}."
+        )
+
     @classmethod
     def from_stored(cls, stored: bentoml.Model) -> ModelCard:
         meta = stored.info.metadata
@@ -129,6 +144,14 @@ def save(name: str, onnx_file: Path, metadata: dict, examples: Sequence[Path] = 
             for photo in examples:
                 shutil.copyfile(photo, folder / photo.name)
     return str(entry.tag)
+
+
+def onnx_file(tag_or_path: str) -> tuple[str, int]:
+    """The ONNX file and input size of a stored model, or of an .onnx file (the default 224) for the benchmarks."""
+    if tag_or_path.endswith(".onnx"):
+        return tag_or_path, Preprocessing().crop
+    entry = bentoml.models.get(tag_or_path)
+    return entry.path_of(ONNX_FILE), ModelCard.from_stored(entry).preprocessing.crop
 
 
 def exists(tag: str) -> bool:

@@ -76,7 +76,8 @@ def heading(card: ModelCard) -> str:
 
 
 def about(card: ModelCard) -> str:
-    """What the model is, from its metadata; what to write down to cite a result; the API."""
+    """What the model is, from its metadata (for an int8 model, how it agrees with its fp32 model); what to
+    write down to cite a result; the API."""
     prep, meta = card.preprocessing, card.metadata
     (height, width), colour = prep.input_size, "gray" if prep.channels == 1 else "RGB"
     rows = [
@@ -88,6 +89,8 @@ def about(card: ModelCard) -> str:
         rows.append(("Architecture", f"`{meta['arch']}`"))
     if meta.get("source_file"):
         rows.append(("Weights", f"`{meta['source_file']}`, SHA-256 `{meta.get('source_sha256', '?')}`"))
+    if card.quantization:  # an int8 model: how its answers agree with its fp32 model's
+        rows.append(("int8", card.quantization))
     facts = "".join(f"- **{k}:** {v}\n" for k, v in rows)
     cite = (
         f"**How to cite:** *{card.title}*, with its exact version (Model above: a name and a version that "

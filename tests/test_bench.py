@@ -35,6 +35,8 @@ TARGETS = {
     "large_preprocess_speedup",
     "ready_s",
     "rss_at_64_mb",
+    "int8_served_vs_fp32_served_at_8",
+    "int8_top1_agreement",
 }
 
 
@@ -64,7 +66,7 @@ def test_preprocessing_is_compared_with_the_textbook_path_on_both_sizes(smoke):
 
 def test_every_server_reports_every_field_at_every_level(smoke):
     [model] = smoke["models"].values()
-    assert set(model["servers"]) == SERVERS
+    assert set(model["servers"]) == SERVERS | ({"bentoml_int8"} if model["int8"]["tag"] else set())
     for kind, server in model["servers"].items():
         assert server["ready_s"] > 0
         assert [row["clients"] for row in server["levels"]] == smoke["plan"]["efficientnet-lite0"]["levels"]
@@ -76,6 +78,22 @@ def test_every_server_reports_every_field_at_every_level(smoke):
             if kind.startswith("bentoml") and row["images_per_s"] > 0:
                 assert row["mean_batch_size"] >= 1
         assert any(row["images_per_s"] > 0 for row in server["levels"]), kind
+
+
+def test_the_int8_model_is_served_or_its_refusal_reported(smoke):
+    """The import's int8 step ran: served with its agreement when the gate passed it, else the gate's reason."""
+    [model] = smoke["models"].values()
+    int8 = model["int8"]
+    targets = {t["target"]: t for t in smoke["targets"]}
+    if int8["tag"] is None:
+        assert "Nothing int8 was stored" in int8["refused"]
+        assert (
+            targets["int8_top1_agreement"]["met"] is False
+            and int8["refused"] in targets["int8_top1_agreement"]["detail"]
+        )
+    else:
+        assert int8["held_back"]["decided_top1_agreement"] >= 0.99 and int8["inprocess"]["images_per_s"] > 0
+        assert targets["int8_top1_agreement"]["value"] == int8["held_back"]["decided_top1_agreement"]
 
 
 def test_the_in_process_limits_are_measured(smoke):

@@ -170,6 +170,7 @@ def test_bentoml_build_packs_every_served_model_and_no_torch(default_model, colo
     src = Path(bento.path_of("src"))
     assert (src / "service.py").is_file() and (src / "imgserve" / "preprocess.py").is_file()
     assert not (src / "imgserve" / "convert.py").exists() and not (src / "tests").exists()
+    assert not (src / "imgserve" / "quantize.py").exists()  # import side: onnx and its calibration photos
     for name in ("requirements.txt", "requirements.lock.txt"):  # what the image installs: no torch package
         lines = Path(bento.path_of(f"env/python/{name}")).read_text().splitlines()
         packages = {re.split(r"[=<>~\[ ]", line.strip(), maxsplit=1)[0].lower() for line in lines}

@@ -1,0 +1,159 @@
+"""`import_model.py --quantize int8`: the photos, the gate, and an int8 model served like any other."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import bentoml
+import numpy as np
+import pytest
+import skimage.data
+import torch
+from conftest import COLOURS, DATA, image_bytes, imported_tag, run_import, start_server, stop_server
+from torch import nn
+
+from imgserve import config, predict, quantize, store
+from imgserve.preprocess import preprocess
+
+
+def colour_conv(common: float, difference: float) -> nn.Module:
+    """Mean colour -> red, green or blue, through a 1x1 convolution on the mean colour that int8 can or
+    cannot carry.
+
+    Each output channel of the convolution is `common` x (r + g + b) + `difference` x its own colour;
+    the head (float in int8 models) subtracts the mean of the three and scales by 20 / difference.
+    With common = 0 the colour fills the convolution's int8 range; with common = 1 and difference =
+    0.05 it is 1.6% of that range, 4 int8 steps: int8 scrambles the answers.
+    """
+    conv = nn.Conv2d(3, 3, 1)
+    head = nn.Linear(3, 3)
+    with torch.no_grad():
+        conv.weight.copy_((common * torch.ones(3, 3) + difference * torch.eye(3)).view(3, 3, 1, 1))
+        conv.bias.zero_()
+        head.weight.copy_(20 / difference * (torch.eye(3) - 1 / 3))
+        head.bias.zero_()
+    return nn.Sequential(nn.AdaptiveAvgPool2d(1), conv, nn.ReLU(), nn.Flatten(), head).eval()
+
+
+def import_colours(tmp: Path, name: str, model: nn.Module, *more: str):
+    path = tmp / f"{name}.pt"
+    torch.jit.script(model).save(str(path))
+    labels = tmp / "labels.txt"
+    labels.write_text("\n".join(COLOURS) + "\n")
+    args = ["--labels", labels, "--name", name, "--mean", "0", "0", "0", "--std", "1", "1", "1"]
+    return run_import(path, *args, "--resize", "32", "--crop", "32", "--quantize", "int8", *more)
+
+
+def top1(tag: str, data: bytes) -> str:
+    entry = bentoml.models.get(tag)
+    card = store.ModelCard.from_stored(entry)
+    session = predict.open_session(entry.path_of(store.ONNX_FILE))
+    probs = predict.run(session, preprocess(data, card.preprocessing)[None])
+    return card.labels[int(probs[0].argmax())]
+
+
+def test_a_photo_found_twice_counts_once():
+    """data/cat.jpg is a JPEG copy of scikit-image's chelsea.png: one photo, not two."""
+    chelsea = Path(skimage.data.__file__).parent / "chelsea.png"
+    photos = quantize.load_photos([DATA / "cat.jpg", chelsea, DATA / "coffee.jpg"])
+    assert [p.name for p in photos] == ["data/cat.jpg", "data/coffee.jpg"]
+
+
+def test_too_few_photos_are_refused():
+    photos = quantize.load_photos(sorted(DATA.glob("*.jpg")))
+    with pytest.raises(quantize.QuantizationRefused) as refused:
+        quantize.split_photos(photos)
+    assert str(refused.value).startswith(
+        f"too few photos to quantize and check the int8 model: 3 distinct photos found, {config.QUANT_MIN_PHOTOS} "
+        "needed (half to calibrate, half held back to check the answers). Pass a folder of photos"
+    )
+
+
+def test_calibration_and_held_back_photos_do_not_overlap():
+    photos = quantize.load_photos(sorted(DATA.glob("*.jpg")) + quantize.package_photos())
+    split = quantize.split_photos(photos)
+    assert len(split.calibration) + len(split.held_back) == len(photos) >= config.QUANT_MIN_PHOTOS
+    assert not {p.name for p in split.calibration} & {p.name for p in split.held_back}
+
+
+def test_the_gate_refuses_the_default_model_quantized_whole(default_model, tmp_path):
+    """Every layer of EfficientNet-Lite0 in int8 changes too many answers on photos it was not calibrated on."""
+    entry = bentoml.models.get(default_model)
+    prep = store.ModelCard.from_stored(entry).preprocessing
+    split = quantize.split_photos(quantize.load_photos(sorted(DATA.glob("*.jpg")) + quantize.package_photos()))
+    source = tmp_path / "fp32.onnx"
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    quant_pre_process(entry.path_of(store.ONNX_FILE), str(source), skip_symbolic_shape=True)
+    import onnx
+
+    int8 = tmp_path / "int8.onnx"
+    calibration = quantize.photo_views(split.calibration, prep)
+    floats = quantize.float_nodes(onnx.load(str(source)))  # the prologue, softmax and head only
+    quantize.quantize_graph(source, int8, calibration, floats, tmp_path / "ranges.json")
+    with pytest.raises(quantize.QuantizationRefused, match="Nothing int8 was stored") as refused:
+        quantize.gate(source, int8, quantize.photo_views(split.held_back, prep))
+    assert "the int8 model's top-1 agrees with the fp32 model's on " in str(refused.value)
+
+
+def test_an_int8_model_that_loses_the_answers_is_not_stored():
+    with tempfile.TemporaryDirectory() as tmp:
+        result = import_colours(Path(tmp), "fragile", colour_conv(common=1.0, difference=0.05))
+    assert result.returncode == 2
+    fp32 = result.stderr.split("(fragile:")[1].split(" ")[0]
+    assert "Nothing int8 was stored" in result.stderr and f"(fragile:{fp32} is stored and unchanged)" in result.stderr
+    assert bentoml.models.get("fragile:latest")  # the fp32 model is kept
+    with pytest.raises(bentoml.exceptions.NotFound):
+        bentoml.models.get("fragile-int8:latest")
+
+
+@pytest.fixture(scope="module")
+def int8_colours(tmp_path_factory) -> str:
+    return imported_tag(import_colours(tmp_path_factory.mktemp("int8"), "colours8", colour_conv(0.0, 1.0)))
+
+
+def test_an_int8_model_that_keeps_the_answers_is_stored_beside_the_fp32_one(int8_colours):
+    assert int8_colours.startswith("colours8-int8:")
+    q = bentoml.models.get(int8_colours).info.metadata["quantization"]
+    assert q["fp32_model"].startswith("colours8:") and q["int8_layers"] == q["of_layers"] == 1
+    held = q["held_back"]
+    assert held["decided_top1_agreement"] >= config.QUANT_MIN_AGREEMENT and 0 <= held["max_prob_diff"] < 0.1
+    assert held["images"] == config.QUANT_VIEWS_PER_PHOTO * len(q["held_back_photos"])
+    assert not set(q["held_back_photos"]) & set(q["calibration_photos"])
+    graph = Path(bentoml.models.get(int8_colours).path_of(store.ONNX_FILE)).read_bytes()
+    assert b"QuantizeLinear" in graph and b"DequantizeLinear" in graph
+
+
+@pytest.mark.serve
+def test_the_int8_model_is_served_and_its_card_shows_the_agreement(int8_colours, tmp_path):
+    fp32 = bentoml.models.get(int8_colours).info.metadata["quantization"]["fp32_model"]
+    server = start_server(int8_colours, tmp_path)
+    try:
+        with server.client() as client:
+            photos = [DATA / "cat.jpg", DATA / "coffee.jpg", DATA / "rocket.jpg"]
+            files = [("images", (p.name, p.read_bytes(), "image/jpeg")) for p in photos]
+            files.append(("images", ("red.png", image_bytes((250, 10, 10)), "image/png")))
+            r = client.post("/classify", files=files, data={"top_k": "1"})
+            assert r.status_code == 200, r.text
+            answers = r.json()
+            assert {a["model"] for a in answers} == {int8_colours}
+            expected = [top1(fp32, p.read_bytes()) for p in photos] + ["red"]
+            assert [a["predictions"][0]["label"] for a in answers] == expected
+            page = client.get("/ui/config")  # the web page's about text, as Gradio sends it to the browser
+            assert page.status_code == 200
+        card = store.ModelCard.from_stored(bentoml.models.get(int8_colours))
+        assert card.quantization.startswith(f"int8 version of `{fp32}` (1 of 1 layers in int8). On ")
+        assert card.quantization in page.text
+    finally:
+        stop_server(server)
+
+
+def test_served_inputs_are_what_the_gate_checked(int8_colours):
+    """The views are made with the served resize and crop: a view of the whole photo is the served input."""
+    path = Path(skimage.data.__file__).parent / "astronaut.png"  # PNG: the server decodes it whole too
+    prep = store.ModelCard.from_stored(bentoml.models.get(int8_colours)).preprocessing
+    views = quantize.views(quantize.load_photos([path])[0], prep, 4, np.random.default_rng(0))
+    assert views.shape == (4, 3, prep.crop, prep.crop) and views.dtype == np.uint8
+    np.testing.assert_array_equal(views[0], preprocess(path.read_bytes(), prep))
+    np.testing.assert_array_equal(views[1], preprocess(path.read_bytes(), prep)[:, :, ::-1])
