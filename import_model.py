@@ -92,7 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mean", type=float, nargs="+", metavar="V", help="normalisation mean, one per input channel")
     p.add_argument("--std", type=float, nargs="+", metavar="V", help="normalisation std, one per input channel")
     p.add_argument("--interpolation", choices=sorted(INTERPOLATIONS), help="resampling (default bilinear)")
-    p.add_argument("--photos", type=Path, metavar="DIR", help="your own photos for the faithfulness check")
+    p.add_argument(
+        "--photos", type=Path, metavar="DIR", help="your own photos for the faithfulness check (and --quantize's)"
+    )
     p.add_argument(
         "--accept-disagreement",
         action="store_true",
@@ -101,7 +103,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--if-missing", action="store_true", help="do nothing when NAME:latest is already stored")
     p.add_argument("--list-archs", action="store_true", help="list the torchvision architectures --arch accepts")
     p.add_argument("--quantize", choices=["int8"], help="also store NAME-int8, if its answers pass the gate")
-    p.add_argument("--photos", type=Path, action="append", default=[], help="photos to calibrate and check int8")
     return p
 
 
@@ -358,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         tag = import_model(args)
         if args.quantize:
-            tag = quantize.import_int8(tag, args.photos, args.if_missing)
+            tag = quantize.import_int8(tag, [args.photos] if args.photos else [], args.if_missing)
     except (ImportRefused, quantize.QuantizationRefused, ValueError) as e:
         log.error("error: %s", e)
         return 2

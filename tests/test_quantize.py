@@ -142,9 +142,11 @@ def test_the_int8_model_is_served_and_its_card_shows_the_agreement(int8_colours,
             assert [a["predictions"][0]["label"] for a in answers] == expected
             page = client.get("/ui/config")  # the web page's about text, as Gradio sends it to the browser
             assert page.status_code == 200
+            listed = client.get("/models").json()
         card = store.ModelCard.from_stored(bentoml.models.get(int8_colours))
         assert card.quantization.startswith(f"int8 version of `{fp32}` (1 of 1 layers in int8). On ")
         assert card.quantization in page.text
+        assert [(m["tag"], m["quantization"]) for m in listed] == [(int8_colours, card.quantization)]
     finally:
         stop_server(server)
 
