@@ -25,12 +25,13 @@ def _setting(name: str, default: float, low: float, high: float, kind: type = in
     if not raw:
         return default
     what = "a whole number" if kind is int else "a number"
+    allowed = f"{name}={raw!r}: must be {what} from {kind(low)} to {kind(high)}"
     try:
         value = kind(raw)
     except ValueError:
-        raise SettingsError(f"{name}={raw!r}: must be {what} from {low:g} to {high:g}") from None
+        raise SettingsError(allowed) from None
     if not (low <= value <= high) or (kind is float and not math.isfinite(value)):
-        raise SettingsError(f"{name}={raw!r}: must be {what} from {low:g} to {high:g}")
+        raise SettingsError(allowed)
     return value
 
 
@@ -172,7 +173,7 @@ MAX_BATCH_SIZE = _setting(ENV_MAX_BATCH_SIZE, 8, 1, 1024)
 # so 2 s lets ~100 images queue, more than 64 clients send at once. For a model much slower
 # per image, raise it, or accept more 503s: VGG-11 (~65 ms per image) sheds past ~30 images.
 ENV_MAX_LATENCY_MS = "CLASSIFIER_MAX_LATENCY_MS"
-MAX_LATENCY_MS = _setting(ENV_MAX_LATENCY_MS, 2000, 1, 3_600_000)
+MAX_LATENCY_MS = _setting(ENV_MAX_LATENCY_MS, 2000, 0, 3_600_000)  # 0: shed whenever anything waits
 # ONNX Runtime intra-op threads: one per available core (the CPU quota counts); more oversubscribes.
 ENV_MODEL_THREADS = "CLASSIFIER_MODEL_THREADS"
 MODEL_THREADS = _setting(ENV_MODEL_THREADS, CPUS, 1, 1024)

@@ -17,7 +17,7 @@ from imgserve import config
         (config.ENV_MAX_BATCH_SIZE, "-3", "CLASSIFIER_MAX_BATCH_SIZE='-3': must be a whole number from 1 to 1024"),
         (config.ENV_MAX_BATCH_SIZE, "8.5", "must be a whole number from 1 to 1024"),
         (config.ENV_REQUEST_TIMEOUT_S, "one minute", "CLASSIFIER_REQUEST_TIMEOUT_S='one minute': must be a number"),
-        (config.ENV_REQUEST_TIMEOUT_S, "nan", "must be a number from 0.1 to 86400"),
+        (config.ENV_REQUEST_TIMEOUT_S, "nan", "must be a number from 0.1 to 86400.0"),
         (config.ENV_MAX_CONCURRENT, "0", "CLASSIFIER_MAX_CONCURRENT_REQUESTS='0': must be a whole number from 1"),
         (config.ENV_DECODE_THREADS, "100000", "CLASSIFIER_DECODE_THREADS='100000'"),
     ],

@@ -94,7 +94,7 @@ def test_models_not_in_the_store_or_listed_twice_are_all_named(monkeypatch, defa
 
 @pytest.mark.serve
 def test_bentoml_serve_refuses_to_start_with_a_model_not_in_the_store(default_model, tmp_path):
-    env = {**os.environ, **serve_env([default_model, "flowers:latest"])}
+    env = {**os.environ, **serve_env([default_model, "never-imported:latest"])}
     result = subprocess.run(
         [BENTOML, "serve", "service:ImageClassifier", "--port", str(free_port())],
         cwd=ROOT,
@@ -105,7 +105,7 @@ def test_bentoml_serve_refuses_to_start_with_a_model_not_in_the_store(default_mo
     )
     assert result.returncode != 0
     assert (
-        f"ModelListError: cannot serve {default_model}, flowers:latest: model flowers:latest is not in the model "
+        f"ModelListError: cannot serve {default_model}, never-imported:latest: model never-imported:latest is not in the model "
         "store; import it first: python import_model.py"
     ) in result.stderr
 
