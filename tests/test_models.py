@@ -105,8 +105,8 @@ def test_bentoml_serve_refuses_to_start_with_a_model_not_in_the_store(default_mo
     )
     assert result.returncode != 0
     assert (
-        f"ModelListError: cannot serve {default_model}, never-imported:latest: model never-imported:latest is not in the model "
-        "store; import it first: python import_model.py"
+        f"ModelListError: cannot serve {default_model}, never-imported:latest: model never-imported:latest is not "
+        "in the model store; import it first: python import_model.py"
     ) in result.stderr
 
 
