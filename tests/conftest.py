@@ -76,18 +76,22 @@ def colour_module():
     return model.eval()
 
 
-@pytest.fixture(scope="session")
-def colour_model(tmp_path_factory) -> str:
-    """A tiny TorchScript model with exact answers, imported with [0, 1] inputs."""
+def import_colour_model(tmp: Path, name: str, *extra: str | Path) -> str:
+    """The tiny TorchScript colour model, imported under `name` with [0, 1] inputs and `extra` options."""
     import torch
 
-    tmp = tmp_path_factory.mktemp("colour")
-    path = tmp / "colour.pt"
+    path = tmp / f"{name}.pt"
     torch.jit.script(colour_module()).save(str(path))
     labels = tmp / "labels.txt"
     labels.write_text("\n".join(COLOURS) + "\n")
-    args = ["--labels", labels, "--name", "colours", "--mean", "0", "0", "0", "--std", "1", "1", "1"]
-    return imported_tag(run_import(path, *args, "--resize", "32", "--crop", "32", "--title", "Colours"))
+    args = ["--labels", labels, "--name", name, "--mean", "0", "0", "0", "--std", "1", "1", "1"]
+    return imported_tag(run_import(path, *args, "--resize", "32", "--crop", "32", *extra))
+
+
+@pytest.fixture(scope="session")
+def colour_model(tmp_path_factory) -> str:
+    """A tiny TorchScript model with exact answers, imported with [0, 1] inputs."""
+    return import_colour_model(tmp_path_factory.mktemp("colour"), "colours", "--title", "Colours")
 
 
 # Real photos that ship with scikit-image, colour and gray, none of them in data/: the held-out set
@@ -168,17 +172,9 @@ def example_photos(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def examples_model(tmp_path_factory, example_photos) -> str:
     """The colour model again, under its own name, imported with its own example photos."""
-    import torch
-
-    tmp = tmp_path_factory.mktemp("stains")
-    path = tmp / "stains.pt"
-    torch.jit.script(colour_module()).save(str(path))
-    labels = tmp / "labels.txt"
-    labels.write_text("\n".join(COLOURS) + "\n")
-    args = ["--labels", labels, "--name", "stains", "--mean", "0", "0", "0", "--std", "1", "1", "1"]
-    args += ["--resize", "32", "--crop", "32", "--title", "Stain colours"]
-    args += ["--description", "Says which colour channel dominates a stained slide.", "--examples", example_photos]
-    return imported_tag(run_import(path, *args))
+    description = "Says which colour channel dominates a stained slide."
+    extra = ["--title", "Stain colours", "--description", description, "--examples", example_photos]
+    return import_colour_model(tmp_path_factory.mktemp("stains"), "stains", *extra)
 
 
 def free_port() -> int:
