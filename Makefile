@@ -13,10 +13,12 @@ CONTAINERIZE_OPTS ?=
 
 .PHONY: install model serve image test lint format bench bench-smoke
 
-# The virtual environment, with the pinned requirements; redone when they change.
-$(INSTALLED): requirements/serve.txt requirements/import.txt requirements/dev.txt
+# The virtual environment, with the pinned requirements and this project installed editable
+# (imgserve/, see pyproject.toml); redone when they change.
+$(INSTALLED): requirements/*.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements/dev.txt
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $@
 
 install: $(INSTALLED)

@@ -8,9 +8,9 @@ One process, three kinds of threads:
   reaches a batch, so one bad file never fails someone else's batch and decoding never waits
   behind the model;
 - the model thread runs ONNX Runtime on batches that merge the images of concurrent requests
-  (imgserve/batcher.py), one thread and one queue per served model.
+  (imgserve/serving/batcher.py), one thread and one queue per served model.
 Which models are served comes from $CLASSIFIER_MODELS, the first the default, or $CLASSIFIER_MODEL
-(default: the default model's latest); a request picks one in its `model` field (imgserve/registry.py).
+(default: the default model's latest); a request picks one in its `model` field (imgserve/serving/registry.py).
 """
 
 from __future__ import annotations
@@ -31,9 +31,10 @@ import numpy as np
 from bentoml.exceptions import BentoMLException, InvalidArgument, ServiceUnavailable
 from pydantic import BaseModel, BeforeValidator, Field
 
-from imgserve import config, docs, predict, registry, ui
-from imgserve.batcher import Overloaded
-from imgserve.guard import (
+from imgserve import config
+from imgserve.serving import docs, predict, registry, ui
+from imgserve.serving.batcher import Overloaded
+from imgserve.serving.guard import (
     MODEL_QUEUE_FULL,
     NO_IMAGES,
     Guard,
@@ -42,14 +43,16 @@ from imgserve.guard import (
     refuse_text_for_files,
     too_many_images,
 )
-from imgserve.preprocess import ImageRejected, preprocess
+from imgserve.serving.preprocess import ImageRejected, preprocess
 
 log = logging.getLogger("bentoml.service")
 # The served models' cards (labels, preprocessing, title), read once, at start: a model list that
 # is malformed or names a model not in the store stops the server here, before it is ready.
 MODELS = registry.Registry.from_config()
-UI = ui.asgi_app()  # the web page at /ui (imgserve/ui.py); ImageClassifier.__init__ builds it
-DOCS = docs.asgi_app([m.card for m in MODELS])  # the API docs at /docs, with the models' titles (imgserve/docs.py)
+UI = ui.asgi_app()  # the web page at /ui (imgserve/serving/ui.py); ImageClassifier.__init__ builds it
+DOCS = docs.asgi_app(
+    [m.card for m in MODELS]
+)  # the API docs at /docs, with the models' titles (imgserve/serving/docs.py)
 # Prometheus metrics at /metrics: how the batching goes (created once, before the worker starts).
 BATCH_SIZE = bentoml.metrics.Histogram(
     name=config.METRIC_BATCH_SIZE,
@@ -98,7 +101,7 @@ class Classification(BaseModel):
 
 
 @bentoml.asgi_app(UI, path=config.UI_PATH)  # the web page, in this process
-@bentoml.asgi_app(registry.models_api(MODELS))  # GET /models (only that path: see imgserve/registry.py)
+@bentoml.asgi_app(registry.models_api(MODELS))  # GET /models (only that path: see imgserve/serving/registry.py)
 @bentoml.asgi_app(DOCS, path=config.DOCS_PATH)
 @bentoml.service(
     name="image-classifier",
@@ -181,7 +184,7 @@ ImageClassifier.models[:] = [bentoml.models.BentoModel(m.card.tag) for m in MODE
 # The root URL opens the web page; outside the guard, so a browser reaches the page that asks for the key.
 ImageClassifier.add_asgi_middleware(docs.RootToPage)
 # The HTTP boundary: the one error shape, API key, headers, body size and progress, the form's
-# fields checked before BentoML parses it, in-flight bound, Retry-After (imgserve/guard.py).
+# fields checked before BentoML parses it, in-flight bound, Retry-After (imgserve/serving/guard.py).
 ImageClassifier.add_asgi_middleware(
     Guard,
     api_key=os.environ.get(config.ENV_API_KEY, ""),

@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from imgserve import config, predict, store
+from imgserve import config
+from imgserve.serving import predict, store
 
 REPEATS = 15
 

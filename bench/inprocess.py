@@ -15,8 +15,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
-from imgserve import predict
-from imgserve.preprocess import Preprocessing, preprocess
+from imgserve.serving import predict
+from imgserve.serving.preprocess import Preprocessing, preprocess
 
 
 def batch_curve(session, crop: int, batches: list[int], seconds: float) -> list[dict]:

@@ -30,7 +30,7 @@ def ensure(name: str) -> str:
     """Import `name` into the model store unless it is there; returns its latest tag."""
     import bentoml
 
-    from imgserve import store
+    from imgserve.serving import store
 
     if not store.exists(f"{name}:latest"):
         with tempfile.TemporaryDirectory() as tmp:
@@ -70,7 +70,7 @@ def torch_model(card):
     arch = card.metadata["arch"]
     if arch == DEFAULT:
         import import_model
-        from imgserve import loading
+        from imgserve.importing import loading
 
         weights = Path(import_model.default_model_args()[0])
         return loading.load_model(weights, DEFAULT).module

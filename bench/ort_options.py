@@ -25,7 +25,8 @@ import onnx
 import onnxruntime as ort
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from imgserve import config, predict, store
+from imgserve import config
+from imgserve.serving import predict, store
 
 LEVELS = {
     "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,

@@ -29,8 +29,9 @@ import photos as bench_photos  # noqa: E402
 import procstat  # noqa: E402
 import run  # noqa: E402
 
-from imgserve import config, predict, store  # noqa: E402
-from imgserve.preprocess import preprocess  # noqa: E402
+from imgserve import config  # noqa: E402
+from imgserve.serving import predict, store  # noqa: E402
+from imgserve.serving.preprocess import preprocess  # noqa: E402
 
 REQUESTS = 60
 

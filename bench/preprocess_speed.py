@@ -3,7 +3,7 @@
     BENTOML_HOME=... python bench/preprocess_speed.py [TAG]
 
 Textbook: full decode, Resize(256), CenterCrop(224), ToTensor, Normalize, as the tutorials write
-it. Ours: imgserve.preprocess (draft-mode JPEG decode, one uint8 resample of the crop box only,
+it. Ours: imgserve.serving.preprocess (draft-mode JPEG decode, one uint8 resample of the crop box only,
 EXIF orientation), normalisation then done inside the model graph; for a like-for-like time the
 same normalisation is timed here in NumPy and added. Both timed in one thread (the server
 decodes different images in different threads), on the small and the ~12 MP photos.
@@ -29,8 +29,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 import photos as bench_photos  # noqa: E402
 
-from imgserve import predict  # noqa: E402
-from imgserve.preprocess import Preprocessing, preprocess  # noqa: E402
+from imgserve.serving import predict  # noqa: E402
+from imgserve.serving.preprocess import Preprocessing, preprocess  # noqa: E402
 
 # Largest difference of any class probability allowed between the two paths. Measured: up to 0.019
 # on the 12 MP photos (the draft decode's DCT-domain downscale is a box filter, the full decode's
@@ -117,7 +117,8 @@ def main() -> None:
     import bentoml
     import models
 
-    from imgserve import config, store
+    from imgserve import config
+    from imgserve.serving import store
 
     tag = sys.argv[1] if len(sys.argv) > 1 else config.model_tag()
     entry = bentoml.models.get(tag)

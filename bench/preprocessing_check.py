@@ -19,8 +19,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import import_model  # noqa: E402
-from imgserve import config, convert, loading  # noqa: E402
-from imgserve.preprocess import Preprocessing, preprocess  # noqa: E402
+from imgserve import config  # noqa: E402
+from imgserve.importing import convert, loading  # noqa: E402
+from imgserve.serving.preprocess import Preprocessing, preprocess  # noqa: E402
 
 SKIMAGE = Path(skimage.data.__file__).parent
 PHOTOS = [*sorted((ROOT / "data").glob("*.jpg")), SKIMAGE / "astronaut.png", SKIMAGE / "motorcycle_left.png"]

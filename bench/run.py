@@ -52,8 +52,9 @@ import plot  # noqa: E402
 import preprocess_speed  # noqa: E402
 import procstat  # noqa: E402
 
-from imgserve import config, predict, store  # noqa: E402
-from imgserve.preprocess import preprocess  # noqa: E402
+from imgserve import config  # noqa: E402
+from imgserve.serving import predict, store  # noqa: E402
+from imgserve.serving.preprocess import preprocess  # noqa: E402
 
 BIN = Path(sys.executable).parent
 READY_TIMEOUT_S = 180

@@ -50,6 +50,12 @@ def available_cpus(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
 
 CPUS = available_cpus()
 
+# The bundled photos (data/): beside imgserve/ in a checkout and in the Bento (bentofile.yaml).
+DATA_DIR = Path(__file__).resolve().parents[1] / "data"
+
+# Photo files that import's checks read from a folder (--photos, --examples), by their ending.
+PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
 # --- The default model: EfficientNet-Lite0, ImageNet, installed offline from PyPI.
 DEFAULT_MODEL_NAME = "efficientnet-lite0"
 DEFAULT_ARCH = "efficientnet-lite0"
@@ -77,7 +83,7 @@ PARITY_MAX_PROB_DIFF = 1e-4  # the issue's bound; ONNX Runtime vs torch is ~1e-6
 ONNX_OPSET = 17  # ONNX Runtime >= 1.14 runs it everywhere; newest ops not needed by CNNs
 ONNX_OPSET_DYNAMO = 18  # torch.export's exporter, for what the first cannot convert: its lowest opset
 # --- Import-time faithfulness: the served path (our decoding, ONNX) against torch running the
-# researcher's own transforms on fully decoded photos (imgserve/faithful.py). The default model
+# researcher's own transforms on fully decoded photos (imgserve/importing/faithful.py). The default model
 # agrees on 10 of 10 benchmark photos, largest difference 0.019 (JPEG draft decoding, uint8
 # resampling); a wrong normalisation moved a probability by 0.45 and a top-1 in 6 photos.
 FAITHFUL_MIN_TOP1_AGREEMENT = 0.9  # of the photos, top-1 the same; with fewer than 10, all of them
@@ -97,7 +103,7 @@ class ModelListError(ValueError):
 
 def model_tags() -> list[str]:
     """The tags to serve, the default first: $CLASSIFIER_MODELS, else $CLASSIFIER_MODEL, else the
-    default model's latest version. Checked for shape here; imgserve/registry.py checks the store."""
+    default model's latest version. Checked for shape here; imgserve/serving/registry.py checks the store."""
     many = os.environ.get(ENV_MODELS, "").strip()
     one = os.environ.get(ENV_MODEL, "").strip()
     if not many:
@@ -120,9 +126,9 @@ def model_tag() -> str:
     return model_tags()[0]
 
 
-# --- The API's route (service.py) and the paths the guard treats as work (imgserve/guard.py).
+# --- The API's route (service.py) and the paths the guard treats as work (imgserve/serving/guard.py).
 CLASSIFY_PATH = "/classify"
-MODELS_PATH = "/models"  # GET: the served models (imgserve/registry.py)
+MODELS_PATH = "/models"  # GET: the served models (imgserve/serving/registry.py)
 
 # --- Access: when set, every endpoint but /livez and /readyz needs "Authorization: Bearer <key>".
 ENV_API_KEY = "CLASSIFIER_API_KEY"
@@ -142,7 +148,7 @@ MAX_REQUEST_BYTES = _setting(ENV_MAX_REQUEST_BYTES, 100 * 1024 * 1024, 1024, 2**
 # Formats a camera, phone or microscope exports; detected from the bytes, never the name.
 ACCEPTED_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF")
 
-# --- The HTTP contract under careless and hostile clients (imgserve/guard.py).
+# --- The HTTP contract under careless and hostile clients (imgserve/serving/guard.py).
 ENV_BODY_TIMEOUT_S = "CLASSIFIER_BODY_TIMEOUT_S"
 # Seconds a request body may go without a single byte before it gets 408. A phone on a bad
 # link stalls for a few seconds at most; a stalled or lying client frees its connection this soon.
@@ -168,7 +174,7 @@ MAX_FIELD_BYTES = 1000
 ENV_MAX_BATCH_SIZE = "CLASSIFIER_MAX_BATCH_SIZE"
 MAX_BATCH_SIZE = _setting(ENV_MAX_BATCH_SIZE, 8, 1, 1024)
 # A request whose predicted wait in the model queue (images queued x measured seconds per
-# image) passes this is refused at once with 503 (imgserve/batcher.py). Under full load the
+# image) passes this is refused at once with 503 (imgserve/serving/batcher.py). Under full load the
 # model gets about half the CPU (decoding has the rest): ~20 ms per EfficientNet-Lite0 image,
 # so 2 s lets ~100 images queue, more than 64 clients send at once. For a model much slower
 # per image, raise it, or accept more 503s: VGG-11 (~65 ms per image) sheds past ~30 images.
@@ -196,10 +202,10 @@ METRIC_BATCH_SIZE = "classifier_batch_size"
 METRIC_BATCH_SECONDS = "classifier_batch_seconds"
 METRIC_MODEL_LABEL = "model"  # each histogram per served model, by its exact tag
 
-# --- The web page (imgserve/ui.py): Gradio, served by the same process. The root URL sends
-# browsers to it (imgserve/docs.py): the URL a researcher shares opens the page for people.
+# --- The web page (imgserve/serving/ui.py): Gradio, served by the same process. The root URL sends
+# browsers to it (imgserve/serving/docs.py): the URL a researcher shares opens the page for people.
 UI_PATH = "/ui"
-# The API docs (Swagger UI, imgserve/docs.py); the OpenAPI document stays BentoML's /docs.json.
+# The API docs (Swagger UI, imgserve/serving/docs.py); the OpenAPI document stays BentoML's /docs.json.
 DOCS_PATH = "/docs"
 # The slider's top: past 10 bars the page is a wall of near-zero scores; /classify gives any top_k.
 UI_MAX_TOP_K = 10
@@ -220,7 +226,7 @@ MAX_EXAMPLE_BYTES = 1024 * 1024
 # nowhere unless a tracing exporter is configured; with one, remove them here to trace them.
 UNTRACED_PATHS = (CLASSIFY_PATH, UI_PATH)
 
-# --- int8 at import (`import_model.py --quantize int8`, imgserve/quantize.py).
+# --- int8 at import (`import_model.py --quantize int8`, imgserve/importing/quantize.py).
 QUANT_SUFFIX = "-int8"  # stored beside the fp32 model: CLASSIFIER_MODEL=NAME-int8:latest serves it
 # The gate: top-1 the same as the fp32 model's on this share of the held-back views where the fp32
 # model's answer is decided, else nothing is stored. Decided: its top-1 leads the runner-up by

@@ -35,8 +35,7 @@ READY_TIMEOUT_S = 60
 CAT_CLASSES = {"tabby", "tiger cat", "Egyptian cat", "Persian cat", "Siamese cat"}
 COLOURS = ["red", "green", "blue"]
 
-sys.path.insert(0, str(ROOT))
-import import_model  # noqa: E402
+from imgserve.importing import cli as import_model  # noqa: E402
 
 
 def pytest_sessionfinish(session, exitstatus):

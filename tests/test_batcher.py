@@ -1,4 +1,4 @@
-"""The in-process batcher (imgserve/batcher.py) on its own: merging, bounds, shedding, failures.
+"""The in-process batcher (imgserve/serving/batcher.py) on its own: merging, bounds, shedding, failures.
 
 The model is a fake that doubles its input, waits at a gate the test opens, and keeps its own clock
 (`seconds_per_image` per image), so that every test orders its events by those gates, never by sleeps
@@ -15,7 +15,7 @@ import threading
 import numpy as np
 import pytest
 
-from imgserve.batcher import Batcher, Overloaded
+from imgserve.serving.batcher import Batcher, Overloaded
 
 WAIT_S = 30  # a bound on waiting for an event that must come; never reached when the code is right
 

@@ -22,8 +22,8 @@ import httpx
 import pytest
 from conftest import CAT_CLASSES, DATA, PYTHON, ROOT, Server, image_bytes, start_server, stop_server
 
-import client
 from imgserve import config
+from imgserve.client import cli as client
 
 KEY = "test-key-7"
 IN_FLIGHT = 2  # the guarded server's bound on requests in progress (and on uploads), before it answers 503

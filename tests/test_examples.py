@@ -9,7 +9,8 @@ import bentoml
 import pytest
 from conftest import DATA, EXAMPLE_PHOTOS, image_bytes, run_import
 
-from imgserve import config, store
+from imgserve import config
+from imgserve.serving import store
 
 
 def card_of(tag: str) -> store.ModelCard:

@@ -31,7 +31,7 @@ from bentoml._internal.configuration.containers import BentoMLContainer
 from bentoml._internal.container.generate import DEFAULT_BENTO_ENVS
 from conftest import CAT_CLASSES, COLOURS, DATA, ROOT, free_port, image_bytes, serve_env, wait_until_ready
 
-from imgserve import store
+from imgserve.serving import store
 
 pytestmark = pytest.mark.image
 

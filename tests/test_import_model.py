@@ -15,8 +15,10 @@ import torchvision
 from conftest import CAT_CLASSES, COLOURS, DATA, ROOT, colour_module, image_bytes, imported_tag, run_import, sensitive
 from torch import nn
 
-from imgserve import config, convert, loading, predict, store
-from imgserve.preprocess import Preprocessing, preprocess
+from imgserve import config
+from imgserve.importing import convert, loading
+from imgserve.serving import predict, store
+from imgserve.serving.preprocess import Preprocessing, preprocess
 
 
 @pytest.fixture

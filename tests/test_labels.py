@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from imgserve.labels import read_labels
+from imgserve.importing.labels import read_labels
 
 
 def test_blank_lines_and_surrounding_whitespace_are_ignored(tmp_path):

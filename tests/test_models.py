@@ -18,8 +18,9 @@ import numpy as np
 import pytest
 from conftest import BENTOML, CAT_CLASSES, COLOURS, DATA, ROOT, free_port, image_bytes, serve_env
 
-from imgserve import config, registry, store
-from imgserve.batcher import Overloaded
+from imgserve import config
+from imgserve.serving import registry, store
+from imgserve.serving.batcher import Overloaded
 
 RGB = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255)}
 PHOTOS = ["cat.jpg", "coffee.jpg", "rocket.jpg"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from imgserve.predict import top_k
+from imgserve.serving.predict import top_k
 
 LABELS = ["a", "b", "c", "d"]
 

@@ -9,7 +9,7 @@ import pytest
 from conftest import DATA, image_bytes
 from PIL import Image
 
-from imgserve.preprocess import ImageRejected, Preprocessing, open_image, preprocess
+from imgserve.serving.preprocess import ImageRejected, Preprocessing, open_image, preprocess
 
 PREP = Preprocessing(resize=32, crop=32)
 

@@ -13,8 +13,10 @@ import torch
 from conftest import COLOURS, DATA, image_bytes, imported_tag, run_import, start_server, stop_server
 from torch import nn
 
-from imgserve import config, predict, quantize, store
-from imgserve.preprocess import preprocess
+from imgserve import config
+from imgserve.importing import quantize
+from imgserve.serving import predict, store
+from imgserve.serving.preprocess import preprocess
 
 
 def colour_conv(common: float, difference: float) -> nn.Module:

@@ -17,8 +17,8 @@ import torch
 import torchvision
 from conftest import BENTOML, CAT_CLASSES, PYTHON, ROOT, imported_tag, serve_env
 
-import import_model
 from imgserve import config
+from imgserve.importing import cli as import_model
 
 README = (ROOT / "README.md").read_text()
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from imgserve.results import Results, ResultsError, Row, columns
+from imgserve.client.results import Results, ResultsError, Row, columns
 
 CAT = Row("photos/cat.jpg", "m:1", [{"label": "tabby", "score": 0.75}, {"label": "lynx", "score": 0.2}])
 BAD = Row("photos/bad.jpg", error="image data is truncated or corrupt")

@@ -12,9 +12,9 @@ from PIL import Image
 from torchvision import transforms as T
 from torchvision.transforms import v2
 
-from imgserve import faithful
-from imgserve.preprocess import Preprocessing, preprocess
-from imgserve.transforms import TransformsRefused, parse, to_preprocessing
+from imgserve.importing import faithful
+from imgserve.importing.transforms import TransformsRefused, parse, to_preprocessing
+from imgserve.serving.preprocess import Preprocessing, preprocess
 
 
 def prep_of(text: str, channels: int | None = 3) -> Preprocessing:

@@ -18,9 +18,10 @@ import bentoml
 import pytest
 from conftest import CAT_CLASSES, COLOURS, DATA, EXAMPLE_PHOTOS, ROOT, image_bytes
 
-from imgserve import config, docs, store
-from imgserve.preprocess import Preprocessing
-from imgserve.ui import about, confidences
+from imgserve import config
+from imgserve.serving import docs, store
+from imgserve.serving.preprocess import Preprocessing
+from imgserve.serving.ui import about, confidences
 
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's; a test tool's own browser download does not work here
 CHROMIUM_ARGS = [

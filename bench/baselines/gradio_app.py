@@ -29,7 +29,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 import models  # noqa: E402
 
-from imgserve import config, store  # noqa: E402
+from imgserve import config  # noqa: E402
+from imgserve.serving import store  # noqa: E402
 
 
 def main() -> None:

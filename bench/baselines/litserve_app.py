@@ -3,7 +3,7 @@
     BENTOML_HOME=... python bench/baselines/litserve_app.py TAG PORT [MAX_BATCH_SIZE]
 
 LitServe's own shape: one inference worker process whose loop collects requests into a batch,
-calls `decode_request` on each (here: imgserve.preprocess), `batch`, `predict` (the same ONNX
+calls `decode_request` on each (here: imgserve.serving.preprocess), `batch`, `predict` (the same ONNX
 Runtime session options as the service), `unbatch` and `encode_response`.
 """
 
@@ -18,8 +18,9 @@ import numpy as np
 from fastapi import HTTPException
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from imgserve import config, predict, store
-from imgserve.preprocess import ImageRejected, preprocess
+from imgserve import config
+from imgserve.serving import predict, store
+from imgserve.serving.preprocess import ImageRejected, preprocess
 
 BATCH_TIMEOUT_S = 0.01  # how long LitServe waits to fill a batch; 10 ms, as in its examples
 

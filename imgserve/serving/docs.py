@@ -21,7 +21,7 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
 from imgserve import config
-from imgserve.store import ModelCard
+from imgserve.serving.store import ModelCard
 
 # BentoML 1.4.39 serves its bundled Swagger UI here (for its own page at /).
 SWAGGER_ASSETS = "/static_content"

@@ -16,7 +16,7 @@ from pathlib import Path
 import bentoml
 
 from imgserve import config
-from imgserve.preprocess import ImageRejected, Preprocessing, open_image
+from imgserve.serving.preprocess import ImageRejected, Preprocessing, open_image
 
 ONNX_FILE = "model.onnx"
 # BentoML's rule for a tag's name: lowercase letters, digits, '_', '-', '.', alphanumeric at both ends.
@@ -25,7 +25,6 @@ NAME_MAX_LENGTH = 63
 EXAMPLES_FOLDER = "examples"
 # The bundle's photos (a cat, an espresso, a rocket): ImageNet classes, so the default model's
 # examples when it has none of its own. Packed into the Bento by bentofile.yaml.
-BUNDLED_EXAMPLES = Path(__file__).resolve().parents[1] / "data"
 
 
 @dataclass(frozen=True)
@@ -76,7 +75,7 @@ def examples_of(stored: bentoml.Model) -> tuple[Path, ...]:
     if own.is_dir():
         return tuple(sorted(p for p in own.iterdir() if p.is_file()))
     if stored.tag.name == config.DEFAULT_MODEL_NAME:
-        return tuple(sorted(BUNDLED_EXAMPLES.glob("*.jpg")))
+        return tuple(sorted(config.DATA_DIR.glob("*.jpg")))
     return ()
 
 

@@ -25,13 +25,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from imgserve import config, predict, store
-from imgserve.preprocess import Preprocessing, resize_crop
+from imgserve import config
+from imgserve.serving import predict, store
+from imgserve.serving.preprocess import Preprocessing, resize_crop
 
 log = logging.getLogger(__name__)
 
-PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-DATA = Path(__file__).resolve().parents[1] / "data"
 # Photographs that ship inside packages (no logos, charts or synthetic images), by file name.
 SKIMAGE_PHOTOS = (
     "astronaut.png", "brick.png", "camera.png", "chelsea.png", "coffee.png", "coins.png", "grass.png",
@@ -122,14 +121,14 @@ def package_photos() -> list[Path]:
 def folder_photos(folder: Path) -> list[Path]:
     if not folder.is_dir():
         raise QuantizationRefused(f"--photos {folder}: no such folder")
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in PHOTO_SUFFIXES)
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in config.PHOTO_SUFFIXES)
 
 
 def photo_name(path: Path) -> str:
     """Where a photo came from, short: "data/cat.jpg", "skimage/data/astronaut.png", or its path."""
     if "site-packages" in path.parts:
         return "/".join(path.parts[path.parts.index("site-packages") + 1 :])
-    return f"data/{path.name}" if path.parent == DATA else str(path)
+    return f"data/{path.name}" if path.parent == config.DATA_DIR else str(path)
 
 
 def load_photos(paths: list[Path]) -> list[Photo]:
@@ -400,7 +399,11 @@ def quantize_stored(fp32_tag: str, photo_dirs: list[Path] = ()) -> str:
 
     entry = store.bentoml.models.get(fp32_tag)
     card = store.ModelCard.from_stored(entry)
-    paths = sorted(DATA.glob("*.jpg")) + [p for d in photo_dirs for p in folder_photos(Path(d))] + package_photos()
+    paths = (
+        sorted(config.DATA_DIR.glob("*.jpg"))
+        + [p for d in photo_dirs for p in folder_photos(Path(d))]
+        + package_photos()
+    )
     split = split_photos(load_photos(paths))
     calibration = photo_views(split.calibration, card.preprocessing)
     held_back = photo_views(split.held_back, card.preprocessing)

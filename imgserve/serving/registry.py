@@ -15,9 +15,10 @@ from dataclasses import dataclass
 import bentoml
 from pydantic import BaseModel, Field
 
-from imgserve import config, predict, store
-from imgserve.batcher import Batcher
-from imgserve.store import ModelCard
+from imgserve import config
+from imgserve.serving import predict, store
+from imgserve.serving.batcher import Batcher
+from imgserve.serving.store import ModelCard
 
 LATEST = "latest"
 

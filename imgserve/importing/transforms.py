@@ -8,7 +8,7 @@ these transforms take (InterpolationMode.BICUBIC, torch.float32). Training-time 
 with the deterministic transform to use instead, and the server needs a fixed input size.
 
 `reference` rebuilds the same list with torchvision itself, so the import can compare the served path
-with the researcher's own transforms (imgserve/faithful.py). Import side only: the server never reads it.
+with the researcher's own transforms (imgserve/importing/faithful.py). Import side only: the server never reads it.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import ast
 from dataclasses import dataclass, field
 
 from imgserve import config
-from imgserve.preprocess import INTERPOLATIONS, Preprocessing
+from imgserve.serving.preprocess import INTERPOLATIONS, Preprocessing
 
 # Drop-in deterministic replacements for training-only transforms, as the torchvision references do.
 INSTEAD = {

@@ -14,7 +14,7 @@ from imgserve import config
 
 log = logging.getLogger(__name__)
 
-INPUT_NAME = "pixels"  # uint8, (batch, channels, height, width), RGB or gray; written by imgserve.convert
+INPUT_NAME = "pixels"  # uint8, (batch, channels, height, width), RGB or gray; written by imgserve.importing.convert
 OUTPUT_NAME = "probabilities"  # float32, (batch, classes), rows sum to 1
 
 

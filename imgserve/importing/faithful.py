@@ -20,11 +20,9 @@ from PIL import Image, ImageOps
 from torch import nn
 
 from imgserve import config
-from imgserve.predict import open_session, run
-from imgserve.preprocess import ImageRejected, Preprocessing, preprocess
-from imgserve.transforms import Step
-
-PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+from imgserve.importing.transforms import Step
+from imgserve.serving.predict import open_session, run
+from imgserve.serving.preprocess import ImageRejected, Preprocessing, preprocess
 
 
 @dataclass(frozen=True)
@@ -61,7 +59,9 @@ class Agreement:
 
 def photos_in(folder: Path, limit: int = config.FAITHFUL_MAX_PHOTOS) -> list[Path]:
     """Image files of a folder and its subfolders, by name, at most `limit` (sorted, so runs repeat)."""
-    found = sorted(p for p in folder.rglob("*") if p.suffix.lower() in PHOTO_SUFFIXES and not p.name.startswith("."))
+    found = sorted(
+        p for p in folder.rglob("*") if p.suffix.lower() in config.PHOTO_SUFFIXES and not p.name.startswith(".")
+    )
     return found[:limit]
 
 

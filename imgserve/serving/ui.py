@@ -24,7 +24,7 @@ from bentoml.exceptions import BentoMLException
 from starlette.applications import Starlette
 
 from imgserve import config
-from imgserve.store import ModelCard
+from imgserve.serving.store import ModelCard
 
 if TYPE_CHECKING:
     import gradio as gr

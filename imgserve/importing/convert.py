@@ -15,9 +15,9 @@ import torch
 from torch import nn
 
 from imgserve import config
-from imgserve.loading import ImportRefused, quiet_torch
-from imgserve.predict import INPUT_NAME, OUTPUT_NAME, open_session, run
-from imgserve.preprocess import Preprocessing
+from imgserve.importing.loading import ImportRefused, quiet_torch
+from imgserve.serving.predict import INPUT_NAME, OUTPUT_NAME, open_session, run
+from imgserve.serving.preprocess import Preprocessing
 
 
 def sha256_of(path: Path) -> str:
