@@ -22,27 +22,19 @@ import logging
 import os
 import re
 from concurrent.futures import ThreadPoolExecutor
-from http import HTTPStatus
 from pathlib import Path
 from typing import Annotated
 
 import bentoml
 import numpy as np
-from bentoml.exceptions import BentoMLException, InvalidArgument, ServiceUnavailable
 from pydantic import BaseModel, BeforeValidator, Field
 
 from imgserve import config
-from imgserve.serving import docs, predict, registry, ui
+from imgserve.serving import bentoml_compat, docs, predict, registry, ui
 from imgserve.serving.batcher import Overloaded
-from imgserve.serving.guard import (
-    MODEL_QUEUE_FULL,
-    NO_IMAGES,
-    Guard,
-    image_error,
-    quiet_client_errors,
-    refuse_text_for_files,
-    too_many_images,
-)
+from imgserve.serving.errors import MODEL_QUEUE_FULL, NO_IMAGES, ClientError, too_many_images
+from imgserve.serving.form import RAW_FILENAME, FormRules
+from imgserve.serving.guard import Guard
 from imgserve.serving.preprocess import ImageRejected, preprocess
 
 log = logging.getLogger("bentoml.service")
@@ -118,15 +110,15 @@ class ImageClassifier:
         MODELS.open(on_batch=observe_batch)
         for m in MODELS:
             log.info("serving %s (%d classes)%s", m.card.tag, len(m.card.labels), " by default" * m.default)
-        # The web page calls classify's own code in-process (.local: not over HTTP, where the API
-        # key would be asked again), so its images are checked alike and join the model's batches.
-        ui.mount(UI, [m.card for m in MODELS], self.classify.local)
+        # The web page calls classify's own code in-process (not over HTTP, where the API key would
+        # be asked again), so its images are checked alike and join the model's batches.
+        ui.mount(UI, [m.card for m in MODELS], self.classify_images)
 
     def _pixels(self, served: registry.Served, path: Path, index: int) -> np.ndarray:
         try:
             return preprocess(path.read_bytes(), served.card.preprocessing)
         except ImageRejected as e:
-            raise BentoMLException(image_error(index, str(e)), error_code=HTTPStatus(e.status)) from None
+            raise ClientError(e.status, str(e), image=index + 1) from None
 
     async def _probabilities(self, served: registry.Served, pixels: np.ndarray) -> np.ndarray:
         """Model output for a request's images, in chunks no larger than a batch."""
@@ -140,14 +132,21 @@ class ImageClassifier:
         """Classify one or more images; one answer per image, in upload order. For people: [the web page](/ui).
 
         `model` picks one of the served models (GET /models); without it, the default answers."""
+        try:
+            return await self.classify_images(images, top_k, model)
+        except ClientError as e:
+            return e.response()  # the one error shape, as data: BentoML passes a response on as it is
+
+    async def classify_images(self, images: list[Path], top_k: int, model: str) -> list[Classification]:
+        """/classify's work, raising ClientError for what the client must fix or wait for (the web page calls it)."""
         if not images:
-            raise InvalidArgument(NO_IMAGES)
+            raise ClientError(400, NO_IMAGES)
         if len(images) > config.MAX_IMAGES_PER_REQUEST:
-            raise InvalidArgument(too_many_images(len(images), config.MAX_IMAGES_PER_REQUEST))
+            raise ClientError(400, too_many_images(len(images), config.MAX_IMAGES_PER_REQUEST))
         try:
             served = MODELS.get(model)
         except registry.UnknownModel as e:
-            raise InvalidArgument(str(e)) from None
+            raise ClientError(400, str(e)) from None
         card = served.card
         loop = asyncio.get_running_loop()
         try:
@@ -157,7 +156,7 @@ class ImageClassifier:
             )
             probs = await self._probabilities(served, np.stack(pixels))
         except Overloaded:
-            raise ServiceUnavailable(MODEL_QUEUE_FULL) from None  # the guard words the answer
+            raise ClientError(503, MODEL_QUEUE_FULL) from None
         return [Classification(model=card.tag, predictions=predict.top_k(p, card.labels, top_k)) for p in probs]
 
 
@@ -188,11 +187,10 @@ ImageClassifier.add_asgi_middleware(docs.RootToPage)
 ImageClassifier.add_asgi_middleware(
     Guard,
     api_key=os.environ.get(config.ENV_API_KEY, ""),
-    file_field="images",
-    field_checks={"top_k": _parse_top_k, "model": _check_model},
+    form=FormRules(file_field="images", field_checks={"top_k": _parse_top_k, config.MODEL_FIELD: _check_model}),
 )
-# BentoML finds a response's media type by rebuilding the output's JSON schema for every response:
-# 1.5 ms of CPU per /classify answer (README "Performance"). It is JSON.
-ImageClassifier.apis["classify"].output_spec.media_type = "application/json"
-refuse_text_for_files()
-quiet_client_errors()
+# BentoML's private parts, each touched once (imgserve/serving/bentoml_compat.py).
+bentoml_compat.check_version()
+bentoml_compat.answer_as_json(ImageClassifier.apis["classify"])
+bentoml_compat.refuse_text_for_files(RAW_FILENAME)
+bentoml_compat.quiet_client_errors()

@@ -172,9 +172,9 @@ def own_home(path: Path) -> Path:
     """A BENTOML_HOME of the server's own around the shared model store. `bentoml serve` empties
     $BENTOML_HOME/prometheus_multiproc_dir when it starts: two servers in one home break each
     other's /metrics."""
-    from bentoml._internal.configuration.containers import BentoMLContainer
+    from imgserve.serving.bentoml_compat import model_store_dir
 
-    models = Path(BentoMLContainer.model_store_dir.get())
+    models = model_store_dir()
     path.mkdir(parents=True, exist_ok=True)
     link = path / "models"
     if link.is_symlink() and link.resolve() != models.resolve():  # left by a run with another store

@@ -9,14 +9,13 @@ import subprocess
 import httpx
 import pytest
 import yaml
-from bentoml._internal.configuration.containers import BentoMLContainer
-from bentoml._internal.container.generate import DEFAULT_BENTO_ENVS
 from conftest import ROOT
 
 from imgserve import config
+from imgserve.serving import bentoml_compat
 
 DEPLOY = ROOT / "deploy"
-SERVING_PORT = BentoMLContainer.http.port.get()  # what `bentoml serve` listens on in the image
+SERVING_PORT = bentoml_compat.serving_port()  # what `bentoml serve` listens on in the image
 README = (ROOT / "README.md").read_text()
 
 
@@ -92,7 +91,7 @@ def test_environment_variables_are_settings_the_service_reads():
 def test_the_pod_runs_as_the_images_non_root_user():
     security = POD["securityContext"]
     assert security["runAsNonRoot"] is True
-    assert security["runAsUser"] == DEFAULT_BENTO_ENVS["uid_gid"] != 0  # BentoML's `bentoml` user
+    assert security["runAsUser"] == bentoml_compat.bento_uid() != 0  # BentoML's `bentoml` user
     assert CONTAINER["securityContext"]["allowPrivilegeEscalation"] is False
 
 

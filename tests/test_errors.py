@@ -34,7 +34,7 @@ from conftest import (
 from PIL import Image
 
 from imgserve import config
-from imgserve.serving.guard import ERROR_ANSWERS, MODEL_QUEUE_FULL, TOO_MANY_IN_FLIGHT
+from imgserve.serving.errors import ERROR_ANSWERS, MODEL_QUEUE_FULL, TOO_MANY_IN_FLIGHT
 
 pytestmark = pytest.mark.serve
 

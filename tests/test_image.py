@@ -27,16 +27,14 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from bentoml._internal.configuration.containers import BentoMLContainer
-from bentoml._internal.container.generate import DEFAULT_BENTO_ENVS
 from conftest import CAT_CLASSES, COLOURS, DATA, ROOT, free_port, image_bytes, serve_env, wait_until_ready
 
-from imgserve.serving import store
+from imgserve.serving import bentoml_compat, store
 
 pytestmark = pytest.mark.image
 
-SERVING_PORT = BentoMLContainer.http.port.get()  # BentoML's port inside the image (its Dockerfile EXPOSEs it)
-BENTO_UID = DEFAULT_BENTO_ENVS["uid_gid"]  # the non-root user BentoML's Dockerfile creates
+SERVING_PORT = bentoml_compat.serving_port()  # BentoML's port inside the image (its Dockerfile EXPOSEs it)
+BENTO_UID = bentoml_compat.bento_uid()  # the non-root user BentoML's Dockerfile creates
 # The serving image on disk, with the default model: 1,376 MB with BentoML's own Dockerfile (a compiler
 # toolchain and uv in it); the two-stage Dockerfile.template keeps only what serving runs.
 SIZE_TARGET_BYTES = 700_000_000

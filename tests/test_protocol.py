@@ -18,7 +18,8 @@ import pytest
 from conftest import CAT_CLASSES, DATA, image_bytes, start_server, stop_server, tree_rss_bytes
 
 from imgserve import config
-from imgserve.serving.guard import ERROR_ANSWERS, ERROR_SCHEMA, HOW_TO_SEND, MODEL_QUEUE_FULL, TOO_MANY_IN_FLIGHT
+from imgserve.serving.errors import ERROR_ANSWERS, ERROR_SCHEMA, MODEL_QUEUE_FULL, TOO_MANY_IN_FLIGHT
+from imgserve.serving.form import HOW_TO_SEND
 
 pytestmark = pytest.mark.serve
 

@@ -20,10 +20,10 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bentoml.exceptions import BentoMLException
 from starlette.applications import Starlette
 
 from imgserve import config
+from imgserve.serving.errors import ClientError
 from imgserve.serving.store import ModelCard
 
 if TYPE_CHECKING:
@@ -123,8 +123,8 @@ def page(cards: list[ModelCard], classify: Classify) -> gr.Blocks:
             raise gr.Error(f"top_k must be from 1 to {max_top_k(chosen)}, got {top_k!r}", print_exception=False)
         try:
             [answer] = await classify(images=[Path(image["path"])], top_k=k, model=chosen.tag)
-        except BentoMLException as e:  # what /classify answers with a 4xx or 503
-            raise gr.Error(e.message, print_exception=False) from None
+        except ClientError as e:  # what /classify answers with a 4xx or 503
+            raise gr.Error(str(e), print_exception=False) from None
         except Exception:
             log.exception("the web page failed to classify %s", image.get("orig_name"))
             raise gr.Error("the server failed to classify this image; its log has the details") from None

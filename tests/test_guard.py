@@ -1,0 +1,290 @@
+"""The HTTP boundary in-process: the guard in front of a small ASGI app, over httpx's ASGI transport.
+
+No server, no model: each rule of the guard (headers, key, body, form, admission, rewording) with its exact
+status and body, in milliseconds. The same rules against a real `bentoml serve` are in test_protocol.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+
+import httpx
+import pytest
+
+from imgserve.serving.errors import MODEL_QUEUE_FULL, NO_IMAGES, TOO_MANY_IN_FLIGHT, TOO_MANY_UPLOADS, ClientError
+from imgserve.serving.form import HOW_TO_SEND, FormRules
+from imgserve.serving.guard import Guard
+
+KEY = "s3cret"
+RULES = FormRules(file_field="images", field_checks={"top_k": int}, max_images=2)
+
+
+class App:
+    """Reads the whole body and answers what it was told to: by default 200 with the body's length."""
+
+    def __init__(self) -> None:
+        self.answer: tuple[int, bytes, list] = (200, b"", [])
+        self.bodies: list[bytes] = []
+        self.entered = asyncio.Event()  # a request reached the app
+        self.release = asyncio.Event()  # set by a test to let held requests finish
+        self.hold = False
+
+    async def __call__(self, scope, receive, send) -> None:
+        body = b""
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            if not message.get("more_body", False):
+                break
+        self.bodies.append(body)
+        self.entered.set()
+        if self.hold:
+            await self.release.wait()
+        status, answer, headers = self.answer
+        answer = answer or json.dumps({"length": len(body)}).encode()
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": answer})
+
+
+def client(guard: Guard) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=guard), base_url="http://test")
+
+
+def run(coroutine):
+    return asyncio.run(coroutine)
+
+
+async def post(guard: Guard, path: str = "/classify", **kwargs) -> httpx.Response:
+    async with client(guard) as c:
+        return await c.post(path, **kwargs)
+
+
+def cat() -> list:
+    return [("images", ("cat.jpg", b"\xff\xd8 pretend jpeg", "image/jpeg"))]
+
+
+def test_a_good_form_reaches_the_app_whole():
+    app = App()
+    r = run(post(Guard(app, form=RULES), files=cat(), data={"top_k": "3"}))
+    assert r.status_code == 200
+    assert b"pretend jpeg" in app.bodies[0] and b'name="top_k"' in app.bodies[0]
+
+
+@pytest.mark.parametrize(
+    ("fields", "error"),
+    [
+        (
+            {"files": [("imagez", ("c.jpg", b"x", "image/jpeg"))]},
+            "unknown field 'imagez': send the images in the 'images' field (fields: 'images', 'top_k')",
+        ),
+        ({"files": cat(), "data": {"top_k": "many"}}, "invalid literal for int() with base 10: 'many'"),
+        ({"files": cat(), "data": {"top_k": ["1", "2"]}}, "field 'top_k' sent 2 times: send it once"),
+        ({"files": cat() * 3}, "too many images in one request: 3, limit is 2 (CLASSIFIER_MAX_IMAGES_PER_REQUEST)"),
+        (
+            {"data": {"top_k": "1"}, "files": [("top_k", ("x", b"1", "text/plain"))]},
+            "field 'top_k' sent 2 times: send it once",
+        ),
+    ],
+    ids=["misspelled field", "bad top_k", "repeated field", "one image too many", "field twice, once as a file"],
+)
+def test_a_bad_form_is_a_400_that_says_what_to_fix_and_never_reaches_the_app(fields, error):
+    app = App()
+    r = run(post(Guard(app, form=RULES), **fields))
+    assert (r.status_code, r.json()) == (400, {"error": error})
+    assert app.bodies == []
+
+
+def test_a_form_without_images_is_a_400():
+    app = App()
+    body = b'--b\r\nContent-Disposition: form-data; name="top_k"\r\n\r\n3\r\n--b--\r\n'
+    r = run(post(Guard(app, form=RULES), content=body, headers={"Content-Type": "multipart/form-data; boundary=b"}))
+    assert (r.status_code, r.json()) == (400, {"error": NO_IMAGES})
+
+
+@pytest.mark.parametrize(
+    ("content_type", "status", "error"),
+    [
+        (
+            "multipart/form-data",
+            400,
+            f"multipart body without a boundary in its Content-Type: let the HTTP library write it; {HOW_TO_SEND}",
+        ),
+        ("application/json", 415, f"unsupported Content-Type 'application/json': {HOW_TO_SEND}"),
+    ],
+)
+def test_a_body_that_is_no_form_is_refused_with_how_to_send(content_type, status, error):
+    r = run(post(Guard(App(), form=RULES), content=b"{}", headers={"Content-Type": content_type}))
+    assert (r.status_code, r.json()) == (status, {"error": error})
+
+
+def test_a_raw_image_body_becomes_a_one_image_form_with_top_k_from_the_query():
+    app = App()
+    r = run(
+        post(Guard(app, form=RULES), "/classify?top_k=2", content=b"JPEGDATA", headers={"Content-Type": "image/jpeg"})
+    )
+    assert r.status_code == 200
+    [body] = app.bodies
+    assert b'name="images"; filename="upload"' in body and b"JPEGDATA" in body and b'name="top_k"\r\n\r\n2' in body
+
+
+def test_an_unknown_query_parameter_on_a_raw_image_is_a_400():
+    r = run(post(Guard(App(), form=RULES), "/classify?topk=2", content=b"x", headers={"Content-Type": "image/png"}))
+    assert (r.status_code, r.json()) == (400, {"error": "unknown query parameter 'topk': the only one is top_k"})
+
+
+def test_bodies_over_the_limit_are_413_from_the_header_or_as_they_stream():
+    app = App()
+    guard = Guard(app, max_request_bytes=1000, form=RULES)
+    declared = run(post(guard, content=b"x" * 2000, headers={"Content-Type": "image/png"}))
+
+    async def streamed():
+        for _ in range(10):
+            yield b"y" * 300
+
+    chunked = run(post(guard, content=streamed(), headers={"Content-Type": "image/png"}))
+    message = "request body too large: limit is 1000 bytes (CLASSIFIER_MAX_REQUEST_BYTES)"
+    assert (declared.status_code, declared.json()) == (413, {"error": message})
+    assert (chunked.status_code, chunked.json()) == (413, {"error": message})
+    assert app.bodies == []
+
+
+def test_headers_over_the_limit_are_431():
+    r = run(post(Guard(App()), "/anything", headers={"X-Big": "x" * 20_000}))
+    assert r.status_code == 431 and r.json()["error"].startswith("request headers too large")
+
+
+def test_the_api_key_is_asked_of_everything_but_the_probes():
+    guard = Guard(App(), api_key=KEY, form=RULES)
+
+    async def calls():
+        async with client(guard) as c:
+            basic = base64.b64encode(f"anyone:{KEY}".encode()).decode()
+            return (
+                await c.post("/classify", files=cat()),
+                await c.post("/classify", files=cat(), headers={"Authorization": "Bearer wrong"}),
+                await c.post("/classify", files=cat(), headers={"Authorization": f"Bearer {KEY}"}),
+                await c.get("/ui/", headers={"Authorization": f"Basic {basic}"}),
+                await c.get("/ui/"),
+                await c.get("/readyz"),
+            )
+
+    none, wrong, bearer, browser, page, probe = run(calls())
+    for refused in (none, wrong):
+        assert refused.status_code == 401
+        assert refused.json() == {
+            "error": "missing or wrong API key: send 'Authorization: Bearer <CLASSIFIER_API_KEY>'"
+        }
+        assert refused.headers["WWW-Authenticate"] == 'Bearer realm="imgserve"'
+    assert page.status_code == 401 and page.headers["WWW-Authenticate"] == 'Basic realm="imgserve"'
+    assert bearer.status_code == browser.status_code == probe.status_code == 200
+
+
+def test_a_stalled_body_is_a_408_that_closes_the_connection():
+    guard = Guard(App(), body_timeout_s=0.05, form=RULES)
+    sent: list[dict] = []
+    stall = asyncio.Event()  # never set: the client sends its headers and a first chunk, then nothing
+
+    async def exchange():
+        chunks = [{"type": "http.request", "body": b"--b\r\n", "more_body": True}]
+
+        async def receive():
+            if chunks:
+                return chunks.pop()
+            await stall.wait()
+
+        async def send(message):
+            sent.append(message)
+
+        headers = [(b"content-type", b"multipart/form-data; boundary=b")]
+        await guard({"type": "http", "method": "POST", "path": "/classify", "headers": headers}, receive, send)
+
+    run(exchange())
+    start, body = sent
+    assert start["status"] == 408 and (b"connection", b"close") in start["headers"]
+    assert json.loads(body["body"])["error"].startswith("request body stalled: no data for 0.05 s")
+
+
+def test_work_past_the_in_flight_bound_gets_503_and_retry_after_and_the_held_ones_finish():
+    app = App()
+    app.hold = True
+    guard = Guard(app, max_in_flight=1, form=RULES)
+
+    async def calls():
+        async with client(guard) as c:
+            first = asyncio.create_task(c.post("/classify", files=cat()))
+            await app.entered.wait()  # the first is at work, held there
+            second = await c.post("/classify", files=cat())
+            app.release.set()
+            return await first, second
+
+    first, second = run(calls())
+    assert first.status_code == 200
+    assert (second.status_code, second.json()) == (503, {"error": TOO_MANY_IN_FLIGHT})
+    assert second.headers["Retry-After"] == "1"
+    assert guard.admission.in_flight == 0 and guard.admission.uploading == 0
+
+
+def test_uploads_past_their_own_bound_get_503_before_sending():
+    guard = Guard(App(), max_uploads=0, form=RULES)
+    r = run(post(guard, files=cat()))
+    assert (r.status_code, r.json()) == (503, {"error": TOO_MANY_UPLOADS})
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "expected"),
+    [
+        (400, b'[{"error": "bad input"}]', {"error": "bad input"}),  # BentoML's list for a 4xx
+        (
+            400,
+            json.dumps({"error": "1 validation error", "detail": [{"loc": ["top_k"], "msg": "Value error, too big"}]}),
+            {"error": "top_k: too big"},  # pydantic's dump
+        ),
+        (404, b"Not Found", {"error": "not found: POST /classify"}),  # Starlette's plain text
+        (
+            400,
+            ClientError(400, "not a supported image", image=2).encoded(),
+            {"error": "image 2: not a supported image", "image": 2},
+        ),
+        (
+            500,
+            b'{"error": "An unexpected error has occurred, please check the server log."}',
+            {"error": "An unexpected error has occurred, please check the server log."},
+        ),
+    ],
+    ids=["bentoml list", "pydantic", "plain text", "already in shape, with its image", "bentoml 500"],
+)
+def test_every_error_of_the_app_leaves_in_the_one_shape(status, body, expected):
+    app = App()
+    app.answer = (status, body if isinstance(body, bytes) else body.encode(), [(b"content-type", b"text/plain")])
+    r = run(post(Guard(app, form=RULES), files=cat()))
+    assert (r.status_code, r.json()) == (status, expected)
+    assert r.headers["content-type"] == "application/json"
+
+
+def test_the_services_503_keeps_its_words_and_gets_retry_after():
+    app = App()
+    app.answer = (503, ClientError(503, MODEL_QUEUE_FULL).encoded(), [])
+    r = run(post(Guard(app, form=RULES), files=cat()))
+    assert (r.status_code, r.json(), r.headers["Retry-After"]) == (503, {"error": MODEL_QUEUE_FULL}, "1")
+
+
+def test_the_openapi_document_gets_the_real_error_answers():
+    app = App()
+    app.answer = (
+        200,
+        json.dumps({"paths": {"/classify": {"post": {"responses": {"200": {}, "500": {}}}}}}).encode(),
+        [],
+    )
+
+    async def get():
+        async with client(Guard(app)) as c:
+            return await c.get("/docs.json")
+
+    document = run(get()).json()
+    responses = document["paths"]["/classify"]["post"]["responses"]
+    assert {"200", "400", "401", "413", "415", "503", "504"} <= set(responses)
+    assert document["components"]["schemas"]["Error"]["required"] == ["error"]

@@ -1,0 +1,143 @@
+"""The whole service in-process: service.py's BentoML app (guard, /classify, /models, batching) over
+Starlette's test client, no server. The model is a real ONNX file in the real model store, written
+with onnx's helper so that no torch import is needed: mean colour -> red, green or blue, exactly.
+
+The same service under a real `bentoml serve` is test_service.py and the tiers after it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+from PIL import Image
+from starlette.testclient import TestClient
+
+from imgserve import config
+from imgserve.serving import predict, store
+from imgserve.serving.errors import NO_IMAGES
+from imgserve.serving.preprocess import Preprocessing
+
+ROOT = Path(__file__).resolve().parents[1]
+COLOURS = ["red", "green", "blue"]
+SCALE = 10 / 255  # logits: 10 x the mean of each channel in [0, 1]
+
+
+def colour_onnx(path: Path) -> None:
+    """uint8 pixels (n, 3, 32, 32) -> softmax(10 x mean colour): a pure colour is its class with p > 0.9999."""
+    nodes = [
+        helper.make_node("Cast", ["pixels"], ["x"], to=TensorProto.FLOAT),
+        helper.make_node("ReduceMean", ["x"], ["mean"], axes=[2, 3], keepdims=0),
+        helper.make_node("Mul", ["mean", "scale"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], [predict.OUTPUT_NAME], axis=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "colours",
+        [helper.make_tensor_value_info(predict.INPUT_NAME, TensorProto.UINT8, ["n", 3, 32, 32])],
+        [helper.make_tensor_value_info(predict.OUTPUT_NAME, TensorProto.FLOAT, ["n", 3])],
+        [helper.make_tensor("scale", TensorProto.FLOAT, [], [SCALE])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)  # ONNX Runtime reads it
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+
+
+@pytest.fixture(scope="module")
+def app():
+    """service.py imported against a store that holds the colour model, its app started (lifespan)."""
+    folder = Path(tempfile.mkdtemp(prefix="imgserve-asgi-"))
+    colour_onnx(folder / "colours.onnx")
+    prep = Preprocessing(resize=32, crop=32, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    meta = {"labels": COLOURS, "preprocessing": prep.to_dict(), "arch": "mean colour", "title": "Colours"}
+    tag = store.save("asgi-colours", folder / "colours.onnx", meta)
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv(config.ENV_MODELS, tag)
+        env.delenv(config.ENV_MODEL, raising=False)
+        spec = importlib.util.spec_from_file_location("service", ROOT / "service.py")
+        service = importlib.util.module_from_spec(spec)
+        env.setitem(sys.modules, "service", service)  # its annotations are resolved by its module's name
+        spec.loader.exec_module(service)
+        with TestClient(service.ImageClassifier.to_asgi(), raise_server_exceptions=False) as client:
+            yield client, tag
+
+
+def png(colour: str, size: int = 40) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (size, size), colour).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_each_image_gets_its_own_class_in_upload_order(app):
+    client, tag = app
+    files = [("images", (f"{c}.png", png(c), "image/png")) for c in ("blue", "red", "lime")]
+    r = client.post("/classify", files=files, data={"top_k": "2"})
+    assert r.status_code == 200, r.text
+    answers = r.json()
+    assert [a["predictions"][0]["label"] for a in answers] == ["blue", "red", "green"]
+    assert all(a["model"] == tag and len(a["predictions"]) == 2 for a in answers)
+    expected = np.exp(10.0) / (np.exp(10.0) + 2)  # softmax of (10, 0, 0)
+    assert answers[1]["predictions"][0]["score"] == pytest.approx(expected, abs=1e-4)
+
+
+def test_a_bad_image_names_itself_as_data_and_the_next_request_is_answered(app):
+    client, _ = app
+    files = [("images", ("ok.png", png("red"), "image/png")), ("images", ("bad.png", b"not an image", "image/png"))]
+    r = client.post("/classify", files=files)
+    formats = ", ".join(config.ACCEPTED_FORMATS)
+    assert r.status_code == 400
+    assert r.json() == {"error": f"image 2: not a supported image: accepted formats are {formats}", "image": 2}
+    again = client.post("/classify", files=[("images", ("ok.png", png("red"), "image/png"))])
+    assert again.status_code == 200 and again.json()[0]["predictions"][0]["label"] == "red"
+
+
+def test_a_raw_image_body_is_classified(app):
+    client, _ = app
+    r = client.post("/classify?top_k=1", content=png("blue"), headers={"Content-Type": "image/png"})
+    assert r.status_code == 200 and [p["label"] for p in r.json()[0]["predictions"]] == ["blue"]
+
+
+def test_form_mistakes_are_400s_in_the_one_shape(app):
+    client, _ = app
+    cases = {
+        "misspelled": ({"files": [("image", ("r.png", png("red"), "image/png"))]}, "unknown field 'image'"),
+        "top_k 0": (
+            {"files": [("images", ("r.png", png("red"), "image/png"))], "data": {"top_k": "0"}},
+            "top_k must be a whole number from 1 to 3, got 0",
+        ),
+        "unknown model": (
+            {"files": [("images", ("r.png", png("red"), "image/png"))], "data": {"model": "nosuch"}},
+            "nosuch",
+        ),
+        "no images": ({"data": {"top_k": "1"}, "files": {}}, NO_IMAGES),
+    }
+    for name, (kwargs, words) in cases.items():
+        if name == "no images":  # a form with one text field and no file part
+            body = b'--b\r\nContent-Disposition: form-data; name="top_k"\r\n\r\n1\r\n--b--\r\n'
+            r = client.post("/classify", content=body, headers={"Content-Type": "multipart/form-data; boundary=b"})
+        else:
+            r = client.post("/classify", **kwargs)
+        assert r.status_code == 400, (name, r.text)
+        assert set(r.json()) == {"error"} and words in r.json()["error"], (name, r.text)
+
+
+def test_models_lists_the_served_model_with_its_preprocessing(app):
+    client, tag = app
+    [model] = client.get(config.MODELS_PATH).json()
+    assert (model["tag"], model["classes"], model["title"]) == (tag, 3, "Colours")
+    assert model["preprocessing"]["crop"] == 32
+
+
+def test_the_openapi_document_lists_the_error_answers(app):
+    client, _ = app
+    responses = client.get("/docs.json").json()["paths"][config.CLASSIFY_PATH]["post"]["responses"]
+    assert {"400", "413", "415", "503", "504"} <= set(responses)
+    assert json.loads(json.dumps(responses["400"]))["content"]["application/json"]["schema"]["$ref"].endswith("Error")
