@@ -9,30 +9,14 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 
 class SettingsError(ValueError):
-    """A setting from the environment is out of its range: the server does not start."""
-
-
-def _setting(name: str, default: float, low: float, high: float, kind: type = int) -> float:
-    """$name as a whole number (or `kind` float) from `low` to `high`, or `default` when unset.
-
-    Read once, at import, so that a typo'd or out-of-range value stops the server as it starts,
-    with the variable and its range named, instead of a traceback later or a silent clamp."""
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    what = "a whole number" if kind is int else "a number"
-    allowed = f"{name}={raw!r}: must be {what} from {kind(low)} to {kind(high)}"
-    try:
-        value = kind(raw)
-    except ValueError:
-        raise SettingsError(allowed) from None
-    if not (low <= value <= high) or (kind is float and not math.isfinite(value)):
-        raise SettingsError(allowed)
-    return value
+    """Settings from the environment out of their range: the server does not start; the message names each."""
 
 
 def available_cpus(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
@@ -49,6 +33,24 @@ def available_cpus(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
 
 
 CPUS = available_cpus()
+
+
+def knob(env: str, default: float, low: float, high: float, kind: type = int) -> Any:
+    """A field of Settings: read from $env, a whole number (or `kind` float) from `low` to `high`."""
+    return field(default=default, metadata={"env": env, "low": low, "high": high, "kind": kind})
+
+
+def parse_knob(env: str, raw: str, low: float, high: float, kind: type) -> float:
+    what = "a whole number" if kind is int else "a number"
+    allowed = f"{env}={raw!r}: must be {what} from {kind(low)} to {kind(high)}"
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise SettingsError(allowed) from None
+    if not (low <= value <= high) or (kind is float and not math.isfinite(value)):
+        raise SettingsError(allowed)
+    return value
+
 
 # The bundled photos (data/): beside imgserve/ in a checkout and in the Bento (bentofile.yaml).
 DATA_DIR = Path(__file__).resolve().parents[1] / "data"
@@ -136,15 +138,15 @@ ENV_API_KEY = "CLASSIFIER_API_KEY"
 # --- Request limits, checked at the boundary before anything reaches the batch.
 DEFAULT_TOP_K = 5
 ENV_MAX_IMAGES = "CLASSIFIER_MAX_IMAGES_PER_REQUEST"
-MAX_IMAGES_PER_REQUEST = _setting(ENV_MAX_IMAGES, 32, 1, 10_000)  # one page of a folder
+# MAX_IMAGES_PER_REQUEST: Settings.max_images_per_request  # one page of a folder
 ENV_MAX_PIXELS = "CLASSIFIER_MAX_IMAGE_PIXELS"
 # 50 MP admits every phone photo in common use (48 MP sensors) and refuses
 # decompression bombs from the header, before a byte of pixel data is decoded.
-MAX_IMAGE_PIXELS = _setting(ENV_MAX_PIXELS, 50_000_000, 1, 1_000_000_000)
+# MAX_IMAGE_PIXELS: Settings.max_image_pixels
 ENV_MAX_REQUEST_BYTES = "CLASSIFIER_MAX_REQUEST_BYTES"
 # A whole request body: 32 phone photos of 2-5 MB each fit. Bigger bodies get 413 from the
 # Content-Length header, or the moment a streamed body passes the limit.
-MAX_REQUEST_BYTES = _setting(ENV_MAX_REQUEST_BYTES, 100 * 1024 * 1024, 1024, 2**40)
+# MAX_REQUEST_BYTES: Settings.max_request_bytes
 # Formats a camera, phone or microscope exports; detected from the bytes, never the name.
 ACCEPTED_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF")
 
@@ -152,12 +154,12 @@ ACCEPTED_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF")
 ENV_BODY_TIMEOUT_S = "CLASSIFIER_BODY_TIMEOUT_S"
 # Seconds a request body may go without a single byte before it gets 408. A phone on a bad
 # link stalls for a few seconds at most; a stalled or lying client frees its connection this soon.
-BODY_TIMEOUT_S = _setting(ENV_BODY_TIMEOUT_S, 10.0, 0.1, 3600, float)
+# BODY_TIMEOUT_S: Settings.body_timeout_s
 ENV_MAX_UPLOADS = "CLASSIFIER_MAX_UPLOADS"
 # Requests still sending their body, a separate bound from the requests at work: stalled and slow
 # uploads never take the place of work, and each costs only a connection (bodies stream to disk),
 # so the bound is large; well under the 1024 open files a process is commonly allowed.
-MAX_UPLOADS = _setting(ENV_MAX_UPLOADS, 512, 1, 100_000)
+# MAX_UPLOADS: Settings.max_uploads
 # All request headers together; past it: 431. A browser's cookies and the API key fit many times
 # over (nginx's default header buffers are 8 kB each); the HTTP server itself has no limit.
 MAX_HEADER_BYTES = 16 * 1024
@@ -172,30 +174,81 @@ MAX_FIELD_BYTES = 1000
 # ~55 ms of someone else's EfficientNet-Lite0 batch.
 # $CLASSIFIER_MAX_BATCH_SIZE=1 switches batching off (the benchmark's "unbatched" server).
 ENV_MAX_BATCH_SIZE = "CLASSIFIER_MAX_BATCH_SIZE"
-MAX_BATCH_SIZE = _setting(ENV_MAX_BATCH_SIZE, 8, 1, 1024)
+# MAX_BATCH_SIZE: Settings.max_batch_size
 # A request whose predicted wait in the model queue (images queued x measured seconds per
 # image) passes this is refused at once with 503 (imgserve/serving/batcher.py). Under full load the
 # model gets about half the CPU (decoding has the rest): ~20 ms per EfficientNet-Lite0 image,
 # so 2 s lets ~100 images queue, more than 64 clients send at once. For a model much slower
 # per image, raise it, or accept more 503s: VGG-11 (~65 ms per image) sheds past ~30 images.
 ENV_MAX_LATENCY_MS = "CLASSIFIER_MAX_LATENCY_MS"
-MAX_LATENCY_MS = _setting(ENV_MAX_LATENCY_MS, 2000, 0, 3_600_000)  # 0: shed whenever anything waits
+# MAX_LATENCY_MS: Settings.max_latency_ms  # 0: shed whenever anything waits
 # ONNX Runtime intra-op threads: one per available core (the CPU quota counts); more oversubscribes.
 ENV_MODEL_THREADS = "CLASSIFIER_MODEL_THREADS"
-MODEL_THREADS = _setting(ENV_MODEL_THREADS, CPUS, 1, 1024)
+# MODEL_THREADS: Settings.model_threads
 ENV_REQUEST_TIMEOUT_S = "CLASSIFIER_REQUEST_TIMEOUT_S"
 # A whole request, 32 large photos on a busy 2-core machine included; past it: 504.
-REQUEST_TIMEOUT_S = _setting(ENV_REQUEST_TIMEOUT_S, 60.0, 0.1, 86_400, float)
+# REQUEST_TIMEOUT_S: Settings.request_timeout_s
 # In-flight /classify requests the service holds before answering 503: bounds the
 # memory of decoded pixels (32 images x 150 kB x 96 = 460 MB at worst) while letting the
 # 64 concurrent clients of the soak test in without a single 503.
 ENV_MAX_CONCURRENT = "CLASSIFIER_MAX_CONCURRENT_REQUESTS"
-MAX_CONCURRENT_REQUESTS = _setting(ENV_MAX_CONCURRENT, 96, 1, 100_000)
+# MAX_CONCURRENT_REQUESTS: Settings.max_concurrent_requests
 # Decoding threads: Pillow releases the GIL while decoding and resizing, so two threads per
 # core keep both cores busy while a thread waits on I/O; more only adds memory. (Measured at
 # 8 clients: 2, 3 and 4 threads within 3% of each other.) Counted from the available cores.
 ENV_DECODE_THREADS = "CLASSIFIER_DECODE_THREADS"
-DECODE_THREADS = _setting(ENV_DECODE_THREADS, 2 * CPUS, 1, 1024)
+# DECODE_THREADS: Settings.decode_threads
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The knobs an operator may set, one field each: its variable, default and range (the reasons are
+    with their names above). Read and checked at once, at import: a bad value stops the server as it
+    starts, every bad variable named with its range, instead of a traceback later or a silent clamp."""
+
+    max_images_per_request: int = knob(ENV_MAX_IMAGES, 32, 1, 10_000)  # one page of a folder
+    max_image_pixels: int = knob(ENV_MAX_PIXELS, 50_000_000, 1, 1_000_000_000)
+    max_request_bytes: int = knob(ENV_MAX_REQUEST_BYTES, 100 * 1024 * 1024, 1024, 2**40)
+    body_timeout_s: float = knob(ENV_BODY_TIMEOUT_S, 10.0, 0.1, 3600, float)
+    max_uploads: int = knob(ENV_MAX_UPLOADS, 512, 1, 100_000)
+    max_batch_size: int = knob(ENV_MAX_BATCH_SIZE, 8, 1, 1024)
+    max_latency_ms: int = knob(ENV_MAX_LATENCY_MS, 2000, 0, 3_600_000)  # 0: shed whenever anything waits
+    model_threads: int = knob(ENV_MODEL_THREADS, CPUS, 1, 1024)
+    request_timeout_s: float = knob(ENV_REQUEST_TIMEOUT_S, 60.0, 0.1, 86_400, float)
+    max_concurrent_requests: int = knob(ENV_MAX_CONCURRENT, 96, 1, 100_000)
+    decode_threads: int = knob(ENV_DECODE_THREADS, 2 * CPUS, 1, 1024)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
+        values, problems = {}, []
+        for f in fields(cls):
+            raw = environ.get(f.metadata["env"], "").strip()
+            if not raw:
+                continue
+            try:
+                values[f.name] = parse_knob(
+                    f.metadata["env"], raw, f.metadata["low"], f.metadata["high"], f.metadata["kind"]
+                )
+            except SettingsError as e:
+                problems.append(str(e))
+        if problems:
+            raise SettingsError("; ".join(problems))
+        return cls(**values)
+
+
+SETTINGS = Settings.from_env()
+# The settings under the names the code reads them by.
+MAX_IMAGES_PER_REQUEST = SETTINGS.max_images_per_request
+MAX_IMAGE_PIXELS = SETTINGS.max_image_pixels
+MAX_REQUEST_BYTES = SETTINGS.max_request_bytes
+BODY_TIMEOUT_S = SETTINGS.body_timeout_s
+MAX_UPLOADS = SETTINGS.max_uploads
+MAX_BATCH_SIZE = SETTINGS.max_batch_size
+MAX_LATENCY_MS = SETTINGS.max_latency_ms
+MODEL_THREADS = SETTINGS.model_threads
+REQUEST_TIMEOUT_S = SETTINGS.request_timeout_s
+MAX_CONCURRENT_REQUESTS = SETTINGS.max_concurrent_requests
+DECODE_THREADS = SETTINGS.decode_threads
 RETRY_AFTER_S = 1  # what 429/503 answers tell clients: about one second of queue
 # Prometheus histograms at /metrics (service.py): images and seconds per model call.
 METRIC_BATCH_SIZE = "classifier_batch_size"

@@ -30,15 +30,21 @@ def test_a_bad_setting_is_refused_with_its_name_and_range(variable, value, messa
     assert result.returncode != 0 and message in result.stderr
 
 
-def test_settings_at_the_edges_of_their_range_are_taken():
-    assert config._setting("IMGSERVE_TEST_UNSET", 7, 1, 10) == 7
-    for raw, expected in (("1", 1), (" 10 ", 10)):
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setenv("IMGSERVE_TEST_SETTING", raw)
-            assert config._setting("IMGSERVE_TEST_SETTING", 7, 1, 10) == expected
-    with pytest.MonkeyPatch.context() as mp, pytest.raises(config.SettingsError):
-        mp.setenv("IMGSERVE_TEST_SETTING", "11")
-        config._setting("IMGSERVE_TEST_SETTING", 7, 1, 10)
+def test_settings_at_the_edges_of_their_range_are_taken_and_one_past_them_refused():
+    assert config.Settings.from_env({}) == config.Settings()  # unset: the defaults
+    low = config.Settings.from_env({config.ENV_MAX_BATCH_SIZE: "1", config.ENV_REQUEST_TIMEOUT_S: " 0.1 "})
+    high = config.Settings.from_env({config.ENV_MAX_BATCH_SIZE: "1024"})
+    assert (low.max_batch_size, low.request_timeout_s, high.max_batch_size) == (1, 0.1, 1024)
+    for value in ("0", "1025"):
+        with pytest.raises(config.SettingsError, match=f"CLASSIFIER_MAX_BATCH_SIZE='{value}'"):
+            config.Settings.from_env({config.ENV_MAX_BATCH_SIZE: value})
+
+
+def test_every_bad_setting_is_named_in_one_message():
+    with pytest.raises(config.SettingsError) as refused:
+        config.Settings.from_env({config.ENV_MAX_UPLOADS: "-1", config.ENV_BODY_TIMEOUT_S: "inf"})
+    assert "CLASSIFIER_MAX_UPLOADS='-1': must be a whole number from 1 to 100000" in str(refused.value)
+    assert "CLASSIFIER_BODY_TIMEOUT_S='inf': must be a number from 0.1 to 3600.0" in str(refused.value)
 
 
 @pytest.mark.parametrize(
