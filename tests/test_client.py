@@ -13,8 +13,6 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
-from email.utils import format_datetime
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -303,95 +301,3 @@ def test_an_unreachable_server_stops_the_run_at_once_with_a_message(tmp_path, ca
     assert code == client.EXIT_FATAL
     assert f"cannot reach {url}" in capsys.readouterr().err
     assert not (tmp_path / "results.csv").exists()
-
-
-# --- The pieces, without a server
-
-
-def test_folders_are_walked_for_image_extensions_and_named_files_are_taken_as_given(tmp_path):
-    for name in ["a.jpg", "b.JPEG", "sub/c.png", "sub/deeper/d.webp", "e.tiff", "notes.txt", "raw.dat", ".DS_Store"]:
-        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / name).write_bytes(b"x")
-    (tmp_path / ".thumbnails").mkdir()
-    (tmp_path / ".thumbnails" / "t.jpg").write_bytes(b"x")
-    images, skipped = client.find_images([tmp_path, tmp_path / "raw.dat", tmp_path / "a.jpg"])
-    assert [p.relative_to(tmp_path).as_posix() for p in images] == [
-        "a.jpg",
-        "b.JPEG",
-        "e.tiff",
-        "sub/c.png",
-        "sub/deeper/d.webp",
-        "raw.dat",  # named on the command line: sent, the server judges the bytes
-    ]
-    assert skipped == {".txt": 1, ".dat": 1, "hidden": 2}
-    with pytest.raises(client.Fatal, match="no such file or folder"):
-        client.find_images([tmp_path / "missing"])
-
-
-def test_batches_hold_at_most_n_images_and_fit_one_request_body(tmp_path):
-    sizes = [40, 40, 40, 10, 10, 10, 10, 10, 200]
-    paths = []
-    for i, size in enumerate(sizes):
-        paths.append(tmp_path / f"{i}.jpg")
-        paths[-1].write_bytes(b"x" * size)
-    groups = [[sizes[int(p.stem)] for p in batch] for batch in client.batches(paths, 4, max_bytes=100)]
-    assert groups == [[40, 40], [40, 10, 10, 10], [10, 10], [200]]  # an oversized file goes alone
-    assert client.local_problem(paths[-1], 100).startswith("file too large: 200 bytes")
-
-
-@pytest.mark.parametrize(
-    ("body", "message"),
-    [
-        ('{"error":"image 2: not a supported image","image":2}', "image 2: not a supported image"),  # the server's
-        ('[{"error":"image 2: not a supported image"}]', "image 2: not a supported image"),  # BentoML's 4xx list
-        ('{"error":"server busy"}', "server busy"),  # the guard's own answers
-        (
-            '{"error":"1 validation error for Input","detail":[{"msg":"Value error, top_k must be 1 to 3"}]}',
-            "1 validation error for Input; Value error, top_k must be 1 to 3",
-        ),
-        ("<html>Bad Gateway</html>", "<html>Bad Gateway</html>"),  # a proxy in front
-    ],
-)
-def test_the_servers_message_is_read_from_each_error_body(body, message):
-    assert client.error_message(body) == message
-
-
-@pytest.mark.parametrize(
-    ("body", "image"),
-    [
-        ('{"error":"image 2: not a supported image","image":2}', 2),
-        ('{"error":"too many images in one request: 40, limit is 32"}', None),
-        ('{"error":"image 2: said in words only"}', None),  # the index is data, not read from the sentence
-        ('{"error":"x","image":true}', None),
-        ("<html>Bad Gateway</html>", None),
-    ],
-)
-def test_the_image_at_fault_is_read_from_the_error_body(body, image):
-    assert client.error_image(body) == image
-
-
-def test_retry_after_is_read_as_seconds_or_as_a_date():
-    assert client.retry_after_s("3") == 3.0
-    in_ten = format_datetime(datetime.now(UTC) + timedelta(seconds=10), usegmt=True)
-    assert 8 <= client.retry_after_s(in_ten) <= 10
-    assert client.retry_after_s(None) is None and client.retry_after_s("soon") is None
-
-
-def test_dropped_connections_are_retried_with_backoff_until_retry_for_runs_out(monkeypatch):
-    monkeypatch.setattr(client, "BACKOFF_FIRST_S", 0.01)
-    outcomes = iter([httpx.ConnectError("refused"), httpx.ReadTimeout("slow"), "answer"])
-
-    def flaky() -> str:
-        if isinstance(outcome := next(outcomes), Exception):
-            raise outcome
-        return outcome
-
-    sender = client.Sender("http://unused", None, top_k=1, retry_for=5, max_bytes=1)
-    assert sender.retrying(flaky) == "answer" and sender.retries == 2
-
-    def refused() -> str:
-        raise httpx.ConnectError("refused")
-
-    sender = client.Sender("http://unused", None, top_k=1, retry_for=0.2, max_bytes=1)
-    with pytest.raises(client.Fatal, match=r"gave up after \d+ attempts \(--retry-for 0.2 s\): ConnectError"):
-        sender.retrying(refused)

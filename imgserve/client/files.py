@@ -1,0 +1,85 @@
+"""Which files client.py sends, and in which requests: folders walked, files checked, batches that fit."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+from PIL import Image
+
+from imgserve import config
+
+# Folder walks pick files by extension: those Pillow registers for the formats the server accepts.
+Image.init()
+IMAGE_EXTENSIONS = frozenset(
+    ext for ext, fmt in Image.registered_extensions().items() if fmt in config.ACCEPTED_FORMATS
+)
+
+
+class NoSuchPath(Exception):
+    """A path on the command line that is neither a file nor a folder: the run does not start."""
+
+
+def find_images(paths: list[Path]) -> tuple[list[Path], Counter[str]]:
+    """Image files under `paths`, in walk order, each once; and what was skipped, by reason."""
+    images: list[Path] = []
+    skipped: Counter[str] = Counter()
+    seen: set[Path] = set()
+
+    def add(path: Path) -> None:
+        if (resolved := path.resolve()) not in seen:
+            seen.add(resolved)
+            images.append(path)
+
+    for arg in paths:
+        if arg.is_file():
+            add(arg)  # named on purpose: the server judges it by its bytes
+        elif arg.is_dir():
+            for folder, subfolders, files in os.walk(arg):
+                skipped["hidden"] += sum(name.startswith(".") for name in subfolders)
+                subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
+                for name in sorted(files):
+                    suffix = Path(name).suffix.lower()
+                    if name.startswith("."):  # .DS_Store, macOS "._photo.jpg" resource forks
+                        skipped["hidden"] += 1
+                    elif suffix not in IMAGE_EXTENSIONS:
+                        skipped[suffix or "no extension"] += 1
+                    else:
+                        add(Path(folder, name))
+        else:
+            raise NoSuchPath(f"no such file or folder: {arg}")
+    return images, skipped
+
+
+def batches(paths: list[Path], size: int, max_bytes: int) -> Iterator[list[Path]]:
+    """Runs of at most `size` images whose bytes fit one request body of the server."""
+    batch: list[Path] = []
+    total = 0
+    for path in paths:
+        n = file_size(path) or 0
+        if batch and (len(batch) == size or total + n > max_bytes):
+            yield batch
+            batch, total = [], 0
+        batch.append(path)
+        total += n
+    if batch:
+        yield batch
+
+
+def file_size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return None
+
+
+def local_problem(path: Path, max_bytes: int) -> str | None:
+    """Why `path` cannot be sent at all; such a file gets its error row without a request."""
+    size = file_size(path)
+    if size is None or not os.access(path, os.R_OK):
+        return "cannot read the file"
+    if size > max_bytes:
+        return f"file too large: {size} bytes, a request holds at most {max_bytes} (${config.ENV_MAX_REQUEST_BYTES})"
+    return None

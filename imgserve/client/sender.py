@@ -1,0 +1,231 @@
+"""Talking to the server: one httpx.AsyncClient, retries by tenacity, each image's row from the answers.
+
+Errors are data: the server answers every error as `{"error": "<message>", "image": N}` (N, 1-based,
+only when one image of the request is at fault). It is read once into a ServerError (status,
+message, image, Retry-After) and decided on from its fields, never parsed back out of the sentence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.utils
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import httpx
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_before_delay, wait_exponential_jitter
+
+from imgserve import config
+from imgserve.client.files import local_problem
+from imgserve.client.results import Row
+
+log = logging.getLogger(__name__)
+
+RETRY_STATUSES = frozenset({429, 502, 503, 504})  # overload, or a proxy in front that lost the server
+BACKOFF_FIRST_S = 0.5  # without Retry-After: 0.5, 1, 2, 4 ... seconds, plus up to 0.5 s so clients spread out
+BACKOFF_MAX_S = 30.0
+BACKOFF = wait_exponential_jitter(multiplier=BACKOFF_FIRST_S, max=BACKOFF_MAX_S, jitter=BACKOFF_FIRST_S)
+TIMEOUT_S = config.REQUEST_TIMEOUT_S + 15  # longer than the server's own limit, so its 504 arrives first
+IMAGES_FIELD, TOP_K_FIELD = "images", "top_k"  # the /classify form (service.py); config.MODEL_FIELD picks a model
+
+
+class Fatal(Exception):
+    """The run cannot go on (unreachable server, refused key, every request refused): stop, keep the rows."""
+
+
+class ServerError(Exception):
+    """An error answer as data: HTTP status, the server's message, the image at fault (1-based), Retry-After."""
+
+    def __init__(self, status: int, message: str, image: int | None = None, retry_after: float | None = None) -> None:
+        super().__init__(f"HTTP {status}: {message}")
+        self.status, self.message, self.image, self.retry_after = status, message, image, retry_after
+
+
+def read_error(response: httpx.Response) -> ServerError:
+    """The server's `{"error", "image"}` body; any other body (a proxy's page) is the message as it stands."""
+    try:
+        data = response.json()
+    except ValueError:
+        data = None
+    if isinstance(data, dict) and isinstance(data.get("error"), str):
+        message, image = data["error"], data.get("image")
+    else:
+        message, image = response.text.strip()[:500] or "no message", None
+    image = image if type(image) is int else None  # not a bool, not a string: the field is an integer
+    return ServerError(response.status_code, message, image, retry_after_s(response.headers.get("retry-after")))
+
+
+def retry_after_s(value: str | None) -> float | None:
+    """Retry-After as seconds to wait: delta-seconds or an HTTP date (RFC 9110)."""
+    if not value:
+        return None
+    if value.strip().isdigit():
+        return float(value)
+    try:
+        return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+def key_message(status: int, sent_key: bool) -> str:
+    if sent_key:
+        return f"the server refused the API key in ${config.ENV_API_KEY} (HTTP {status})"
+    return f"the server needs an API key (HTTP {status}): set ${config.ENV_API_KEY}"
+
+
+def connect(url: str, api_key: str | None, concurrency: int) -> httpx.AsyncClient:
+    """One connection pool for the run, a connection per request in flight, the key on every request."""
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    pool = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    return httpx.AsyncClient(base_url=url, headers=headers, limits=pool, timeout=TIMEOUT_S)
+
+
+def retryable(error: BaseException) -> bool:
+    """Overload, a lost proxy, or a connection refused, reset or timed out: worth asking again."""
+    return isinstance(error, httpx.TransportError) or (
+        isinstance(error, ServerError) and error.status in RETRY_STATUSES
+    )
+
+
+def retry_wait(state: RetryCallState) -> float:
+    """What Retry-After asks, never sooner (plus up to a fifth, so clients told alike spread out); else backoff."""
+    error = state.outcome.exception() if state.outcome else None
+    if isinstance(error, ServerError) and error.retry_after is not None:
+        return error.retry_after + random.uniform(0, max(0.2 * error.retry_after, 0.1))
+    return BACKOFF(state)
+
+
+def problem(error: BaseException | None) -> str:
+    return str(error) if isinstance(error, ServerError) else f"{type(error).__name__}: {error}"
+
+
+def upload_name(path: Path) -> str:
+    """The part's filename. The server reads only the bytes; a name that is not UTF-8 must not stop the upload."""
+    return path.name.encode(errors="replace").decode()
+
+
+class Sender:
+    """Classify batches over one client; every image's row goes to `on_row` as soon as it is known."""
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        on_row: Callable[[Row], None],
+        top_k: int,
+        retry_for: float,
+        max_bytes: int = config.MAX_REQUEST_BYTES,
+        model: str | None = None,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+    ) -> None:
+        self.client, self.on_row, self.retry_for, self.max_bytes = client, on_row, retry_for, max_bytes
+        self.url = str(client.base_url).rstrip("/")
+        self.fields = {TOP_K_FIELD: str(top_k)} | ({config.MODEL_FIELD: model} if model else {})  # else the default
+        self.some_ok = False  # until one request succeeds, a refusal is taken as every request's fate
+        self.retries = 0
+        self.policy = AsyncRetrying(
+            retry=retry_if_exception(retryable),
+            wait=retry_wait,
+            stop=stop_before_delay(retry_for),  # never sleep past --retry-for
+            before_sleep=self._note_retry,
+            retry_error_callback=self._give_up,
+            sleep=sleep,
+        )
+
+    async def check_server(self) -> None:
+        """One request before the work: a wrong URL or key stops here, with a message that says which."""
+        try:
+            r = await self.client.get("/schema.json")
+        except httpx.HTTPError as e:
+            raise Fatal(f"cannot reach {self.url} ({e}): is the server running? (make serve)") from None
+        if r.status_code in (401, 403):
+            raise Fatal(key_message(r.status_code, "authorization" in self.client.headers))
+        try:
+            r.raise_for_status()
+            routes = {route["name"] for route in r.json()["routes"]}
+        except (httpx.HTTPStatusError, ValueError, KeyError, TypeError):
+            answer = f"{self.url}/schema.json answered HTTP {r.status_code}"
+            raise Fatal(f"{answer} without a BentoML schema: wrong URL?") from None
+        if "classify" not in routes:
+            raise Fatal(f"{self.url} serves no /classify endpoint: is this the image classifier's URL?")
+
+    async def send_all(self, work: Iterable[list[Path]], concurrency: int) -> None:
+        """Every batch, `concurrency` requests at a time; a Fatal cancels the requests in flight (no rows)."""
+        batches = iter(work)
+
+        async def worker() -> None:
+            for batch in batches:  # shared: each batch goes to the next free worker
+                await self.classify(batch)
+
+        try:
+            async with asyncio.TaskGroup() as workers:
+                for _ in range(concurrency):
+                    workers.create_task(worker())
+        except* Fatal as stopped:
+            raise stopped.exceptions[0] from None
+
+    async def classify(self, paths: list[Path]) -> None:
+        """Rows for `paths`: a rejected image gets its error row and the others are sent again."""
+        pending = []
+        for path in paths:
+            if local := local_problem(path, self.max_bytes):
+                self.on_row(Row(str(path), error=local))
+            else:
+                pending.append(path)
+        while pending:
+            try:
+                answers = await self.post(pending)
+            except ServerError as e:
+                if e.image is not None and 1 <= e.image <= len(pending):  # the row names the file, not its place
+                    # Servers before the `image` field was the only index also wrote it into the message.
+                    self.on_row(Row(str(pending.pop(e.image - 1)), error=e.message.removeprefix(f"image {e.image}: ")))
+                    continue
+                if len(pending) > 1:  # about the request, not one image (e.g. too many): one at a time
+                    for path in pending:
+                        await self.classify([path])
+                    return
+                if not self.some_ok:  # every request would fail alike
+                    raise Fatal(f"the server refused the first requests (HTTP {e.status}): {e.message}") from None
+                self.on_row(Row(str(pending[0]), error=e.message))
+                return
+            except OSError as e:  # a file gone or locked since it was checked: find which, one at a time
+                if len(pending) > 1:
+                    for path in pending:
+                        await self.classify([path])
+                else:
+                    self.on_row(Row(str(pending[0]), error=f"cannot read the file: {e.strerror or e}"))
+                return
+            self.some_ok = True
+            for path, answer in zip(pending, answers, strict=True):
+                self.on_row(Row(str(path), model=answer["model"], predictions=answer["predictions"]))
+            return
+
+    async def post(self, paths: list[Path]) -> list[dict[str, Any]]:
+        """One /classify request for `paths`, sent again after overload or a dropped connection."""
+        return await self.policy.copy()(self._post_once, paths)
+
+    async def _post_once(self, paths: list[Path]) -> list[dict[str, Any]]:
+        with contextlib.ExitStack() as opened:  # each attempt opens the files afresh and closes them after
+            files = [(IMAGES_FIELD, (upload_name(p), opened.enter_context(p.open("rb")))) for p in paths]
+            response = await self.client.post(config.CLASSIFY_PATH, data=self.fields, files=files)
+        if response.status_code in (401, 403):
+            raise Fatal(key_message(response.status_code, "authorization" in self.client.headers))
+        if response.is_error:
+            raise read_error(response)
+        answers = response.json()
+        if len(answers) != len(paths):
+            raise Fatal(f"the server answered {len(answers)} results for {len(paths)} images")
+        return answers
+
+    def _note_retry(self, state: RetryCallState) -> None:
+        self.retries += 1
+        log.debug("%s; retrying in %.1f s", problem(state.outcome and state.outcome.exception()), state.upcoming_sleep)
+
+    def _give_up(self, state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        tried = f"{state.attempt_number} attempts (--retry-for {self.retry_for:g} s)"
+        raise Fatal(f"gave up after {tried}: {problem(error)}")

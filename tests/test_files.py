@@ -1,0 +1,40 @@
+"""Which files client.py sends, and how it groups them into requests (imgserve/client/files.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from imgserve.client import files
+
+
+def test_folders_are_walked_for_image_extensions_and_named_files_are_taken_as_given(tmp_path):
+    for name in ["a.jpg", "b.JPEG", "sub/c.png", "sub/deeper/d.webp", "e.tiff", "notes.txt", "raw.dat", ".DS_Store"]:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / ".thumbnails").mkdir()
+    (tmp_path / ".thumbnails" / "t.jpg").write_bytes(b"x")
+    images, skipped = files.find_images([tmp_path, tmp_path / "raw.dat", tmp_path / "a.jpg"])
+    assert [p.relative_to(tmp_path).as_posix() for p in images] == [
+        "a.jpg",
+        "b.JPEG",
+        "e.tiff",
+        "sub/c.png",
+        "sub/deeper/d.webp",
+        "raw.dat",  # named on the command line: sent, the server judges the bytes
+    ]
+    assert skipped == {".txt": 1, ".dat": 1, "hidden": 2}
+    with pytest.raises(files.NoSuchPath, match="no such file or folder"):
+        files.find_images([tmp_path / "missing"])
+
+
+def test_batches_hold_at_most_n_images_and_fit_one_request_body(tmp_path):
+    sizes = [40, 40, 40, 10, 10, 10, 10, 10, 200]
+    paths = []
+    for i, size in enumerate(sizes):
+        paths.append(tmp_path / f"{i}.jpg")
+        paths[-1].write_bytes(b"x" * size)
+    groups = [[sizes[int(p.stem)] for p in batch] for batch in files.batches(paths, 4, max_bytes=100)]
+    assert groups == [[40, 40], [40, 10, 10, 10], [10, 10], [200]]  # an oversized file goes alone
+    assert files.local_problem(paths[-1], 100).startswith("file too large: 200 bytes")
+    assert files.local_problem(paths[0], 40) is None  # exactly the limit fits
+    assert files.local_problem(tmp_path / "gone.jpg", 100) == "cannot read the file"

@@ -1,0 +1,242 @@
+"""client.py's requests without a server (imgserve/client/sender.py): error bodies read as data, the
+retry policy, a batch's rows. A MockTransport plays the server; a recording `sleep` stands in for the
+waits, so nothing here sleeps and the order of events is the order of requests."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+from pathlib import Path
+
+import httpx
+import pytest
+
+from imgserve.client import sender as s
+from imgserve.client.results import Row
+
+Handler = Callable[[httpx.Request], httpx.Response]
+
+
+def images_in(request: httpx.Request) -> list[str]:
+    """The test images of a request, in upload order: each file's bytes are its name ("ok-1", "bad")."""
+    return [m.decode() for m in re.findall(rb"\r\n\r\n(ok-\d+|bad)\r\n--", request.content)]
+
+
+def answers(names: list[str]) -> httpx.Response:
+    return httpx.Response(200, json=[{"model": "m:1", "predictions": [{"label": n, "score": 1.0}]} for n in names])
+
+
+def folder(tmp_path: Path, names: list[str]) -> list[Path]:
+    for name in names:
+        (tmp_path / f"{name}.png").write_bytes(name.encode())
+    return [tmp_path / f"{name}.png" for name in names]
+
+
+class Run:
+    """A Sender against `handler`: the requests it made, the rows it wrote, the waits it asked for."""
+
+    def __init__(self, handler: Handler, retry_for: float = 60, **options) -> None:
+        self.requests: list[list[str]] = []
+        self.rows: list[Row] = []
+        self.waits: list[float] = []
+
+        def record(request: httpx.Request) -> httpx.Response:
+            self.requests.append(images_in(request))
+            return handler(request)
+
+        async def sleep(seconds: float) -> None:
+            self.waits.append(seconds)
+
+        self.client = httpx.AsyncClient(base_url="http://imgserve.test", transport=httpx.MockTransport(record))
+        self.sender = s.Sender(self.client, self.rows.append, 1, retry_for, sleep=sleep, **options)
+
+    def classify(self, paths: list[Path], concurrency: int = 2) -> dict[str, Row]:
+        async def go() -> None:
+            async with self.client:
+                await self.sender.send_all([paths], concurrency)
+
+        asyncio.run(go())
+        assert len({r.path for r in self.rows}) == len(self.rows), "a path has two rows"
+        return {Path(r.path).stem: r for r in self.rows}
+
+
+# --- Error bodies and Retry-After, read as data
+
+
+@pytest.mark.parametrize(
+    ("body", "message", "image"),
+    [
+        ({"error": "not a supported image", "image": 2}, "not a supported image", 2),
+        ({"error": "image 2: not a supported image", "image": 2}, "image 2: not a supported image", 2),  # as sent
+        (
+            {"error": "too many images in one request: 40, limit is 32"},
+            "too many images in one request: 40, limit is 32",
+            None,
+        ),
+        ({"error": "image 2: said in words only"}, "image 2: said in words only", None),  # the index is data, not prose
+        ({"error": "x", "image": True}, "x", None),
+        ({"error": "x", "image": "2"}, "x", None),
+    ],
+)
+def test_the_servers_error_is_read_from_its_json_fields(body, message, image):
+    error = s.read_error(httpx.Response(400, json=body))
+    assert (error.status, error.message, error.image, error.retry_after) == (400, message, image, None)
+
+
+def test_an_error_body_that_is_not_the_servers_is_its_text():
+    error = s.read_error(httpx.Response(502, text="<html>Bad Gateway</html>\n", headers={"Retry-After": "7"}))
+    assert (error.status, error.message, error.image, error.retry_after) == (502, "<html>Bad Gateway</html>", None, 7)
+
+
+def test_retry_after_is_read_as_seconds_or_as_a_date():
+    assert s.retry_after_s("3") == 3.0
+    in_ten = format_datetime(datetime.now(UTC) + timedelta(seconds=10), usegmt=True)
+    assert 8 <= s.retry_after_s(in_ten) <= 10
+    past = format_datetime(datetime.now(UTC) - timedelta(seconds=10), usegmt=True)
+    assert s.retry_after_s(past) == 0
+    assert s.retry_after_s(None) is None and s.retry_after_s("soon") is None
+
+
+# --- The retry policy
+
+
+def test_overload_is_retried_after_retry_after_never_sooner(tmp_path):
+    replies = iter([503, 429, 200])
+
+    def busy(request: httpx.Request) -> httpx.Response:
+        if (status := next(replies)) == 200:
+            return answers(images_in(request))
+        return httpx.Response(status, json={"error": "server busy"}, headers={"Retry-After": "2"})
+
+    run = Run(busy)
+    rows = run.classify(folder(tmp_path, ["ok-1", "ok-2"]))
+    assert run.requests == [["ok-1", "ok-2"]] * 3 and run.sender.retries == 2
+    assert len(run.waits) == 2 and all(2 <= w <= 2.4 for w in run.waits)  # a little jitter, never less
+    assert {name: row.predictions[0]["label"] for name, row in rows.items()} == {"ok-1": "ok-1", "ok-2": "ok-2"}
+
+
+def test_dropped_connections_are_retried_with_growing_backoff(tmp_path):
+    outcomes = iter([httpx.ConnectError("refused"), httpx.ReadTimeout("slow"), httpx.RemoteProtocolError("reset")])
+
+    def flaky(request: httpx.Request) -> httpx.Response:
+        if error := next(outcomes, None):
+            raise error
+        return answers(images_in(request))
+
+    run = Run(flaky)
+    assert set(run.classify(folder(tmp_path, ["ok-1"]))) == {"ok-1"}
+    assert len(run.requests) == 4 and run.sender.retries == 3
+    first = s.BACKOFF_FIRST_S  # 0.5, 1, 2 ... seconds, each plus up to 0.5
+    assert [n * first <= w <= (n + 1) * first for n, w in zip([1, 2, 4], run.waits, strict=True)] == [True] * 3
+
+
+@pytest.mark.parametrize(
+    "fault", [lambda: httpx.Response(503, json={"error": "server busy"}), httpx.ConnectError("refused")]
+)
+def test_when_retry_for_runs_out_the_run_stops_without_rows_for_the_images_never_judged(tmp_path, fault):
+    def away(request: httpx.Request) -> httpx.Response:
+        if isinstance(fault, Exception):
+            raise fault
+        return fault()
+
+    run = Run(away, retry_for=0.2)  # shorter than the first backoff: the first failure is the last
+    with pytest.raises(s.Fatal, match=r"gave up after 1 attempts \(--retry-for 0.2 s\): (HTTP 503|ConnectError)"):
+        run.classify(folder(tmp_path, ["ok-1", "ok-2"]))
+    assert run.rows == [] and run.waits == []
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_a_refused_key_stops_the_run_at_once_naming_the_variable(tmp_path, status):
+    run = Run(lambda request: httpx.Response(status, json={"error": "API key missing or wrong"}))
+    with pytest.raises(s.Fatal, match=r"needs an API key \(HTTP \d+\): set \$CLASSIFIER_API_KEY"):
+        run.classify(folder(tmp_path, ["ok-1"]))
+    assert len(run.requests) == 1 and run.rows == []
+
+
+# --- A batch's rows
+
+
+def test_the_form_has_one_images_part_per_file_top_k_and_model_only_when_named(tmp_path):
+    forms: list[bytes] = []
+
+    def server(request: httpx.Request) -> httpx.Response:
+        forms.append(request.content)
+        return answers(images_in(request))
+
+    paths = folder(tmp_path, ["ok-1", "ok-2"])
+    Run(server).classify(paths)
+    Run(server, model="flowers").classify(paths)
+    for form in forms:
+        assert form.count(b'name="images"; filename="ok-') == 2
+        assert re.search(rb'name="top_k"\r\n\r\n1\r\n', form)
+    assert b'name="model"' not in forms[0] and re.search(rb'name="model"\r\n\r\nflowers\r\n', forms[1])
+
+
+@pytest.mark.parametrize("prefix", ["", "image {n}: "])  # servers that also wrote the index into the message
+def test_a_rejected_image_gets_its_own_error_row_and_the_rest_are_sent_again(tmp_path, prefix):
+    def server(request: httpx.Request) -> httpx.Response:
+        names = images_in(request)
+        if "bad" in names:
+            n = names.index("bad") + 1
+            return httpx.Response(400, json={"error": prefix.format(n=n) + "not a supported image", "image": n})
+        return answers(names)
+
+    run = Run(server)
+    rows = run.classify(folder(tmp_path, ["ok-1", "bad", "ok-2"]))
+    assert run.requests == [["ok-1", "bad", "ok-2"], ["ok-1", "ok-2"]]
+    assert rows["bad"] == Row(str(tmp_path / "bad.png"), error="not a supported image")  # the row names the file
+    assert [rows[n].predictions[0]["label"] for n in ("ok-1", "ok-2")] == ["ok-1", "ok-2"]
+
+
+def test_a_request_refused_as_a_whole_is_sent_again_one_image_at_a_time(tmp_path):
+    def server(request: httpx.Request) -> httpx.Response:
+        names = images_in(request)
+        if len(names) > 1:
+            return httpx.Response(400, json={"error": "too many images in one request: 3, limit is 1"})
+        return answers(names) if names != ["bad"] else httpx.Response(400, json={"error": "not an image", "image": 1})
+
+    run = Run(server)
+    rows = run.classify(folder(tmp_path, ["ok-1", "ok-2", "bad"]), concurrency=1)
+    assert run.requests == [["ok-1", "ok-2", "bad"], ["ok-1"], ["ok-2"], ["bad"]]
+    assert rows["bad"].error == "not an image" and rows["ok-2"].predictions[0]["label"] == "ok-2"
+
+
+def test_when_the_first_requests_are_all_refused_the_run_stops_with_the_servers_message(tmp_path):
+    run = Run(lambda request: httpx.Response(400, json={"error": "unknown model 'flowers'"}), model="flowers")
+    with pytest.raises(s.Fatal, match=r"the server refused the first requests \(HTTP 400\): unknown model 'flowers'"):
+        run.classify(folder(tmp_path, ["ok-1", "ok-2"]))
+    assert run.rows == []
+
+
+def test_files_that_cannot_be_sent_get_error_rows_without_a_request(tmp_path):
+    (big := tmp_path / "big.png").write_bytes(b"x" * 101)
+    run = Run(lambda request: answers(images_in(request)), max_bytes=100)
+    rows = run.classify([*folder(tmp_path, ["ok-1"]), big, tmp_path / "gone.png"])
+    assert run.requests == [["ok-1"]]
+    assert rows["big"].error.startswith("file too large: 101 bytes") and rows["gone"].error == "cannot read the file"
+
+
+# --- The check before the work
+
+
+@pytest.mark.parametrize(
+    ("answer", "message"),
+    [
+        (httpx.ConnectError("refused"), "cannot reach http://imgserve.test (refused): is the server running?"),
+        (httpx.Response(401, json={"error": "API key missing or wrong"}), "needs an API key (HTTP 401)"),
+        (httpx.Response(404, text="Not Found"), "schema.json answered HTTP 404 without a BentoML schema: wrong URL?"),
+        (httpx.Response(200, json={"routes": [{"name": "predict"}]}), "serves no /classify endpoint"),
+    ],
+)
+def test_the_server_check_names_what_is_wrong(answer, message):
+    def server(request: httpx.Request) -> httpx.Response:
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    run = Run(server)
+    with pytest.raises(s.Fatal, match=re.escape(message)):
+        asyncio.run(run.sender.check_server())
