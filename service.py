@@ -23,7 +23,7 @@ import os
 import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, cast
 
 import bentoml
 import numpy as np
@@ -157,7 +157,10 @@ class ImageClassifier:
             probs = await self._probabilities(served, np.stack(pixels))
         except Overloaded:
             raise ClientError(503, MODEL_QUEUE_FULL) from None
-        return [Classification(model=card.tag, predictions=predict.top_k(p, card.labels, top_k)) for p in probs]
+        return [
+            Classification.model_validate({"model": card.tag, "predictions": predict.top_k(p, card.labels, top_k)})
+            for p in probs
+        ]
 
 
 def observe_batch(tag: str, images: int, seconds: float) -> None:
@@ -178,19 +181,21 @@ def _check_model(value: object) -> str:
     return str(value)
 
 
+# The decorators made the class a bentoml.Service (mypy reads their types as keeping the class).
+SERVICE = cast("bentoml.Service[ImageClassifier]", ImageClassifier)
 # `bentoml build` packs every served model with the service.
-ImageClassifier.models[:] = [bentoml.models.BentoModel(m.card.tag) for m in MODELS]
+SERVICE.models[:] = [bentoml.models.BentoModel(m.card.tag) for m in MODELS]
 # The root URL opens the web page; outside the guard, so a browser reaches the page that asks for the key.
-ImageClassifier.add_asgi_middleware(docs.RootToPage)
+SERVICE.add_asgi_middleware(docs.RootToPage)
 # The HTTP boundary: the one error shape, API key, headers, body size and progress, the form's
 # fields checked before BentoML parses it, in-flight bound, Retry-After (imgserve/serving/guard.py).
-ImageClassifier.add_asgi_middleware(
+SERVICE.add_asgi_middleware(
     Guard,
     api_key=os.environ.get(config.ENV_API_KEY, ""),
     form=FormRules(file_field="images", field_checks={"top_k": _parse_top_k, config.MODEL_FIELD: _check_model}),
 )
 # BentoML's private parts, each touched once (imgserve/serving/bentoml_compat.py).
 bentoml_compat.check_version()
-bentoml_compat.answer_as_json(ImageClassifier.apis["classify"])
+bentoml_compat.answer_as_json(SERVICE.apis["classify"])
 bentoml_compat.refuse_text_for_files(RAW_FILENAME)
 bentoml_compat.quiet_client_errors()

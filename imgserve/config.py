@@ -220,7 +220,8 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
-        values, problems = {}, []
+        values: dict[str, Any] = {}
+        problems: list[str] = []
         for f in fields(cls):
             raw = environ.get(f.metadata["env"], "").strip()
             if not raw:

@@ -100,7 +100,7 @@ def retry_wait(state: RetryCallState) -> float:
     return BACKOFF(state)
 
 
-def problem(error: BaseException | None) -> str:
+def problem(error: object) -> str:
     return str(error) if isinstance(error, ServerError) else f"{type(error).__name__}: {error}"
 
 

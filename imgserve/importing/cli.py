@@ -174,8 +174,10 @@ def check_args(args: argparse.Namespace) -> Plan:
 def resolve_preprocessing(args: argparse.Namespace, plan: Plan, loaded: loading.LoadedModel) -> Preprocessing:
     """The model's preprocessing from --transforms or the short flags, channels and size from the file
     where it says; each value's origin goes into plan.sources for the summary."""
+    channels: int | None
+    size: tuple[int, int] | None
     if loaded.input_shape:
-        channels, size = loaded.input_shape[0], loaded.input_shape[1:]
+        channels, size = loaded.input_shape[0], (loaded.input_shape[1], loaded.input_shape[2])
         plan.sources["channels"] = plan.sources["size"] = "read from the .pt2's input signature"
     else:
         channels, size = loading.first_layer_input(loaded.module)

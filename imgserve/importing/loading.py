@@ -293,9 +293,9 @@ def _load_exported(path: Path, trust_pickle: bool) -> LoadedModel:
             data = z.read(name)
             # torch.save's zip format can be scanned without running it; any other pickle cannot.
             classes |= set(unsafe_globals(data)) if data[:2] == b"PK" else {f"an unscanned pickle ({name})"}
-    classes = sorted(classes)
     if classes and not trust_pickle:
-        raise ImportRefused(PICKLE_REFUSED.format(path=path.name, classes=f" holding {', '.join(classes)[:200]}"))
+        held = ", ".join(sorted(classes))[:200]
+        raise ImportRefused(PICKLE_REFUSED.format(path=path.name, classes=f" holding {held}"))
     try:
         program = torch.export.load(str(path))
     except Exception as e:
@@ -309,8 +309,8 @@ def _load_exported(path: Path, trust_pickle: bool) -> LoadedModel:
     shape = tuple(node.meta["val"].shape)
     if len(shape) != 4:
         raise ImportRefused(f"{path.name} takes an input of shape {list(shape)}, not an image batch (N, C, H, W)")
-    fixed = tuple(int(d) if isinstance(d, int) else None for d in shape[1:])
-    input_shape = fixed if None not in fixed else None
+    fixed = [d for d in shape[1:] if isinstance(d, int)]  # a dynamic dimension is a symbol, not an int
+    input_shape = (fixed[0], fixed[1], fixed[2]) if len(fixed) == 3 else None
     module = program.module()
     loaded = LoadedModel(module, "exported", "torch.export", input_shape, one_image_per_call=isinstance(shape[0], int))
     if loaded.one_image_per_call and shape[0] != 1:

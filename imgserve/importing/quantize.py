@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -137,8 +137,8 @@ def load_photos(paths: list[Path]) -> list[Photo]:
     thumbs: list[np.ndarray] = []
     for path in paths:
         try:
-            with Image.open(path) as img:
-                img = ImageOps.exif_transpose(img).convert("RGB")
+            with Image.open(path) as opened:
+                img = ImageOps.exif_transpose(opened).convert("RGB")
         except (OSError, ValueError, Image.DecompressionBombError) as e:
             log.warning("skipping %s: %s", path, e)
             continue
@@ -393,7 +393,7 @@ def photo_views(photos: list[Photo], prep: Preprocessing) -> np.ndarray:
     return np.concatenate([views(p, prep, config.QUANT_VIEWS_PER_PHOTO, rng) for p in photos])
 
 
-def quantize_stored(fp32_tag: str, photo_dirs: list[Path] = ()) -> str:
+def quantize_stored(fp32_tag: str, photo_dirs: Sequence[Path] = ()) -> str:
     """Quantize a stored fp32 model; store it as NAME-int8 if it passes the gate; return its tag."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 

@@ -277,6 +277,7 @@ def _size(value: object, where: str) -> int | tuple[int, int]:
 
 def _floats(value: object, what: str) -> list[float]:
     values = value if isinstance(value, list | tuple) else [value]
-    if not values or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+    numbers = [v for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
+    if not values or len(numbers) != len(values):
         raise TransformsRefused(f"Normalize: {what} must be numbers, got {value!r}")
-    return [float(v) for v in values]
+    return [float(v) for v in numbers]

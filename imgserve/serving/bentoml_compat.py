@@ -117,4 +117,5 @@ def bento_uid() -> int:
     """The non-root user BentoML's generated Dockerfile creates and runs as."""
     from bentoml._internal.container.generate import DEFAULT_BENTO_ENVS
 
-    return int(DEFAULT_BENTO_ENVS["uid_gid"])
+    uid: int = DEFAULT_BENTO_ENVS["uid_gid"]  # type: ignore[assignment]  # a dict of mixed values
+    return uid

@@ -41,7 +41,7 @@ ERROR_ANSWERS: dict[int, str] = {
     503: "server busy: too many requests at work or uploading, or the model queue is full; see Retry-After",
     504: "the request took longer than the timeout",
 }
-ERROR_SCHEMA = {
+ERROR_SCHEMA: dict[str, Any] = {
     "title": "Error",
     "type": "object",
     "properties": {

@@ -49,8 +49,8 @@ def refuse(message: str) -> ClientError:
 def body_check(scope: Scope, receive: Receive, rules: FormRules) -> tuple[Scope, Receive, FormCheck]:
     """From the headers of POST /classify: the scope and receive BentoML gets, and the body's check."""
     headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-    kind, options = parse_options_header(headers.get("content-type", ""))
-    kind = kind.decode("latin-1").lower()
+    raw_kind, options = parse_options_header(headers.get("content-type", ""))
+    kind = raw_kind.decode("latin-1").lower()
     if kind == "multipart/form-data":
         boundary = options.get(b"boundary", b"")
         if not boundary:

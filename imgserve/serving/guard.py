@@ -130,8 +130,8 @@ class Exchange:
                 message = await asyncio.wait_for(self._receive(), self.guard.body_timeout_s)
             except TimeoutError:
                 stalled = f"request body stalled: no data for {self.guard.body_timeout_s:g} s"
-                message = f"{stalled} ({config.ENV_BODY_TIMEOUT_S}): send the whole body"
-                return self.refuse(ClientError(408, message, headers={"Connection": "close"}))  # frees the connection
+                error = f"{stalled} ({config.ENV_BODY_TIMEOUT_S}): send the whole body"
+                return self.refuse(ClientError(408, error, headers={"Connection": "close"}))  # frees the connection
             if message["type"] != "http.request":
                 self.gone = True
                 self.upload_ended()

@@ -9,6 +9,7 @@ server with a message, before it is ready.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -31,7 +32,13 @@ class UnknownModel(LookupError):
 class Served:
     card: ModelCard
     default: bool
-    batcher: Batcher | None = None  # set by Registry.open, in the serving worker
+    opened: Batcher | None = None  # set by Registry.open, in the serving worker
+
+    @property
+    def batcher(self) -> Batcher:
+        if self.opened is None:
+            raise RuntimeError(f"{self.card.tag} is not loaded: Registry.open() loads the models in the serving worker")
+        return self.opened
 
     @property
     def name(self) -> str:
@@ -75,11 +82,11 @@ class Registry:
         """Load each model into ONNX Runtime behind a batcher of its own; `on_batch(tag, images, seconds)`."""
         for m in self.models:
             session = predict.open_session(bentoml.models.get(m.card.tag).path_of(store.ONNX_FILE))
-            m.batcher = Batcher(
-                lambda pixels, session=session: predict.run(session, pixels),
+            m.opened = Batcher(
+                functools.partial(predict.run, session),
                 config.MAX_BATCH_SIZE,
                 config.MAX_LATENCY_MS / 1000,
-                on_batch=lambda images, seconds, tag=m.card.tag: on_batch(tag, images, seconds),
+                on_batch=functools.partial(on_batch, m.card.tag),
             )
 
     def get(self, requested: str | None) -> Served:
@@ -94,7 +101,8 @@ class Registry:
         for m in self.models:
             if m.name == name and version in ("", LATEST):
                 return m
-        shown = requested if len(requested) <= 100 else requested[:100] + "..."  # a form field may be long
+        asked = requested or ""
+        shown = asked if len(asked) <= 100 else asked[:100] + "..."  # a form field may be long
         raise UnknownModel(f"unknown model {shown!r}: this server serves {self.served()}")
 
     def served(self) -> str:

@@ -12,11 +12,12 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import bentoml
 
 from imgserve import config
-from imgserve.serving.preprocess import ImageRejected, Preprocessing, open_image
+from imgserve.serving.preprocess import ImageRejected, Preprocessing, Size, open_image
 
 ONNX_FILE = "model.onnx"
 # BentoML's rule for a tag's name: lowercase letters, digits, '_', '-', '.', alphanumeric at both ends.
@@ -56,7 +57,7 @@ class ModelCard:
 
     @classmethod
     def from_stored(cls, stored: bentoml.Model) -> ModelCard:
-        meta = stored.info.metadata
+        meta: dict[str, Any] = dict(stored.info.metadata)
         return cls(
             tag=str(stored.tag),
             labels=list(meta["labels"]),
@@ -145,7 +146,7 @@ def save(name: str, onnx_file: Path, metadata: dict, examples: Sequence[Path] = 
     return str(entry.tag)
 
 
-def onnx_file(tag_or_path: str) -> tuple[str, int]:
+def onnx_file(tag_or_path: str) -> tuple[str, Size]:
     """The ONNX file and input size of a stored model, or of an .onnx file (the default 224) for the benchmarks."""
     if tag_or_path.endswith(".onnx"):
         return tag_or_path, Preprocessing().crop

@@ -51,7 +51,7 @@ def mount(app: Starlette, cards: list[ModelCard], classify: Classify) -> None:
     import gradio as gr
 
     gr.mount_gradio_app(
-        app,  # type: ignore[arg-type]  # Gradio uses only what Starlette has (see asgi_app)
+        app,  # Gradio uses only what Starlette has (see asgi_app)
         page(cards, classify),
         path="",
         # Where service.py mounts it. Gradio works its root out of each request, but answers that are not
@@ -176,7 +176,7 @@ def page(cards: list[ModelCard], classify: Classify) -> gr.Blocks:
         # its own error for a non-image) and re-saves any image that is not RGB. With preprocess=False
         # the callback gets the uploaded file itself, already checked to lie in Gradio's upload folder,
         # and /classify's decoder reads the very bytes the person chose.
-        run = {
+        run: dict[str, Any] = {
             "fn": on_image,
             "inputs": [image, top_k, chooser],
             "outputs": answer,
