@@ -602,14 +602,13 @@ def int8_targets(m: dict, served: list[dict], clients: int, add) -> None:
     target = "int8_served_vs_fp32_served_at_8"
     add(target, models.DEFAULT, round(ratio, 2), ratio >= TARGETS[target], detail)
     held = int8["held_back"]
-    agree = held["decided_top1_agreement"]
+    agree = held["top1_agreement"]
     add(
         "int8_top1_agreement",
         models.DEFAULT,
         agree,
         agree >= TARGETS["int8_top1_agreement"],
-        f"{held['decided_images']} held-back views (fp32 top-1 ahead by >= {held['decided_margin']}); "
-        f"{held['top1_agreement']} on all {held['images']}; largest probability difference {held['max_prob_diff']}",
+        f"{held['images']} held-back views; largest probability difference {held['max_prob_diff']}",
     )
 
 

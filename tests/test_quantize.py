@@ -18,14 +18,19 @@ from imgserve.importing import quantize
 from imgserve.serving import predict, store
 from imgserve.serving.preprocess import preprocess
 
+BLUE_LEAD = 0.2  # a logit: grey is blue at 0.38, red and green at 0.31 (photos are rarely blue: int8 that
+# loses the colour answers blue, where fp32 answers the photo's colour)
+
 
 def colour_conv(common: float, difference: float) -> nn.Module:
     """Mean colour -> red, green or blue, through a 1x1 convolution on the mean colour that int8 can or
     cannot carry.
 
     Each output channel of the convolution is `common` x (r + g + b) + `difference` x its own colour;
-    the head (float in int8 models) subtracts the mean of the three and scales by 20 / difference.
-    With common = 0 the colour fills the convolution's int8 range; with common = 1 and difference =
+    the head (float in int8 models) subtracts the mean of the three and scales by 20 / difference,
+    and gives blue a lead of BLUE_LEAD: grey photos (r = g = b; scikit-image ships many) would otherwise
+    be exact three-way ties, whose top-1 any change of arithmetic flips, and the gate counts every
+    view. With common = 0 the colour fills the convolution's int8 range; with common = 1 and difference =
     0.05 it is 1.6% of that range, 4 int8 steps: int8 scrambles the answers.
     """
     conv = nn.Conv2d(3, 3, 1)
@@ -34,7 +39,7 @@ def colour_conv(common: float, difference: float) -> nn.Module:
         conv.weight.copy_((common * torch.ones(3, 3) + difference * torch.eye(3)).view(3, 3, 1, 1))
         conv.bias.zero_()
         head.weight.copy_(20 / difference * (torch.eye(3) - 1 / 3))
-        head.bias.zero_()
+        head.bias.copy_(torch.tensor([0.0, 0.0, BLUE_LEAD]))
     return nn.Sequential(nn.AdaptiveAvgPool2d(1), conv, nn.ReLU(), nn.Flatten(), head).eval()
 
 
@@ -93,7 +98,7 @@ def test_the_gate_refuses_the_default_model_quantized_whole(default_model, tmp_p
     int8 = tmp_path / "int8.onnx"
     calibration = quantize.photo_views(split.calibration, prep)
     floats = quantize.float_nodes(onnx.load(str(source)))  # the prologue, softmax and head only
-    quantize.quantize_graph(source, int8, calibration, floats, tmp_path / "ranges.json")
+    quantize.quantize_graph(source, int8, calibration, floats)
     with pytest.raises(quantize.QuantizationRefused, match="Nothing int8 was stored") as refused:
         quantize.gate(source, int8, quantize.photo_views(split.held_back, prep))
     assert "the int8 model's top-1 agrees with the fp32 model's on " in str(refused.value)
@@ -120,7 +125,7 @@ def test_an_int8_model_that_keeps_the_answers_is_stored_beside_the_fp32_one(int8
     q = bentoml.models.get(int8_colours).info.metadata["quantization"]
     assert q["fp32_model"].startswith("colours8:") and q["int8_layers"] == q["of_layers"] == 1
     held = q["held_back"]
-    assert held["decided_top1_agreement"] >= config.QUANT_MIN_AGREEMENT and 0 <= held["max_prob_diff"] < 0.1
+    assert held["top1_agreement"] >= config.QUANT_MIN_AGREEMENT and 0 <= held["max_prob_diff"] < 0.1
     assert held["images"] == config.QUANT_VIEWS_PER_PHOTO * len(q["held_back_photos"])
     assert not set(q["held_back_photos"]) & set(q["calibration_photos"])
     graph = Path(bentoml.models.get(int8_colours).path_of(store.ONNX_FILE)).read_bytes()
