@@ -1,0 +1,208 @@
+"""Real servers for the tests and the benchmark, started and measured one way.
+
+Both start `bentoml serve` (and the benchmark its baselines) as a user would, each server in its own
+process group with its own BENTOML_HOME around the shared model store, wait for it to answer, read
+its /metrics with prometheus_client's parser and its processes' CPU and memory with psutil.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import psutil
+from prometheus_client.parser import text_string_to_metric_families
+
+from imgserve import config
+
+ROOT = Path(__file__).resolve().parents[1]  # where service.py is: `bentoml serve` runs from here
+BENTOML = str(Path(sys.executable).with_name("bentoml"))
+READY_TIMEOUT_S = 120
+STOP_TIMEOUT_S = 30
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Server:
+    """A started server: `kind` names what runs (bentoml, litserve, gradio...)."""
+
+    kind: str
+    port: int
+    process: subprocess.Popen
+    log: Path
+    ready_s: float
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def client(self, **kwargs) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=60, **kwargs)
+
+    def metric(self, name: str, model: str | None = None, headers: Mapping[str, str] | None = None) -> float:
+        """A Prometheus sample summed over its label sets, or over those of one served model (its tag)."""
+        text = httpx.get(f"{self.url}/metrics", headers=headers, timeout=10).text
+        return metric_sum(text, name, {config.METRIC_MODEL_LABEL: model} if model else {})
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")[-3000:]
+
+
+def metric_sum(text: str, name: str, labels: Mapping[str, str] | None = None) -> float:
+    """The sum of sample `name` in a Prometheus exposition over the label sets that have `labels`."""
+    wanted = dict(labels or {}).items()
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and wanted <= sample.labels.items()
+    )
+
+
+def serve_env(tags: str | list[str]) -> dict[str, str]:
+    """One tag as $CLASSIFIER_MODEL, as single-model users set it; a list (or commas) as $CLASSIFIER_MODELS."""
+    if isinstance(tags, str) and "," not in tags:
+        return {config.ENV_MODEL: tags, config.ENV_MODELS: ""}
+    return {config.ENV_MODEL: "", config.ENV_MODELS: tags if isinstance(tags, str) else ",".join(tags)}
+
+
+def own_home(path: Path) -> Path:
+    """A BENTOML_HOME of the server's own around the shared model store: `bentoml serve` empties
+    $BENTOML_HOME/prometheus_multiproc_dir as it starts, which froze the /metrics of servers already up."""
+    from imgserve.serving.bentoml_compat import model_store_dir
+
+    models = model_store_dir()
+    path.mkdir(parents=True, exist_ok=True)
+    link = path / "models"
+    if link.is_symlink() and link.resolve() != models.resolve():  # left by a run with another store
+        link.unlink()
+    if not link.exists():
+        link.symlink_to(models, target_is_directory=True)
+    return path
+
+
+def launch(
+    kind: str,
+    argv: list[str],
+    env: Mapping[str, str],
+    log: Path,
+    ready_url: str,
+    timeout_s: float = READY_TIMEOUT_S,
+    launched: Path | None = None,
+) -> Server:
+    """Start `argv` in its own process group, output to `log`; return once `ready_url` answers 200 (and
+    the file `launched` exists, for a server that writes one when up). Stopped again if it never is."""
+    port = httpx.URL(ready_url).port
+    assert port is not None, ready_url
+    start = time.perf_counter()
+    with log.open("w") as out:  # the server writes to its own copy of the file descriptor
+        process = subprocess.Popen(
+            argv, cwd=ROOT, env=dict(env), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    server = Server(kind, port, process, log, 0.0)
+    try:
+        wait_until_ready(server, ready_url, timeout_s, launched)
+    except RuntimeError:
+        stop_server(server)
+        raise
+    server.ready_s = round(time.perf_counter() - start, 2)
+    return server
+
+
+def wait_until_ready(server: Server, url: str, timeout_s: float, launched: Path | None = None) -> None:
+    """Poll `url` until it answers 200; fail with the server's output if it exits or time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise RuntimeError(f"{server.kind} exited {server.process.returncode}:\n{server.output()}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=2).status_code == 200 and (launched is None or launched.exists()):
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"{server.kind} not ready at {url} after {timeout_s} s:\n{server.output()}")
+
+
+def start_server(
+    tags: str | list[str],
+    log_dir: Path,
+    env: Mapping[str, str] | None = None,
+    kind: str = "bentoml",
+    timeout_s: float = READY_TIMEOUT_S,
+) -> Server:
+    """`bentoml serve service:ImageClassifier` of the models `tags`, with `env` over this process's."""
+    port = free_port()
+    home = own_home(log_dir / f"home-{kind}-{port}")
+    argv = [BENTOML, "serve", "service:ImageClassifier", "--host", "127.0.0.1", "--port", str(port)]
+    environ = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true", **serve_env(tags)}
+    environ.pop(config.ENV_API_KEY, None)  # an operator's key in this shell would lock the tests out
+    environ |= env or {}
+    log = log_dir / f"{kind}-{port}.log"
+    return launch(kind, argv, environ, log, f"http://127.0.0.1:{port}/readyz", timeout_s)
+
+
+def stop_server(server: Server) -> None:
+    """SIGTERM to the whole process group (workers included), SIGKILL if it lingers."""
+    try:
+        os.killpg(server.process.pid, signal.SIGCONT)  # a frozen process acts on SIGTERM only once thawed
+        os.killpg(server.process.pid, signal.SIGTERM)
+        server.process.wait(timeout=STOP_TIMEOUT_S)
+    except ProcessLookupError:
+        return
+    except subprocess.TimeoutExpired:
+        os.killpg(server.process.pid, signal.SIGKILL)
+        server.process.wait()
+
+
+@contextlib.contextmanager
+def running(tags: str | list[str], log_dir: Path, env: Mapping[str, str] | None = None) -> Iterator[Server]:
+    server = start_server(tags, log_dir, env)
+    try:
+        yield server
+    finally:
+        stop_server(server)
+
+
+def process_tree(pid: int) -> list[psutil.Process]:
+    """The process `pid` and every process below it; empty once it is gone."""
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def tree_rss_bytes(pid: int) -> int:
+    """Resident memory of a process and its descendants (shared pages counted in each: an upper bound)."""
+    total = 0
+    for process in process_tree(pid):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            total += process.memory_info().rss
+    return total
+
+
+def cpu_seconds(processes: list[psutil.Process]) -> float:
+    """User + system CPU seconds these processes have used so far."""
+    total = 0.0
+    for process in processes:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            times = process.cpu_times()
+            total += times.user + times.system
+    return total
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    return cpu_seconds(process_tree(pid))
