@@ -11,7 +11,7 @@ IMAGE ?= image-classifier:latest
 BASE_IMAGE ?=
 CONTAINERIZE_OPTS ?=
 
-.PHONY: install model serve image test lint format bench bench-smoke
+.PHONY: install model serve image test test-fast lint format bench bench-smoke
 
 # The virtual environment, with the pinned requirements and this project installed editable
 # (imgserve/, see pyproject.toml); redone when they change.
@@ -39,7 +39,7 @@ image: model
 ifdef BASE_IMAGE
 	sed -i 's|^  base_image: .*|  base_image: "$(BASE_IMAGE)"|' $(BUILD_BENTOFILE)
 endif
-	$(BIN)/python -c 'from imgserve import config, registry; \
+	$(BIN)/python -c 'from imgserve import config; from imgserve.serving import registry; \
 	tags = ",".join(m.card.tag for m in registry.Registry.from_config()); \
 	print(f"envs:\n  - name: {config.ENV_MODELS}\n    value: \"{tags}\"")' \
 	>> $(BUILD_BENTOFILE)
@@ -51,6 +51,11 @@ endif
 
 test: $(INSTALLED)
 	$(BIN)/python -m pytest
+
+# The in-process tier (README "Development"): no server, no model import, no image, under a minute.
+FAST := not serve and not model and not image and not soak and not bench and not browser
+test-fast: $(INSTALLED)
+	$(BIN)/python -m pytest -m "$(FAST)"
 
 # The benchmark (README "Performance"): about 15 minutes on 2 cores; imports the models it needs,
 # writes bench/results/bench.json and bench.png. bench-smoke: every step, tiny, numbers meaningless.

@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,7 +115,7 @@ def launch(
         )
     server = Server(kind, port, process, log, 0.0)
     try:
-        wait_until_ready(server, ready_url, timeout_s, launched)
+        wait_until_ready(ready_url, process, timeout_s, server.output, launched)
     except RuntimeError:
         stop_server(server)
         raise
@@ -123,17 +123,20 @@ def launch(
     return server
 
 
-def wait_until_ready(server: Server, url: str, timeout_s: float, launched: Path | None = None) -> None:
-    """Poll `url` until it answers 200; fail with the server's output if it exits or time runs out."""
+def wait_until_ready(
+    url: str, process: subprocess.Popen, timeout_s: float, output: Callable[[], str], launched: Path | None = None
+) -> None:
+    """Poll `url` until it answers 200 (and `launched` exists, if given); fail with the process's
+    `output()` if it exits or time runs out."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            raise RuntimeError(f"{server.kind} exited {server.process.returncode}:\n{server.output()}")
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args!r} exited {process.returncode}:\n{output()}")
         with contextlib.suppress(httpx.HTTPError):
             if httpx.get(url, timeout=2).status_code == 200 and (launched is None or launched.exists()):
                 return
         time.sleep(0.1)
-    raise RuntimeError(f"{server.kind} not ready at {url} after {timeout_s} s:\n{server.output()}")
+    raise RuntimeError(f"{url} not ready after {timeout_s} s:\n{output()}")
 
 
 def start_server(

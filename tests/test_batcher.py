@@ -70,6 +70,21 @@ async def queued(batcher: Batcher, images: int) -> None:
     raise AssertionError(f"{images} images never reached the queue ({batcher.queued_images} did)")
 
 
+async def measured(model: GatedModel, batcher: Batcher) -> None:
+    """One call through, so that the batcher knows the model's `seconds_per_image`."""
+    model.let_through()
+    await batcher(images(1))
+
+
+async def one_running_one_queued(model: GatedModel, batcher: Batcher) -> tuple[asyncio.Task, asyncio.Task]:
+    """One request held at the model's gate, one queued behind it."""
+    running = asyncio.create_task(batcher(images(2)))
+    await model.running()  # the model runs it; the queue is empty
+    waiting = asyncio.create_task(batcher(images(3)))  # an empty queue admits anything
+    await queued(batcher, 1)
+    return running, waiting
+
+
 def test_requests_arriving_while_the_model_runs_share_the_next_batch():
     model = GatedModel()
     batcher = batcher_of(model)
@@ -129,12 +144,8 @@ def test_work_past_the_latency_bound_is_shed_at_once_and_the_queue_recovers():
     batcher = batcher_of(model, max_latency_s=0.3)
 
     async def main():
-        model.let_through()
-        await batcher(images(1))  # measured: 0.2 s per image
-        running = asyncio.create_task(batcher(images(2)))
-        await model.running()  # the model runs it; the queue is empty
-        waiting = asyncio.create_task(batcher(images(3)))  # an empty queue admits anything
-        await queued(batcher, 1)
+        await measured(model, batcher)  # 0.2 s per image
+        running, waiting = await one_running_one_queued(model, batcher)
         with pytest.raises(Overloaded, match=r"the bound is 0\.3 s"):
             await batcher(images(4, 5))  # 3 images x 0.2 s predicted: past the bound, refused while the model is held
         model.let_through(2)
@@ -187,13 +198,9 @@ def test_a_caller_can_ask_before_costly_work():
     batcher = batcher_of(model, max_latency_s=0.3)
 
     async def main():
-        model.let_through()
-        await batcher(images(1))  # measured: 0.2 s per image
+        await measured(model, batcher)  # 0.2 s per image
         batcher.check(32)  # an empty queue admits any request
-        running = asyncio.create_task(batcher(images(2)))
-        await model.running()
-        waiting = asyncio.create_task(batcher(images(3)))
-        await queued(batcher, 1)
+        running, waiting = await one_running_one_queued(model, batcher)
         with pytest.raises(Overloaded):
             batcher.check(1)
         model.let_through(2)

@@ -9,7 +9,8 @@ import json
 import subprocess
 
 import pytest
-from conftest import PYTHON, ROOT
+
+from tests.helpers import PYTHON, ROOT
 
 pytestmark = [pytest.mark.serve, pytest.mark.bench]
 

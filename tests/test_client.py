@@ -18,10 +18,11 @@ from urllib.parse import urlparse
 
 import httpx
 import pytest
-from conftest import CAT_CLASSES, DATA, PYTHON, ROOT, Server, image_bytes, start_server, stop_server
 
 from imgserve import config
 from imgserve.client import cli as client
+from imgserve.testing import Server, start_server, stop_server
+from tests.helpers import CAT_CLASSES, DATA, PYTHON, ROOT, image_bytes
 
 KEY = "test-key-7"
 IN_FLIGHT = 2  # the guarded server's bound on requests in progress (and on uploads), before it answers 503
@@ -246,8 +247,10 @@ def test_a_server_that_sheds_load_is_retried_until_every_image_is_classified(gua
     out = tmp_path / "results.csv"
     auth = {"Authorization": f"Bearer {KEY}"}
     with uploads_held_open(guarded_server, IN_FLIGHT):
-        time.sleep(0.3)
+        deadline = time.monotonic() + 30
         probe = httpx.post(f"{guarded_server.url}/classify", headers=auth, files={"images": image_bytes()})
+        while probe.status_code != 503 and time.monotonic() < deadline:  # until the held uploads are counted
+            probe = httpx.post(f"{guarded_server.url}/classify", headers=auth, files={"images": image_bytes()})
         assert probe.status_code == 503 and probe.headers["Retry-After"] == str(config.RETRY_AFTER_S)
         shed = classify_requests(guarded_server, auth, "503")
         proc = subprocess.Popen(

@@ -6,9 +6,10 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, start_server
 
 from imgserve import config
+from imgserve.testing import start_server
+from tests.helpers import ROOT
 
 
 @pytest.mark.parametrize(

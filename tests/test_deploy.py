@@ -9,10 +9,10 @@ import subprocess
 import httpx
 import pytest
 import yaml
-from conftest import ROOT
 
 from imgserve import config
 from imgserve.serving import bentoml_compat
+from tests.helpers import ROOT
 
 DEPLOY = ROOT / "deploy"
 SERVING_PORT = bentoml_compat.serving_port()  # what `bentoml serve` listens on in the image

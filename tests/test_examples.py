@@ -7,10 +7,12 @@ from pathlib import Path
 
 import bentoml
 import pytest
-from conftest import DATA, EXAMPLE_PHOTOS, image_bytes, run_import
 
 from imgserve import config
 from imgserve.serving import store
+from tests.helpers import DATA, EXAMPLE_PHOTOS, image_bytes, run_import
+
+pytestmark = pytest.mark.model  # each test imports a real model, in a process of its own
 
 
 def card_of(tag: str) -> store.ModelCard:

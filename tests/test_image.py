@@ -27,9 +27,10 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from conftest import CAT_CLASSES, COLOURS, DATA, ROOT, free_port, image_bytes, serve_env, wait_until_ready
 
 from imgserve.serving import bentoml_compat, store
+from imgserve.testing import free_port, serve_env, wait_until_ready
+from tests.helpers import CAT_CLASSES, COLOURS, DATA, ROOT, image_bytes
 
 pytestmark = pytest.mark.image
 

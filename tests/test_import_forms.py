@@ -18,13 +18,16 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from conftest import DATA, ROOT, imported_tag, run_import, sensitive, start_server, stop_server
 from PIL import Image
-from researcher_code import At128, Digits, Net, resnet18_with_new_head
 from torch import nn
 from torchvision import transforms as T
 
 from imgserve import config
+from imgserve.testing import start_server, stop_server
+from tests.helpers import DATA, ROOT, imported_tag, run_import, sensitive
+from tests.researcher_code import At128, Digits, Net, resnet18_with_new_head
+
+pytestmark = pytest.mark.model  # each test imports a real model, in a process of its own
 
 CODE = "tests/researcher_code.py"  # as a user names their own file, relative to where they run the import
 IMAGENET = T.Normalize(config.IMAGENET_MEAN, config.IMAGENET_STD)

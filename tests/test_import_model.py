@@ -12,13 +12,25 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from conftest import CAT_CLASSES, COLOURS, DATA, ROOT, colour_module, image_bytes, imported_tag, run_import, sensitive
 from torch import nn
 
 from imgserve import config
 from imgserve.importing import convert, loading
 from imgserve.serving import predict, store
 from imgserve.serving.preprocess import Preprocessing, preprocess
+from tests.helpers import (
+    CAT_CLASSES,
+    COLOURS,
+    DATA,
+    ROOT,
+    colour_module,
+    image_bytes,
+    imported_tag,
+    run_import,
+    sensitive,
+)
+
+pytestmark = pytest.mark.model  # each test imports a real model, in a process of its own
 
 
 @pytest.fixture
@@ -290,7 +302,7 @@ def test_a_wrong_torchvision_arch_names_the_right_one(tmp_path):
 
 
 def test_a_changed_head_under_a_torchvision_name_shows_the_builder_to_write(tmp_path):
-    from researcher_code import resnet18_with_new_head
+    from tests.researcher_code import resnet18_with_new_head
 
     path = tmp_path / "birds.pth"
     torch.save(resnet18_with_new_head(5).state_dict(), path)
@@ -302,7 +314,7 @@ def test_a_changed_head_under_a_torchvision_name_shows_the_builder_to_write(tmp_
 
 
 def test_an_own_class_with_other_arguments_is_told_the_arch_kwargs(tmp_path):
-    from researcher_code import Net
+    from tests.researcher_code import Net
 
     path = tmp_path / "cells.pth"
     torch.save(Net(num_classes=4).state_dict(), path)
@@ -324,7 +336,7 @@ def test_an_own_file_that_fails_is_reported_as_its_error(tmp_path):
 
 
 def test_a_model_that_refuses_the_size_is_told_to_set_crop(tmp_path):
-    from researcher_code import At128
+    from tests.researcher_code import At128
 
     path = tmp_path / "plankton.pth"
     torch.save(At128().state_dict(), path)
@@ -351,7 +363,7 @@ def test_a_pt2_that_holds_pickled_code_needs_trust(tmp_path):
     """A .pt2 whose weights were written with pickle: loading it runs what the pickle names."""
     import zipfile
 
-    from researcher_code import Net
+    from tests.researcher_code import Net
 
     path = tmp_path / "net.pt2"
     torch.export.save(torch.export.export(Net(num_classes=3).eval(), (torch.randn(1, 3, 64, 64),)), path)
@@ -370,8 +382,9 @@ def test_a_pt2_that_holds_pickled_code_needs_trust(tmp_path):
 def test_the_faithfulness_gate_refuses_a_model_the_server_would_answer_differently(tmp_path, real_photos):
     """Resizing a tensor without antialiasing cannot be served exactly (the server resamples with Pillow,
     antialiased): on a model whose answers follow the photo, answers move, and the import says so."""
-    from researcher_code import Net
     from torchvision import transforms as T
+
+    from tests.researcher_code import Net
 
     model = sensitive(
         lambda: Net(num_classes=4), T.Compose([T.ToTensor(), T.Resize((64, 64), antialias=False)]), False, 7

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import DATA, ROOT, start_server, stop_server, tree_rss_bytes
 
 from imgserve import config
+from imgserve.testing import start_server, stop_server, tree_rss_bytes
+from tests.helpers import DATA, ROOT
 
 pytestmark = [pytest.mark.serve, pytest.mark.soak]
 

@@ -16,11 +16,12 @@ import bentoml
 import httpx
 import numpy as np
 import pytest
-from conftest import BENTOML, CAT_CLASSES, COLOURS, DATA, ROOT, free_port, image_bytes, serve_env
 
 from imgserve import config
 from imgserve.serving import registry, store
 from imgserve.serving.batcher import Overloaded
+from imgserve.testing import BENTOML, free_port, serve_env
+from tests.helpers import CAT_CLASSES, COLOURS, DATA, ROOT, image_bytes
 
 RGB = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255)}
 PHOTOS = ["cat.jpg", "coffee.jpg", "rocket.jpg"]

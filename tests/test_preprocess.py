@@ -6,10 +6,10 @@ import io
 
 import numpy as np
 import pytest
-from conftest import DATA, image_bytes
 from PIL import Image
 
 from imgserve.serving.preprocess import ImageRejected, Preprocessing, open_image, preprocess
+from tests.helpers import DATA, image_bytes
 
 PREP = Preprocessing(resize=32, crop=32)
 

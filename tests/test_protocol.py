@@ -15,11 +15,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import CAT_CLASSES, DATA, image_bytes, start_server, stop_server, tree_rss_bytes
 
 from imgserve import config
 from imgserve.serving.errors import ERROR_ANSWERS, ERROR_SCHEMA, MODEL_QUEUE_FULL, TOO_MANY_IN_FLIGHT
 from imgserve.serving.form import HOW_TO_SEND
+from imgserve.testing import start_server, stop_server, tree_rss_bytes
+from tests.helpers import CAT_CLASSES, DATA, image_bytes
 
 pytestmark = pytest.mark.serve
 

@@ -10,13 +10,16 @@ import numpy as np
 import pytest
 import skimage.data
 import torch
-from conftest import COLOURS, DATA, image_bytes, imported_tag, run_import, start_server, stop_server
 from torch import nn
 
 from imgserve import config
 from imgserve.importing import quantize
 from imgserve.serving import predict, store
 from imgserve.serving.preprocess import preprocess
+from imgserve.testing import start_server, stop_server
+from tests.helpers import COLOURS, DATA, image_bytes, imported_tag, run_import
+
+pytestmark = pytest.mark.model  # each test imports a real model, in a process of its own
 
 BLUE_LEAD = 0.2  # a logit: grey is blue at 0.38, red and green at 0.31 (photos are rarely blue: int8 that
 # loses the colour answers blue, where fp32 answers the photo's colour)

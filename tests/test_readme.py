@@ -15,10 +15,11 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
-from conftest import BENTOML, CAT_CLASSES, PYTHON, ROOT, imported_tag, serve_env
 
 from imgserve import config
 from imgserve.importing import cli as import_model
+from imgserve.testing import BENTOML, serve_env
+from tests.helpers import CAT_CLASSES, PYTHON, ROOT, imported_tag
 
 README = (ROOT / "README.md").read_text()
 
@@ -99,9 +100,10 @@ def test_the_folder_example_writes_the_rows_shown_and_resume_sends_nothing_twice
     assert len(list(csv.DictReader(io.StringIO(out.read_text())))) == 3
 
 
+@pytest.mark.model
 def test_the_import_examples_run_as_written(tmp_path):
     """The README's file names, with small models of the same kinds standing in for real ones."""
-    from researcher_code import Digits, Net
+    from tests.researcher_code import Digits, Net
 
     (tmp_path / "mynet.py").write_text((ROOT / "tests" / "researcher_code.py").read_text())
     torch.save(torchvision.models.resnet18(num_classes=3).state_dict(), tmp_path / "birds_resnet18.pth")
@@ -128,8 +130,9 @@ def test_the_import_examples_run_as_written(tmp_path):
         assert imported_tag(result).startswith(f"{name}:")
 
 
+@pytest.mark.model
 def test_the_import_summary_shown_is_what_an_import_prints(tmp_path):
-    from researcher_code import Digits
+    from tests.researcher_code import Digits
 
     [shown] = [b for b in re.findall(r"```\n(stored .*?)```", README, flags=re.S)]
     (tmp_path / "mynet.py").write_text((ROOT / "tests" / "researcher_code.py").read_text())
@@ -154,6 +157,16 @@ def test_the_options_table_lists_every_import_option():
     assert parser_options - {"--help", "--list-archs"} == table
 
 
+def test_the_development_layout_names_every_module_and_nothing_that_is_gone():
+    layout = re.search(r"## Development\n.*?```\n(.*?)```", README, flags=re.S)
+    assert layout, "README 'Development' has no layout block"
+    listed = {line.split()[0] for line in layout.group(1).splitlines() if line.strip()}
+    missing = [name for name in listed if not (ROOT / name).exists()]
+    assert not missing, f"the layout names what is not there: {missing}"
+    modules = {str(p.relative_to(ROOT)) for p in (ROOT / "imgserve").rglob("*.py") if p.name != "__init__.py"}
+    assert modules <= listed, f"modules the layout does not name: {sorted(modules - listed)}"
+
+
 def test_the_configuration_table_lists_every_environment_variable():
     documented = set(re.findall(r"^\| `([A-Z_]+)` \|", README, flags=re.M))
     in_config = {v for k, v in vars(config).items() if k.startswith("ENV_")}
@@ -168,9 +181,10 @@ def test_bentoml_build_packs_every_served_model_and_no_torch(default_model, colo
     bento = bentoml.get("image-classifier:latest")
     assert {str(m.tag) for m in bento.info.all_models} == {default_model, colour_model}
     src = Path(bento.path_of("src"))
-    assert (src / "service.py").is_file() and (src / "imgserve" / "preprocess.py").is_file()
-    assert not (src / "imgserve" / "convert.py").exists() and not (src / "tests").exists()
-    assert not (src / "imgserve" / "quantize.py").exists()  # import side: onnx and its calibration photos
+    assert (src / "service.py").is_file() and (src / "imgserve" / "serving" / "preprocess.py").is_file()
+    packed = {p.name for p in (src / "imgserve").iterdir()}
+    assert packed == {"__init__.py", "config.py", "serving"}, packed  # no importing/ (torch), client/, testing.py
+    assert not (src / "tests").exists() and not (src / "bench").exists()
     for name in ("requirements.txt", "requirements.lock.txt"):  # what the image installs: no torch package
         lines = Path(bento.path_of(f"env/python/{name}")).read_text().splitlines()
         packages = {re.split(r"[=<>~\[ ]", line.strip(), maxsplit=1)[0].lower() for line in lines}

@@ -9,9 +9,9 @@ from pathlib import Path
 import bentoml
 import httpx
 import pytest
-from conftest import CAT_CLASSES, DATA, image_bytes
 
 from imgserve import config
+from tests.helpers import CAT_CLASSES, DATA, image_bytes
 
 pytestmark = pytest.mark.serve
 

@@ -7,7 +7,6 @@ import io
 import numpy as np
 import pytest
 import torch
-from conftest import DATA
 from PIL import Image
 from torchvision import transforms as T
 from torchvision.transforms import v2
@@ -15,6 +14,7 @@ from torchvision.transforms import v2
 from imgserve.importing import faithful
 from imgserve.importing.transforms import TransformsRefused, parse, to_preprocessing
 from imgserve.serving.preprocess import Preprocessing, preprocess
+from tests.helpers import DATA
 
 
 def prep_of(text: str, channels: int | None = 3) -> Preprocessing:

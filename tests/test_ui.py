@@ -16,12 +16,12 @@ from urllib.parse import urlsplit
 
 import bentoml
 import pytest
-from conftest import CAT_CLASSES, COLOURS, DATA, EXAMPLE_PHOTOS, ROOT, image_bytes
 
 from imgserve import config
 from imgserve.serving import docs, store
 from imgserve.serving.preprocess import Preprocessing
 from imgserve.serving.ui import about, confidences
+from tests.helpers import CAT_CLASSES, COLOURS, DATA, EXAMPLE_PHOTOS, ROOT, image_bytes
 
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's; a test tool's own browser download does not work here
 CHROMIUM_ARGS = [

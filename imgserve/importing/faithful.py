@@ -27,9 +27,17 @@ from imgserve.serving.preprocess import ImageRejected, Preprocessing, preprocess
 
 @dataclass(frozen=True)
 class Agreement:
-    photos: int
+    """Two pipelines' answers on the same images: top-1 the same on how many, the largest probability gap."""
+
+    photos: int  # images compared: photos, or views of photos (the int8 gate)
     top1_agree: int
     max_prob_diff: float
+
+    @classmethod
+    def between(cls, reference: np.ndarray, probs: np.ndarray) -> Agreement:
+        """Of two (images, classes) arrays of probabilities."""
+        same = reference.argmax(1) == probs.argmax(1)
+        return cls(len(reference), int(same.sum()), float(np.abs(reference - probs).max()))
 
     @property
     def fraction(self) -> float:

@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from imgserve import config
+from imgserve.importing.faithful import Agreement
 from imgserve.serving import predict, store
 from imgserve.serving.preprocess import Preprocessing, resize_crop
 
@@ -64,27 +65,6 @@ class QuantizationRefused(Exception):
 class Photo:
     name: str  # where it came from, e.g. "skimage/astronaut.png"
     image: Image.Image  # RGB, upright
-
-
-@dataclass
-class Agreement:
-    """How the int8 model's answers compare with the fp32 model's on a set of images."""
-
-    images: int
-    top1_same: int
-    max_prob_diff: float
-
-    @property
-    def share(self) -> float:
-        """The gated figure: the share of images whose top-1 is the same."""
-        return self.top1_same / self.images if self.images else 0.0
-
-    def to_dict(self) -> dict:
-        return {
-            "images": self.images,
-            "top1_agreement": round(self.share, 4),
-            "max_prob_diff": round(self.max_prob_diff, 4),
-        }
 
 
 def package_photos() -> list[Path]:
@@ -179,13 +159,6 @@ def split_photos(photos: list[Photo]) -> PhotoSplit:
     return PhotoSplit([photos[i] for i in order[:half]], [photos[i] for i in order[half:]])
 
 
-def agreement(reference: np.ndarray, probs: np.ndarray) -> Agreement:
-    same = reference.argmax(1) == probs.argmax(1)
-    return Agreement(
-        images=len(reference), top1_same=int(same.sum()), max_prob_diff=float(np.abs(reference - probs).max())
-    )
-
-
 def probabilities(onnx_path: Path | str, inputs: np.ndarray) -> np.ndarray:
     """The model's output for `inputs`, in served batches (the import opens dozens of sessions: quietly)."""
     with quiet(predict.log):
@@ -262,15 +235,20 @@ def quantize_graph(source: Path, destination: Path, calibration: np.ndarray, kee
 
 def gate(fp32: Path, int8: Path, held_back: np.ndarray) -> dict:
     """The int8 model's answers on the held-back views against the fp32 model's; refused below the bar."""
-    result = agreement(probabilities(fp32, held_back), probabilities(int8, held_back))
-    log.info("int8 on the held-back views: %s", result.to_dict())
-    if result.share < config.QUANT_MIN_AGREEMENT:
+    result = Agreement.between(probabilities(fp32, held_back), probabilities(int8, held_back))
+    shown = {
+        "images": result.photos,
+        "top1_agreement": round(result.fraction, 4),
+        "max_prob_diff": round(result.max_prob_diff, 4),
+    }
+    log.info("int8 on the held-back views: %s", shown)
+    if result.fraction < config.QUANT_MIN_AGREEMENT:
         raise QuantizationRefused(
-            f"the int8 model's top-1 agrees with the fp32 model's on {result.top1_same} of {result.images} "
-            f"held-back views ({result.share:.2%}), {config.QUANT_MIN_AGREEMENT:.0%} required; largest probability "
+            f"the int8 model's top-1 agrees with the fp32 model's on {result.top1_agree} of {result.photos} "
+            f"held-back views ({result.fraction:.2%}), {config.QUANT_MIN_AGREEMENT:.0%} required; largest probability "
             f"difference {result.max_prob_diff:.3f}. Nothing int8 was stored"
         )
-    return result.to_dict()
+    return shown
 
 
 def photo_views(photos: list[Photo], prep: Preprocessing) -> np.ndarray:
