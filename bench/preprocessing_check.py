@@ -18,9 +18,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-import import_model  # noqa: E402
 from imgserve import config  # noqa: E402
-from imgserve.importing import convert, loading  # noqa: E402
+from imgserve.importing import cli, convert, loading  # noqa: E402
 from imgserve.serving.preprocess import Preprocessing, preprocess  # noqa: E402
 
 SKIMAGE = Path(skimage.data.__file__).parent
@@ -36,9 +35,9 @@ CANDIDATES = {
 
 
 def main() -> None:
-    weights = import_model.default_model_args()[0]
+    weights = cli.default_model_args()[0]
     model = loading.load_model(Path(weights), config.DEFAULT_ARCH).module
-    labels = import_model.imagenet_labels()
+    labels = cli.imagenet_labels()
     for name, (mean, std, resize, interpolation) in CANDIDATES.items():
         prep = Preprocessing(resize=resize, crop=224, mean=mean, std=std, interpolation=interpolation)
         packaged = convert.Packaged(model, prep, apply_softmax=True).eval()
