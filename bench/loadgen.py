@@ -22,7 +22,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import procstat
+from bench import procstat
 
 BOUNDARY = uuid.uuid4().hex
 CONNECT_TIMEOUT_S = 10

@@ -1,6 +1,6 @@
 """Where a served request's CPU goes: the server's processes against the same work in process.
 
-    BENTOML_HOME=... python bench/overhead.py [TAG] > bench/results/overhead.txt
+    BENTOML_HOME=... python -m bench.overhead [TAG] > bench/results/overhead.txt
 
 Sends one photo at a time (a small one, then a ~12 MP one) to a fresh `bentoml serve` and reads
 from /proc how much CPU each server process spent per request; then times the same work in this
@@ -22,16 +22,11 @@ from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-import photos as bench_photos  # noqa: E402
-import procstat  # noqa: E402
-import run  # noqa: E402
-
-from imgserve import config  # noqa: E402
-from imgserve.serving import predict, store  # noqa: E402
-from imgserve.serving.preprocess import preprocess  # noqa: E402
+from bench import photos as bench_photos
+from bench import procstat, run
+from imgserve import config
+from imgserve.serving import predict, store
+from imgserve.serving.preprocess import preprocess
 
 REQUESTS = 60
 

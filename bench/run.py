@@ -1,7 +1,7 @@
 """`make bench`: the served throughput and latency against the limits and the alternatives, in one run.
 
-    BENTOML_HOME=... python bench/run.py            # full run (about 15 minutes on 2 cores)
-    BENTOML_HOME=... python bench/run.py --smoke    # every step, tiny: checks the benchmark works
+    BENTOML_HOME=... python -m bench.run            # full run (about 15 minutes on 2 cores)
+    BENTOML_HOME=... python -m bench.run --smoke    # every step, tiny: checks the benchmark works
 
 For each model (the default EfficientNet-Lite0 and a heavy VGG-11 with random weights):
 1. in-process limits: the model alone at each batch size; decode + preprocess + model in one
@@ -40,21 +40,14 @@ from pathlib import Path
 
 import httpx
 
+from bench import inprocess, loadgen, models, plot, preprocess_speed, procstat
+from bench import photos as bench_photos
+from imgserve import config
+from imgserve.serving import predict, store
+from imgserve.serving.preprocess import preprocess
+
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(BENCH))
-import inprocess  # noqa: E402
-import loadgen  # noqa: E402
-import models  # noqa: E402
-import photos as bench_photos  # noqa: E402
-import plot  # noqa: E402
-import preprocess_speed  # noqa: E402
-import procstat  # noqa: E402
-
-from imgserve import config  # noqa: E402
-from imgserve.serving import predict, store  # noqa: E402
-from imgserve.serving.preprocess import preprocess  # noqa: E402
 
 BIN = Path(sys.executable).parent
 READY_TIMEOUT_S = 180
@@ -201,10 +194,10 @@ def start(kind: str, tag: str, log_dir: Path) -> Server:
             env[config.ENV_MAX_BATCH_SIZE] = "1"
         env["BENTOML_HOME"] = str(own_home(log_dir / f"home-{kind}"))
     elif kind == "litserve":
-        argv, ready_path = [sys.executable, str(BENCH / "baselines" / "litserve_app.py"), tag, str(port)], "/health"
+        argv, ready_path = [sys.executable, "-m", "bench.baselines.litserve_app", tag, str(port)], "/health"
     elif kind == "gradio":
         launched = log_dir / f"{kind}-{port}.launched"
-        argv = [sys.executable, str(BENCH / "baselines" / "gradio_app.py"), tag, str(port), str(launched)]
+        argv = [sys.executable, "-m", "bench.baselines.gradio_app", tag, str(port), str(launched)]
         ready_path = "/"
     else:
         raise ValueError(kind)
