@@ -606,7 +606,9 @@ def run(plans: dict[str, ModelPlan], out_dir: Path, mode: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m bench.run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--smoke", action="store_true", help="every step, tiny: seconds, numbers meaningless")
     p.add_argument("--out", type=Path, help="output folder (default: bench/results)")
     p.add_argument("--models", nargs="+", help=f"only these of {list(FULL)}")
