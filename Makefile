@@ -60,10 +60,10 @@ test-fast: $(INSTALLED)
 # The benchmark (README "Performance"): about 15 minutes on 2 cores; imports the models it needs,
 # writes bench/results/bench.json and bench.png. bench-smoke: every step, tiny, numbers meaningless.
 bench: model
-	$(BIN)/python bench/run.py
+	$(BIN)/python -m bench.run
 
 bench-smoke: model
-	$(BIN)/python bench/run.py --smoke
+	$(BIN)/python -m bench.run --smoke
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check .

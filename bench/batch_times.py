@@ -1,7 +1,7 @@
 """Time the stored model alone at each batch size: the curve MAX_BATCH_SIZE and MAX_LATENCY_MS come from.
 
-    BENTOML_HOME=... python bench/batch_times.py [TAG]
-    python bench/batch_times.py int8.onnx   # an ONNX file not (or not yet) in the store, 224 x 224 input
+    BENTOML_HOME=... python -m bench.batch_times [TAG]
+    python -m bench.batch_times int8.onnx   # an ONNX file not (or not yet) in the store, 224 x 224 input
 
 Prints median milliseconds per batch and images/s for batch sizes 1..32 with ONNX Runtime,
 as the service runs it (same session options, same threads).
@@ -12,11 +12,9 @@ from __future__ import annotations
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from imgserve import config
 from imgserve.serving import predict, store
 

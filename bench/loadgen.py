@@ -6,7 +6,7 @@ answer is read by its Content-Length and checked by a substring search for the e
 label, so a request costs the generator a few socket calls and no parsing. Gradio is called
 through its documented HTTP API (upload, call, event stream) on the same connections.
 
-While a level runs, a sampler reads the server's process tree from /proc (CPU, peak resident
+While a level runs, a sampler reads the server's process tree with psutil (CPU, peak resident
 memory) and the generator's own CPU from getrusage, so both are reported next to the result.
 """
 
@@ -22,7 +22,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import procstat
+from imgserve import testing
 
 BOUNDARY = uuid.uuid4().hex
 CONNECT_TIMEOUT_S = 10
@@ -207,15 +207,15 @@ class Sampler:
     cpu: dict[str, float] = field(default_factory=dict)
 
     def snapshot(self, label: str) -> None:
-        pids = procstat.tree(self.server_pid)
-        self.cpu[f"server_{label}"] = procstat.cpu_seconds(pids)
+        processes = testing.process_tree(self.server_pid)
+        self.cpu[f"server_{label}"] = testing.cpu_seconds(processes)
         usage = resource.getrusage(resource.RUSAGE_SELF)
         self.cpu[f"gen_{label}"] = usage.ru_utime + usage.ru_stime
         self.cpu[f"t_{label}"] = time.perf_counter()
-        self.peak_rss = max(self.peak_rss, procstat.rss_bytes(pids))
+        self.peak_rss = max(self.peak_rss, testing.rss_bytes(processes))
 
     def memory(self) -> None:
-        self.peak_rss = max(self.peak_rss, procstat.rss_bytes(procstat.tree(self.server_pid)))
+        self.peak_rss = max(self.peak_rss, testing.tree_rss_bytes(self.server_pid))
 
     def cores(self, who: str) -> float:
         return (self.cpu[f"{who}_end"] - self.cpu[f"{who}_start"]) / (self.cpu["t_end"] - self.cpu["t_start"])

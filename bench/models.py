@@ -69,10 +69,9 @@ def torch_model(card):
     """The torch module behind a stored benchmark model: same weights, logits out."""
     arch = card.metadata["arch"]
     if arch == DEFAULT:
-        import import_model
-        from imgserve.importing import loading
+        from imgserve.importing import cli, loading
 
-        weights = Path(import_model.default_model_args()[0])
+        weights = Path(cli.default_model_args()[0])
         return loading.load_model(weights, DEFAULT).module
     if arch == HEAVY_ARCH:
         return heavy_module()

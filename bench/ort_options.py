@@ -1,7 +1,7 @@
 """ONNX Runtime session options, measured: which ones change the model's speed on this machine?
 
-    BENTOML_HOME=... python bench/ort_options.py [TAG] > bench/results/ort_options.txt
-    python bench/ort_options.py int8.onnx   # an ONNX file not (or not yet) in the store, 224 x 224 input
+    BENTOML_HOME=... python -m bench.ort_options [TAG] > bench/results/ort_options.txt
+    python -m bench.ort_options int8.onnx   # an ONNX file not (or not yet) in the store, 224 x 224 input
 
 For each option set: milliseconds per model call at batch 1, 4 and 8 (median wall time), and the
 CPU time the process spent per call (user + system, all threads). Spinning threads show up as
@@ -24,7 +24,6 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from imgserve import config
 from imgserve.serving import predict, store
 

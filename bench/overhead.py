@@ -1,9 +1,9 @@
 """Where a served request's CPU goes: the server's processes against the same work in process.
 
-    BENTOML_HOME=... python bench/overhead.py [TAG] > bench/results/overhead.txt
+    BENTOML_HOME=... python -m bench.overhead [TAG] > bench/results/overhead.txt
 
 Sends one photo at a time (a small one, then a ~12 MP one) to a fresh `bentoml serve` and reads
-from /proc how much CPU each server process spent per request; then times the same work in this
+(psutil) how much CPU each server process spent per request; then times the same work in this
 process: `preprocess` (this thread's CPU) and the model call (the process's CPU, ONNX Runtime's
 threads included). What the server spends beyond that is the cost of serving: HTTP, multipart
 parsing, temporary files, middleware, JSON, batching, logging.
@@ -21,33 +21,29 @@ import time
 from pathlib import Path
 
 import httpx
+import psutil
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-import photos as bench_photos  # noqa: E402
-import procstat  # noqa: E402
-import run  # noqa: E402
-
-from imgserve import config  # noqa: E402
-from imgserve.serving import predict, store  # noqa: E402
-from imgserve.serving.preprocess import preprocess  # noqa: E402
+from bench import photos as bench_photos
+from imgserve import config, testing
+from imgserve.serving import predict, store
+from imgserve.serving.preprocess import preprocess
 
 REQUESTS = 60
 
 
-def worker_pids(server: run.Server) -> dict[str, int]:
-    pids = {}
-    for pid in procstat.tree(server.process.pid):
+def workers(server: testing.Server) -> dict[str, psutil.Process]:
+    """The server's processes by role: "bentoml serve" and each service's worker (its --service-name)."""
+    found = {}
+    for process in testing.process_tree(server.process.pid):
         try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
+            argv = process.cmdline()
+        except psutil.NoSuchProcess:
             continue
-        if b"--service-name" in argv:
-            pids[argv[argv.index(b"--service-name") + 1].decode()] = pid
-        elif pid == server.process.pid:
-            pids["bentoml serve"] = pid
-    return pids
+        if "--service-name" in argv:
+            found[argv[argv.index("--service-name") + 1]] = process
+        elif process.pid == server.process.pid:
+            found["bentoml serve"] = process
+    return found
 
 
 def temp_file_ms(data: bytes) -> float:
@@ -92,20 +88,20 @@ def main() -> None:
         in_process[name] = (decode * 1000, model * 1000, temp_file_ms(data))
     del session
 
-    server = run.start("bentoml", tag, Path(os.environ.get("TMPDIR", "/tmp")))
+    server = testing.start_server(tag, Path(os.environ.get("TMPDIR", "/tmp")))
     try:
-        pids = worker_pids(server)
+        processes = workers(server)
         with httpx.Client(base_url=server.url, timeout=60) as client:
             for name, photo in chosen.items():
                 files = [("images", (f"{name}.jpg", photo.data, "image/jpeg"))]
                 for _ in range(10):
                     client.post("/classify", files=files)
-                before = {k: procstat.cpu_seconds([p]) for k, p in pids.items()}
+                before = {k: testing.cpu_seconds([p]) for k, p in processes.items()}
                 t0 = time.perf_counter()
                 for _ in range(REQUESTS):
                     client.post("/classify", files=files).raise_for_status()
                 wall = (time.perf_counter() - t0) / REQUESTS * 1000
-                spent = {k: (procstat.cpu_seconds([p]) - before[k]) / REQUESTS * 1000 for k, p in pids.items()}
+                spent = {k: (testing.cpu_seconds([p]) - before[k]) / REQUESTS * 1000 for k, p in processes.items()}
                 decode, model, temp_file = in_process[name]
                 served = sum(spent.values())
                 print(
@@ -117,7 +113,7 @@ def main() -> None:
                     f"\n  of which the temporary file (write, read back, remove): {temp_file:.2f} ms (median)"
                 )
     finally:
-        run.stop(server)
+        testing.stop_server(server)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """bench.json -> bench.png: throughput and p99 latency against concurrency, one column per model.
 
-python bench/plot.py [bench/results/bench.json]
+python -m bench.plot [bench/results/bench.json]
 """
 
 from __future__ import annotations

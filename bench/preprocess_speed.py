@@ -1,6 +1,6 @@
 """Our preprocessing against the textbook torchvision path: time per image, and the answers.
 
-    BENTOML_HOME=... python bench/preprocess_speed.py [TAG]
+    BENTOML_HOME=... python -m bench.preprocess_speed [TAG]
 
 Textbook: full decode, Resize(256), CenterCrop(224), ToTensor, Normalize, as the tutorials write
 it. Ours: imgserve.serving.preprocess (draft-mode JPEG decode, one uint8 resample of the crop box only,
@@ -20,17 +20,14 @@ import json
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-import photos as bench_photos  # noqa: E402
-
-from imgserve.serving import predict  # noqa: E402
-from imgserve.serving.preprocess import Preprocessing, preprocess  # noqa: E402
+from bench import models
+from bench import photos as bench_photos
+from imgserve import config
+from imgserve.serving import predict, store
+from imgserve.serving.preprocess import Preprocessing, preprocess
 
 # Largest difference of any class probability allowed between the two paths. Measured: up to 0.019
 # on the 12 MP photos (the draft decode's DCT-domain downscale is a box filter, the full decode's
@@ -115,10 +112,6 @@ def compare(all_photos: list[bench_photos.Photo], prep: Preprocessing, session, 
 
 def main() -> None:
     import bentoml
-    import models
-
-    from imgserve import config
-    from imgserve.serving import store
 
     tag = sys.argv[1] if len(sys.argv) > 1 else config.model_tag()
     entry = bentoml.models.get(tag)

@@ -1,6 +1,6 @@
 """Which preprocessing do the default model's weights expect? Measured, not guessed.
 
-    python bench/preprocessing_check.py
+    python -m bench.preprocessing_check
 
 Runs EfficientNet-Lite0 (torch, before export) on real photos under each candidate
 normalisation and resize recipe, and prints the top-1 class and its probability. The
@@ -10,19 +10,16 @@ right recipe is the one under which the photos get their right classes most conf
 from __future__ import annotations
 
 import statistics
-import sys
 from pathlib import Path
 
 import skimage.data
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-import import_model  # noqa: E402
-from imgserve import config  # noqa: E402
-from imgserve.importing import convert, loading  # noqa: E402
-from imgserve.serving.preprocess import Preprocessing, preprocess  # noqa: E402
+from imgserve import config
+from imgserve.importing import cli, convert, loading
+from imgserve.serving.preprocess import Preprocessing, preprocess
 
+ROOT = Path(__file__).resolve().parents[1]
 SKIMAGE = Path(skimage.data.__file__).parent
 PHOTOS = [*sorted((ROOT / "data").glob("*.jpg")), SKIMAGE / "astronaut.png", SKIMAGE / "motorcycle_left.png"]
 CANDIDATES = {
@@ -36,9 +33,9 @@ CANDIDATES = {
 
 
 def main() -> None:
-    weights = import_model.default_model_args()[0]
+    weights = cli.default_model_args()[0]
     model = loading.load_model(Path(weights), config.DEFAULT_ARCH).module
-    labels = import_model.imagenet_labels()
+    labels = cli.imagenet_labels()
     for name, (mean, std, resize, interpolation) in CANDIDATES.items():
         prep = Preprocessing(resize=resize, crop=224, mean=mean, std=std, interpolation=interpolation)
         packaged = convert.Packaged(model, prep, apply_softmax=True).eval()

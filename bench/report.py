@@ -1,6 +1,6 @@
 """bench.json -> the Markdown tables of the README's "Performance" section.
 
-python bench/report.py [bench/results/bench.json]
+python -m bench.report [bench/results/bench.json]
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """`make bench`: the served throughput and latency against the limits and the alternatives, in one run.
 
-    BENTOML_HOME=... python bench/run.py            # full run (about 15 minutes on 2 cores)
-    BENTOML_HOME=... python bench/run.py --smoke    # every step, tiny: checks the benchmark works
+    BENTOML_HOME=... python -m bench.run            # full run (about 15 minutes on 2 cores)
+    BENTOML_HOME=... python -m bench.run --smoke    # every step, tiny: checks the benchmark works
 
 For each model (the default EfficientNet-Lite0 and a heavy VGG-11 with random weights):
 1. in-process limits: the model alone at each batch size; decode + preprocess + model in one
@@ -28,35 +28,25 @@ import json
 import os
 import platform
 import signal
-import socket
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from importlib import metadata
 from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[1]
-BENCH = ROOT / "bench"
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(BENCH))
-import inprocess  # noqa: E402
-import loadgen  # noqa: E402
-import models  # noqa: E402
-import photos as bench_photos  # noqa: E402
-import plot  # noqa: E402
-import preprocess_speed  # noqa: E402
-import procstat  # noqa: E402
+from bench import inprocess, loadgen, models, plot, preprocess_speed
+from bench import photos as bench_photos
+from imgserve import config, testing
+from imgserve.serving import predict, store
+from imgserve.serving.preprocess import preprocess
+from imgserve.testing import Server
 
-from imgserve import config  # noqa: E402
-from imgserve.serving import predict, store  # noqa: E402
-from imgserve.serving.preprocess import preprocess  # noqa: E402
-
-BIN = Path(sys.executable).parent
+BENCH = testing.ROOT / "bench"
 READY_TIMEOUT_S = 180
 MAX_WARMUP_S = 15  # caps on a level's windows, which grow with clients / images per second
 MAX_MEASURE_S = 20
@@ -149,89 +139,27 @@ def load_average() -> list[float]:
 # --- Servers
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class Server:
-    kind: str
-    port: int
-    process: subprocess.Popen
-    ready_s: float
-    log: Path
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-
-def own_home(path: Path) -> Path:
-    """A BENTOML_HOME of the server's own around the shared model store. `bentoml serve` empties
-    $BENTOML_HOME/prometheus_multiproc_dir when it starts: two servers in one home break each
-    other's /metrics."""
-    from imgserve.serving.bentoml_compat import model_store_dir
-
-    models = model_store_dir()
-    path.mkdir(parents=True, exist_ok=True)
-    link = path / "models"
-    if link.is_symlink() and link.resolve() != models.resolve():  # left by a run with another store
-        link.unlink()
-    if not link.exists():
-        link.symlink_to(models, target_is_directory=True)
-    return path
-
-
 def start(kind: str, tag: str, log_dir: Path) -> Server:
     """`tag`: one model, or several separated by commas (one BentoML server of them all). `kind` is one
     of SERVERS, or "bentoml_int8": this bundle serving the int8 model."""
-    port = free_port()
-    env = {**os.environ, "BENTOML_DO_NOT_TRACK": "true", "GRADIO_ANALYTICS_ENABLED": "False"}
-    env |= (
-        {config.ENV_MODEL: "", config.ENV_MODELS: tag} if "," in tag else {config.ENV_MODEL: tag, config.ENV_MODELS: ""}
-    )
-    env.pop(config.ENV_API_KEY, None)
-    ready_path, launched = "/readyz", None  # launched: a file the server writes once it is up (Gradio)
-    log = log_dir / f"{kind}-{port}.log"
     if kind.startswith("bentoml"):
-        argv = [str(BIN / "bentoml"), "serve", "service:ImageClassifier", "--host", "127.0.0.1", "--port", str(port)]
-        if kind == "bentoml_unbatched":
-            env[config.ENV_MAX_BATCH_SIZE] = "1"
-        env["BENTOML_HOME"] = str(own_home(log_dir / f"home-{kind}"))
-    elif kind == "litserve":
-        argv, ready_path = [sys.executable, str(BENCH / "baselines" / "litserve_app.py"), tag, str(port)], "/health"
-    elif kind == "gradio":
-        launched = log_dir / f"{kind}-{port}.launched"
-        argv = [sys.executable, str(BENCH / "baselines" / "gradio_app.py"), tag, str(port), str(launched)]
-        ready_path = "/"
-    else:
-        raise ValueError(kind)
-    t0 = time.perf_counter()
-    process = subprocess.Popen(
-        argv, cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True
-    )
-    while time.perf_counter() - t0 < READY_TIMEOUT_S:
-        if process.poll() is not None:
-            raise exited(kind, process, log)
-        try:
-            answered = httpx.get(f"http://127.0.0.1:{port}{ready_path}", timeout=2).status_code == 200
-            if answered and (launched is None or launched.exists()):
-                return Server(kind, port, process, round(time.perf_counter() - t0, 2), log)
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    stop(Server(kind, port, process, 0, log))
-    raise RuntimeError(f"{kind} not ready after {READY_TIMEOUT_S} s:\n{log.read_text()[-3000:]}")
-
-
-def exited(kind: str, process: subprocess.Popen, log: Path) -> RuntimeError:
-    return RuntimeError(f"{kind} exited {process.returncode}:\n{log.read_text()[-3000:]}")
+        env = {config.ENV_MAX_BATCH_SIZE: "1"} if kind == "bentoml_unbatched" else {}
+        return testing.start_server(tag, log_dir, env, kind, READY_TIMEOUT_S)
+    port = testing.free_port()
+    env = testing.server_environ(tag, {"GRADIO_ANALYTICS_ENABLED": "False"})
+    argv = [sys.executable, "-m", f"bench.baselines.{kind}_app", tag, str(port)]
+    log, url = log_dir / f"{kind}-{port}.log", f"http://127.0.0.1:{port}"
+    if kind == "litserve":
+        return testing.launch(kind, argv, env, log, f"{url}/health", READY_TIMEOUT_S)
+    if kind == "gradio":
+        launched = log_dir / f"{kind}-{port}.launched"  # Gradio is up once its app has written this
+        return testing.launch(kind, [*argv, str(launched)], env, log, f"{url}/", READY_TIMEOUT_S, launched)
+    raise ValueError(kind)
 
 
 def freeze(server: Server) -> None:
-    """Stop every process of the server: a frozen server takes no CPU from the one being measured."""
+    """Stop every process of the server: a frozen server takes no CPU from the one being measured.
+    (testing.stop_server thaws it first.)"""
     os.killpg(server.process.pid, signal.SIGSTOP)
 
 
@@ -242,34 +170,6 @@ def thawed(server: Server) -> Iterator[None]:
         yield
     finally:
         freeze(server)
-
-
-def stop(server: Server) -> None:
-    try:
-        os.killpg(server.process.pid, signal.SIGCONT)  # a frozen process only acts on SIGTERM once thawed
-        os.killpg(server.process.pid, signal.SIGTERM)
-        server.process.wait(timeout=30)
-    except ProcessLookupError:
-        return
-    except subprocess.TimeoutExpired:
-        os.killpg(server.process.pid, signal.SIGKILL)
-        server.process.wait()
-
-
-def batch_metrics(url: str, model: str | None = None, metric: str = config.METRIC_BATCH_SIZE) -> tuple[float, float]:
-    """A batch histogram of the service: (sum, model calls) so far, of all models or of one (its tag);
-    the batch-size histogram's sum is images."""
-    text = httpx.get(f"{url}/metrics", timeout=10).text
-    label = f'{config.METRIC_MODEL_LABEL}="{model}"' if model else ""
-
-    def total(name: str) -> float:
-        return sum(
-            float(line.rsplit(" ", 1)[1])
-            for line in text.splitlines()
-            if line.startswith((name + "{", name + " ")) and label in line
-        )
-
-    return total(f"{metric}_sum"), total(f"{metric}_count")
 
 
 class Target:
@@ -292,7 +192,7 @@ class Target:
                 for p in sequence
             ]
             self.exchange = loadgen.send
-        self.metrics = (lambda: batch_metrics(server.url)) if kind.startswith("bentoml") else None
+        self.metrics = (lambda: server.histogram(config.METRIC_BATCH_SIZE)) if kind.startswith("bentoml") else None
         self.rate = 1.0  # images/s at the last level: sizes the next level's windows
         self.out: dict = {"ready_s": server.ready_s, "levels": []}
 
@@ -322,8 +222,7 @@ class Target:
         warmup = min(MAX_WARMUP_S, max(self.plan.warmup_s, 1.2 * cycle))
         measure = min(MAX_MEASURE_S, max(self.plan.measure_s, 2.0 * cycle))
         row = {"clients": clients, **self.level(clients, warmup, measure)}
-        if self.server.process.poll() is not None:  # its answers were connection failures: say why
-            raise exited(kind, self.server.process, self.server.log)
+        self.server.raise_if_exited()  # if its answers were connection failures, say why
         row["load_avg_1m"] = load_average()[0]
         self.rate = max(row["images_per_s"], 0.5)
         self.out["levels"].append(row)
@@ -376,7 +275,7 @@ def serve_and_load(
                         t.run(clients)
     finally:
         for server in started.values():
-            stop(server)
+            testing.stop_server(server)
     return {t.server.kind: t.out for t in loads}
 
 
@@ -402,9 +301,9 @@ def idle_rss_mb(tags: list[str], sequence: list[bench_photos.Photo], log_dir: Pa
                 timeout=120,
             )
             r.raise_for_status()
-        return round(procstat.rss_bytes(procstat.tree(server.process.pid)) / 2**20)
+        return round(testing.tree_rss_bytes(server.process.pid) / 2**20)
     finally:
-        stop(server)
+        testing.stop_server(server)
 
 
 def several_models(sequence: list[bench_photos.Photo], log_dir: Path, measure_s: float = MIXED_MEASURE_S) -> dict:
@@ -430,13 +329,12 @@ def several_models(sequence: list[bench_photos.Photo], log_dir: Path, measure_s:
             for p in sequence
         ]  # fmt: skip
     server = start("bentoml", f"{fast},{slow}", log_dir)
-    url = server.url
 
     async def level(roles: list[str], warmup: float, measure: float) -> dict[str, dict]:
         rows = await asyncio.gather(
             *(
                 loadgen.http_level("127.0.0.1", server.port, requests[role], MIXED_CLIENTS, warmup, measure,
-                                   server.process.pid, lambda tag=out[role]: batch_metrics(url, tag))
+                                   server.process.pid, partial(server.histogram, config.METRIC_BATCH_SIZE, out[role]))
                 for role in roles
             )
         )  # fmt: skip
@@ -444,9 +342,9 @@ def several_models(sequence: list[bench_photos.Photo], log_dir: Path, measure_s:
 
     def fast_batch_ms(run: Callable[[], dict]) -> tuple[dict, float | None]:
         """`run()`, and the fast model's mean milliseconds per model call meanwhile (warm-up included)."""
-        s0, n0 = batch_metrics(url, fast, config.METRIC_BATCH_SECONDS)
+        s0, n0 = server.histogram(config.METRIC_BATCH_SECONDS, fast)
         rows = run()
-        s1, n1 = batch_metrics(url, fast, config.METRIC_BATCH_SECONDS)
+        s1, n1 = server.histogram(config.METRIC_BATCH_SECONDS, fast)
         return rows, round(1000 * (s1 - s0) / (n1 - n0), 1) if n1 > n0 else None
 
     try:
@@ -454,7 +352,7 @@ def several_models(sequence: list[bench_photos.Photo], log_dir: Path, measure_s:
         alone, alone_ms = fast_batch_ms(lambda: asyncio.run(level(["fast"], MIXED_WARMUP_S, measure_s)))
         mixed, mixed_ms = fast_batch_ms(lambda: asyncio.run(level(["fast", "slow"], MIXED_WARMUP_S, measure_s)))
     finally:
-        stop(server)
+        testing.stop_server(server)
     alone = alone["fast"]
     alone["model_call_ms"], mixed["fast"]["model_call_ms"] = alone_ms, mixed_ms
     out["fast_alone"], out["mixed"] = alone, mixed
@@ -708,7 +606,9 @@ def run(plans: dict[str, ModelPlan], out_dir: Path, mode: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m bench.run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--smoke", action="store_true", help="every step, tiny: seconds, numbers meaningless")
     p.add_argument("--out", type=Path, help="output folder (default: bench/results)")
     p.add_argument("--models", nargs="+", help=f"only these of {list(FULL)}")

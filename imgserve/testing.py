@@ -53,13 +53,33 @@ class Server:
     def client(self, **kwargs) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=60, **kwargs)
 
+    def scrape(self, headers: Mapping[str, str] | None = None) -> str:
+        return httpx.get(f"{self.url}/metrics", headers=headers, timeout=10).text
+
     def metric(self, name: str, model: str | None = None, headers: Mapping[str, str] | None = None) -> float:
         """A Prometheus sample summed over its label sets, or over those of one served model (its tag)."""
-        text = httpx.get(f"{self.url}/metrics", headers=headers, timeout=10).text
-        return metric_sum(text, name, {config.METRIC_MODEL_LABEL: model} if model else {})
+        return metric_sum(self.scrape(headers), name, model_labels(model))
+
+    def histogram(
+        self, name: str, model: str | None = None, headers: Mapping[str, str] | None = None
+    ) -> tuple[float, float]:
+        """A histogram's (sum, count), as `metric` sums them, from one read of /metrics: a mean of the two
+        never mixes counts taken at different times."""
+        text, labels = self.scrape(headers), model_labels(model)
+        return metric_sum(text, f"{name}_sum", labels), metric_sum(text, f"{name}_count", labels)
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")[-3000:]
+
+    def raise_if_exited(self) -> None:
+        """Fail, with the server's output, if its process has ended."""
+        if self.process.poll() is not None:
+            raise RuntimeError(f"{self.kind} exited {self.process.returncode}:\n{self.output()}")
+
+
+def model_labels(model: str | None) -> dict[str, str]:
+    """The labels of one served model's samples (its tag); none: every model's."""
+    return {config.METRIC_MODEL_LABEL: model} if model else {}
 
 
 def metric_sum(text: str, name: str, labels: Mapping[str, str] | None = None) -> float:
@@ -78,6 +98,13 @@ def serve_env(tags: str | list[str]) -> dict[str, str]:
     if isinstance(tags, str) and "," not in tags:
         return {config.ENV_MODEL: tags, config.ENV_MODELS: ""}
     return {config.ENV_MODEL: "", config.ENV_MODELS: tags if isinstance(tags, str) else ",".join(tags)}
+
+
+def server_environ(tags: str | list[str], env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """This process's environment for a server of `tags`, with `env` over it."""
+    environ = {**os.environ, "BENTOML_DO_NOT_TRACK": "true", **serve_env(tags)}
+    environ.pop(config.ENV_API_KEY, None)  # an operator's key in this shell would lock the clients out
+    return environ | dict(env or {})
 
 
 def own_home(path: Path) -> Path:
@@ -150,9 +177,7 @@ def start_server(
     port = free_port()
     home = own_home(log_dir / f"home-{kind}-{port}")
     argv = [BENTOML, "serve", "service:ImageClassifier", "--host", "127.0.0.1", "--port", str(port)]
-    environ = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true", **serve_env(tags)}
-    environ.pop(config.ENV_API_KEY, None)  # an operator's key in this shell would lock the tests out
-    environ |= env or {}
+    environ = server_environ(tags, {"BENTOML_HOME": str(home), **(env or {})})
     log = log_dir / f"{kind}-{port}.log"
     return launch(kind, argv, environ, log, f"http://127.0.0.1:{port}/readyz", timeout_s)
 
@@ -188,13 +213,18 @@ def process_tree(pid: int) -> list[psutil.Process]:
         return []
 
 
-def tree_rss_bytes(pid: int) -> int:
-    """Resident memory of a process and its descendants (shared pages counted in each: an upper bound)."""
+def rss_bytes(processes: list[psutil.Process]) -> int:
+    """Resident memory of these processes, summed (shared pages counted in each: an upper bound)."""
     total = 0
-    for process in process_tree(pid):
+    for process in processes:
         with contextlib.suppress(psutil.NoSuchProcess):
             total += process.memory_info().rss
     return total
+
+
+def tree_rss_bytes(pid: int) -> int:
+    """Resident memory of a process and its descendants."""
+    return rss_bytes(process_tree(pid))
 
 
 def cpu_seconds(processes: list[psutil.Process]) -> float:

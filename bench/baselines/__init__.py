@@ -1,0 +1,1 @@
+"""The alternatives the benchmark serves the same model with, each run as `python -m bench.baselines.NAME`."""
