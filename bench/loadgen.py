@@ -39,13 +39,12 @@ class Request:
     expect: bytes  # the top-1 label as it appears in the JSON answer; b"" checks nothing
 
 
-def multipart_request(
-    host: str, path: str, kind: str, filename: str, data: bytes, top_k: int, expect: str, model: str = ""
-) -> Request:
-    """POST `path` with one image in the `images` field, `top_k` and `model` (if given), as curl -F would."""
-    fields = {"top_k": top_k, **({"model": model} if model else {})}
+def upload(
+    host: str, path: str, field: str, filename: str, data: bytes, fields: dict[str, object], extra_headers: str = ""
+) -> bytes:
+    """A POST of one image in the form field `field` and the text `fields` after it, as curl -F sends it."""
     body = (
-        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="images"; filename="{filename}"\r\n'
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{field}"; filename="{filename}"\r\n'
         f"Content-Type: image/jpeg\r\n\r\n".encode()
         + data
         + "".join(
@@ -55,9 +54,18 @@ def multipart_request(
     )
     head = (
         f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: multipart/form-data; boundary={BOUNDARY}\r\n"
-        f"Content-Length: {len(body)}\r\nConnection: keep-alive\r\n\r\n"
+        f"Content-Length: {len(body)}\r\n{extra_headers}\r\n"
     ).encode()
-    return Request(kind=kind, raw=head + body, expect=expect.encode())
+    return head + body
+
+
+def multipart_request(
+    host: str, path: str, kind: str, filename: str, data: bytes, top_k: int, expect: str, model: str = ""
+) -> Request:
+    """POST `path` with one image in the `images` field, `top_k` and `model` (if given)."""
+    fields = {"top_k": top_k, **({"model": model} if model else {})}
+    raw = upload(host, path, "images", filename, data, fields, "Connection: keep-alive\r\n")
+    return Request(kind=kind, raw=raw, expect=expect.encode())
 
 
 @dataclass
@@ -116,17 +124,8 @@ async def send(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, req: 
 
 def gradio_upload_request(host: str, filename: str, data: bytes, expect: str, kind: str) -> Request:
     """Step 1 of Gradio's HTTP API: upload the file (the `raw` of a Gradio request)."""
-    body = (
-        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="files"; filename="{filename}"\r\n'
-        f"Content-Type: image/jpeg\r\n\r\n".encode()
-        + data
-        + f"\r\n--{BOUNDARY}--\r\n".encode()
-    )
-    head = (
-        f"POST /gradio_api/upload HTTP/1.1\r\nHost: {host}\r\n"
-        f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\nContent-Length: {len(body)}\r\n\r\n"
-    ).encode()
-    return Request(kind=kind, raw=head + body, expect=expect.encode())
+    raw = upload(host, "/gradio_api/upload", "files", filename, data, {})
+    return Request(kind=kind, raw=raw, expect=expect.encode())
 
 
 def gradio_exchange(host: str, api_name: str):
