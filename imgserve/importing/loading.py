@@ -163,15 +163,12 @@ def import_code(arch: str) -> types.ModuleType:
     try:
         if target.endswith(".py"):
             path = Path(target).resolve()
-            sys.path.insert(0, str(path.parent))  # so that the file's own imports of its neighbours work
             spec = importlib.util.spec_from_file_location(path.stem, path)
             assert spec and spec.loader
             module = importlib.util.module_from_spec(spec)
             sys.modules[path.stem] = module  # a pickle that names the module finds it too
             spec.loader.exec_module(module)
             return module
-        if os.getcwd() not in sys.path:
-            sys.path.insert(0, os.getcwd())  # package.module names a module of the folder the user is in
         return importlib.import_module(target)
     except ImportRefused:
         raise
@@ -202,10 +199,33 @@ def build_code_arch(arch: str, kwargs: dict) -> nn.Module:
 # --- Loading each form.
 
 
+@contextlib.contextmanager
+def code_importable(arch: str | None) -> Iterator[None]:
+    """The researcher's folder on the import path while their model is loaded, as running their own
+    script would have it: a FILE.py's folder (its imports of its neighbours work), for package.module
+    the folder the import runs in. Taken off again after: nothing lasts past the load."""
+    target = arch.rpartition(":")[0] if arch and is_code_arch(arch) else ""
+    folder = str(Path(target).resolve().parent) if target.endswith(".py") else os.getcwd() if target else ""
+    if not folder or folder in sys.path:
+        yield
+        return
+    sys.path.insert(0, folder)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ValueError):
+            sys.path.remove(folder)
+
+
 def load_model(
     path: Path, arch: str | None = None, trust_pickle: bool = False, arch_kwargs: dict | None = None
 ) -> LoadedModel:
     """Load a model file in any of the forms above; refuse with a message that says what to do."""
+    with code_importable(arch):
+        return _load_model(path, arch, trust_pickle, arch_kwargs)
+
+
+def _load_model(path: Path, arch: str | None, trust_pickle: bool, arch_kwargs: dict | None) -> LoadedModel:
     kind = file_kind(path)
     with quiet_torch():
         if kind == "torchscript":
