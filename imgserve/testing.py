@@ -130,15 +130,16 @@ def launch(
     ready_url: str,
     timeout_s: float = READY_TIMEOUT_S,
     launched: Path | None = None,
+    root: Path = ROOT,
 ) -> Server:
-    """Start `argv` in its own process group, output to `log`; return once `ready_url` answers 200 (and
-    the file `launched` exists, for a server that writes one when up). Stopped again if it never is."""
+    """Start `argv` in `root`, in its own process group, output to `log`; return once `ready_url` answers
+    200 (and the file `launched` exists, for a server that writes one when up). Stopped if it never is."""
     port = httpx.URL(ready_url).port
     assert port is not None, ready_url
     start = time.perf_counter()
     with log.open("w") as out:  # the server writes to its own copy of the file descriptor
         process = subprocess.Popen(
-            argv, cwd=ROOT, env=dict(env), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            argv, cwd=root, env=dict(env), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
     server = Server(kind, port, process, log, 0.0)
     try:
@@ -172,14 +173,16 @@ def start_server(
     env: Mapping[str, str] | None = None,
     kind: str = "bentoml",
     timeout_s: float = READY_TIMEOUT_S,
+    root: Path = ROOT,
 ) -> Server:
-    """`bentoml serve service:ImageClassifier` of the models `tags`, with `env` over this process's."""
+    """`bentoml serve service:ImageClassifier` of the models `tags`, with `env` over this process's; run
+    in `root`, a checkout of this repository (another one's: its own service.py and imgserve/)."""
     port = free_port()
     home = own_home(log_dir / f"home-{kind}-{port}")
     argv = [BENTOML, "serve", "service:ImageClassifier", "--host", "127.0.0.1", "--port", str(port)]
     environ = server_environ(tags, {"BENTOML_HOME": str(home), **(env or {})})
     log = log_dir / f"{kind}-{port}.log"
-    return launch(kind, argv, environ, log, f"http://127.0.0.1:{port}/readyz", timeout_s)
+    return launch(kind, argv, environ, log, f"http://127.0.0.1:{port}/readyz", timeout_s, root=root)
 
 
 def stop_server(server: Server) -> None:
