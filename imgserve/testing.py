@@ -200,6 +200,7 @@ def stop_server(server: Server) -> None:
 
 @contextlib.contextmanager
 def running(tags: str | list[str], log_dir: Path, env: Mapping[str, str] | None = None) -> Iterator[Server]:
+    """start_server, stopped again on the way out: a test fixture's whole life of a server."""
     server = start_server(tags, log_dir, env)
     try:
         yield server
@@ -238,7 +239,3 @@ def cpu_seconds(processes: list[psutil.Process]) -> float:
             times = process.cpu_times()
             total += times.user + times.system
     return total
-
-
-def tree_cpu_seconds(pid: int) -> float:
-    return cpu_seconds(process_tree(pid))

@@ -17,7 +17,7 @@ os.environ["BENTOML_HOME"] = str(BENTOML_HOME)
 os.environ["BENTOML_DO_NOT_TRACK"] = "true"
 
 from imgserve.importing import cli as import_model  # noqa: E402
-from imgserve.testing import Server, start_server, stop_server  # noqa: E402
+from imgserve.testing import Server, running  # noqa: E402
 from tests.helpers import EXAMPLE_PHOTOS, SKIMAGE_PHOTOS, import_colour_model  # noqa: E402
 
 # Fixtures that import a real model into the store: a test that uses one, itself or through another
@@ -85,16 +85,14 @@ def examples_model(tmp_path_factory, example_photos) -> str:
 @pytest.fixture(scope="session")
 def server(default_model, tmp_path_factory) -> Iterator[Server]:
     """A real `bentoml serve` of the default model."""
-    s = start_server(default_model, tmp_path_factory.mktemp("logs"))
-    yield s
-    stop_server(s)
+    with running(default_model, tmp_path_factory.mktemp("logs")) as s:
+        yield s
 
 
 @pytest.fixture(scope="session")
 def colour_server(colour_model, tmp_path_factory) -> Iterator[Server]:
-    s = start_server(colour_model, tmp_path_factory.mktemp("logs"))
-    yield s
-    stop_server(s)
+    with running(colour_model, tmp_path_factory.mktemp("logs")) as s:
+        yield s
 
 
 @pytest.fixture(scope="session")
@@ -103,9 +101,8 @@ def two_model_server(default_model, colour_model, tmp_path_factory) -> Iterator[
     tiny colour model (microseconds). The latency bound is raised so that tests may queue much
     slow work without being shed."""
     env = {"CLASSIFIER_MAX_LATENCY_MS": "120000"}
-    s = start_server([default_model, colour_model], tmp_path_factory.mktemp("logs"), env)
-    yield s
-    stop_server(s)
+    with running([default_model, colour_model], tmp_path_factory.mktemp("logs"), env) as s:
+        yield s
 
 
 @pytest.fixture(scope="session")
@@ -115,6 +112,5 @@ def examples_server(examples_model, tmp_path_factory) -> Iterator[Server]:
     the examples into its cache as the page is built, so they show all the same."""
     logs = tmp_path_factory.mktemp("logs")
     (logs / "tmp").mkdir()
-    s = start_server(examples_model, logs, env={"TMPDIR": str(logs / "tmp")})
-    yield s
-    stop_server(s)
+    with running(examples_model, logs, env={"TMPDIR": str(logs / "tmp")}) as s:
+        yield s

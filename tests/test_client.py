@@ -21,7 +21,7 @@ import pytest
 
 from imgserve import config
 from imgserve.client import cli as client
-from imgserve.testing import Server, start_server, stop_server
+from imgserve.testing import Server, running
 from tests.helpers import CAT_CLASSES, DATA, PYTHON, ROOT, image_bytes
 
 KEY = "test-key-7"
@@ -211,9 +211,8 @@ def guarded_server(colour_model, tmp_path_factory) -> Iterator[Server]:
         config.ENV_MAX_UPLOADS: str(IN_FLIGHT),
         config.ENV_BODY_TIMEOUT_S: "120",
     }
-    s = start_server(colour_model, tmp_path_factory.mktemp("logs"), env)
-    yield s
-    stop_server(s)
+    with running(colour_model, tmp_path_factory.mktemp("logs"), env) as s:
+        yield s
 
 
 @contextlib.contextmanager

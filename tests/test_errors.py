@@ -24,7 +24,7 @@ from torch import nn
 
 from imgserve import config
 from imgserve.serving.errors import ERROR_ANSWERS, MODEL_QUEUE_FULL, TOO_MANY_IN_FLIGHT
-from imgserve.testing import start_server, stop_server
+from imgserve.testing import running
 from tests.helpers import CAT_CLASSES, COLOURS, DATA, ROOT, colour_module, image_bytes, imported_tag, run_import
 
 pytestmark = pytest.mark.serve
@@ -224,9 +224,8 @@ def limited(tmp_path_factory):
         path = tmp / f"{name}.pt"
         torch.jit.script(module).save(str(path))
         tags.append(imported_tag(run_import(path, "--name", name, *exact)))
-    server = start_server(tags, tmp, LIMITS)
-    yield server
-    stop_server(server)
+    with running(tags, tmp, LIMITS) as server:
+        yield server
 
 
 def authed(server) -> httpx.Client:
@@ -353,9 +352,8 @@ def test_overload_is_shed_with_503_and_retry_after_never_500(limited):
 def no_queue(colour_model, tmp_path_factory):
     """A server whose model queue admits nothing behind waiting work (latency bound 0 ms)."""
     env = {config.ENV_MAX_LATENCY_MS: "0", config.ENV_MAX_BATCH_SIZE: "2"}
-    server = start_server(colour_model, tmp_path_factory.mktemp("no-queue"), env)
-    yield server
-    stop_server(server)
+    with running(colour_model, tmp_path_factory.mktemp("no-queue"), env) as server:
+        yield server
 
 
 def test_a_full_model_queue_is_a_503_that_says_so_and_the_next_request_is_served(no_queue):

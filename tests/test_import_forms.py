@@ -23,7 +23,7 @@ from torch import nn
 from torchvision import transforms as T
 
 from imgserve import config
-from imgserve.testing import start_server, stop_server
+from imgserve.testing import running
 from tests.helpers import DATA, ROOT, imported_tag, run_import, sensitive
 from tests.researcher_code import At128, Digits, Net, resnet18_with_new_head
 
@@ -144,9 +144,8 @@ def reference(form: Form, photo: Path) -> np.ndarray:
 @pytest.fixture(scope="module", params=list(FORMS))
 def served(request, imported, tmp_path_factory) -> Iterator[tuple[Form, dict, object]]:
     entry = imported[request.param]
-    server = start_server(entry["tag"], tmp_path_factory.mktemp("logs"))
-    yield FORMS[request.param], entry, server
-    stop_server(server)
+    with running(entry["tag"], tmp_path_factory.mktemp("logs")) as server:
+        yield FORMS[request.param], entry, server
 
 
 @pytest.mark.serve

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from imgserve import config
-from imgserve.testing import start_server, stop_server, tree_rss_bytes
+from imgserve.testing import running, tree_rss_bytes
 from tests.helpers import DATA, ROOT
 
 pytestmark = [pytest.mark.serve, pytest.mark.soak]
@@ -113,9 +113,8 @@ def worker_pid(server_pid: int, service_name: str) -> int:
 
 @pytest.fixture
 def fresh_server(default_model, tmp_path):
-    server = start_server(default_model, tmp_path)
-    yield server
-    stop_server(server)
+    with running(default_model, tmp_path) as server:
+        yield server
 
 
 def test_soak_64_clients_for_a_minute(fresh_server):

@@ -19,7 +19,7 @@ import pytest
 from imgserve import config
 from imgserve.serving.errors import ERROR_ANSWERS, ERROR_SCHEMA, MODEL_QUEUE_FULL, TOO_MANY_IN_FLIGHT
 from imgserve.serving.form import HOW_TO_SEND
-from imgserve.testing import start_server, stop_server, tree_rss_bytes
+from imgserve.testing import running, tree_rss_bytes
 from tests.helpers import CAT_CLASSES, DATA, image_bytes
 
 pytestmark = pytest.mark.serve
@@ -464,9 +464,8 @@ STALLED = err("request body stalled: no data for 2 s (CLASSIFIER_BODY_TIMEOUT_S)
 
 @pytest.fixture(scope="module")
 def slow_server(colour_model, tmp_path_factory):
-    server = start_server(colour_model, tmp_path_factory.mktemp("slow"), SLOW)
-    yield server
-    stop_server(server)
+    with running(colour_model, tmp_path_factory.mktemp("slow"), SLOW) as server:
+        yield server
 
 
 def red_form() -> bytes:
