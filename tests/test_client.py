@@ -21,7 +21,7 @@ import pytest
 
 from imgserve import config
 from imgserve.client import cli as client
-from imgserve.testing import Server, running
+from imgserve.testing import Server, metric_sum, running
 from tests.helpers import CAT_CLASSES, DATA, PYTHON, ROOT, image_bytes
 
 KEY = "test-key-7"
@@ -59,13 +59,8 @@ def colour_folder(folder: Path, names: list[str]) -> None:
 
 def classify_requests(server: Server, headers: dict[str, str] | None = None, status: str = "") -> float:
     """Requests to /classify the server has answered (with `status`, if given), from its /metrics."""
-    text = httpx.get(f"{server.url}/metrics", headers=headers, timeout=10).text
-    wanted = f'http_response_code="{status}"' if status else ""
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("bentoml_service_request_total{") and 'endpoint="/classify"' in line and wanted in line
-    )
+    labels = {"endpoint": config.CLASSIFY_PATH, **({"http_response_code": status} if status else {})}
+    return metric_sum(server.scrape(headers), "bentoml_service_request_total", labels)
 
 
 @pytest.mark.serve
