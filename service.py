@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import re
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Annotated, cast
@@ -33,9 +34,10 @@ from imgserve import config
 from imgserve.serving import bentoml_compat, docs, predict, registry, ui
 from imgserve.serving.batcher import Overloaded
 from imgserve.serving.errors import MODEL_QUEUE_FULL, NO_IMAGES, ClientError, too_many_images
-from imgserve.serving.form import RAW_FILENAME, FormRules
+from imgserve.serving.form import FormRules
 from imgserve.serving.guard import Guard
 from imgserve.serving.preprocess import ImageRejected, preprocess
+from imgserve.serving.uploads import Upload
 
 log = logging.getLogger("bentoml.service")
 # The served models' cards (labels, preprocessing, title), read once, at start: a model list that
@@ -114,9 +116,10 @@ class ImageClassifier:
         # be asked again), so its images are checked alike and join the model's batches.
         ui.mount(UI, [m.card for m in MODELS], self.classify_images)
 
-    def _pixels(self, served: registry.Served, path: Path, index: int) -> np.ndarray:
+    def _pixels(self, served: registry.Served, image: bytes | Path, index: int) -> np.ndarray:
         try:
-            return preprocess(path.read_bytes(), served.card.preprocessing)
+            data = image.read_bytes() if isinstance(image, Path) else image  # the web page passes its files
+            return preprocess(data, served.card.preprocessing)
         except ImageRejected as e:
             raise ClientError(e.status, str(e), image=index + 1) from None
 
@@ -127,7 +130,7 @@ class ImageClassifier:
 
     @bentoml.api(route=config.CLASSIFY_PATH)
     async def classify(
-        self, images: list[Path], top_k: TopK = config.DEFAULT_TOP_K, model: ModelName = ""
+        self, images: list[Upload], top_k: TopK = config.DEFAULT_TOP_K, model: ModelName = ""
     ) -> list[Classification]:
         """Classify one or more images; one answer per image, in upload order. For people: [the web page](/ui).
 
@@ -137,7 +140,7 @@ class ImageClassifier:
         except ClientError as e:
             return e.response()  # the one error shape, as data: BentoML passes a response on as it is
 
-    async def classify_images(self, images: list[Path], top_k: int, model: str) -> list[Classification]:
+    async def classify_images(self, images: Sequence[bytes | Path], top_k: int, model: str) -> list[Classification]:
         """/classify's work, raising ClientError for what the client must fix or wait for (the web page calls it)."""
         if not images:
             raise ClientError(400, NO_IMAGES)
@@ -197,5 +200,5 @@ SERVICE.add_asgi_middleware(
 # BentoML's private parts, each touched once (imgserve/serving/bentoml_compat.py).
 bentoml_compat.check_version()
 bentoml_compat.answer_as_json(SERVICE.apis["classify"])
-bentoml_compat.refuse_text_for_files(RAW_FILENAME)
+bentoml_compat.refuse_text_for_files()
 bentoml_compat.quiet_client_errors()

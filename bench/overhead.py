@@ -6,17 +6,14 @@ Sends one photo at a time (a small one, then a ~12 MP one) to a fresh `bentoml s
 (psutil) how much CPU each server process spent per request; then times the same work in this
 process: `preprocess` (this thread's CPU) and the model call (the process's CPU, ONNX Runtime's
 threads included). What the server spends beyond that is the cost of serving: HTTP, multipart
-parsing, temporary files, middleware, JSON, batching, logging.
+parsing, middleware, JSON, batching, logging.
 To see the server's Python stacks: `py-spy record -p PID` on the worker while this runs.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
-import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -46,21 +43,6 @@ def workers(server: testing.Server) -> dict[str, psutil.Process]:
     return found
 
 
-def temp_file_ms(data: bytes) -> float:
-    """What BentoML does with each uploaded file for a `Path` input: write it to a temporary file in a
-    directory of the request's own; we read it back; the directory is removed after the answer."""
-    times = []
-    for _ in range(REQUESTS):
-        t0 = time.perf_counter()
-        directory = tempfile.mkdtemp()
-        with tempfile.NamedTemporaryFile(suffix=".jpg", dir=directory, delete=False) as f:
-            f.write(data)
-        Path(f.name).read_bytes()
-        shutil.rmtree(directory)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1000
-
-
 def main() -> None:
     import bentoml
 
@@ -85,7 +67,7 @@ def main() -> None:
         for _ in range(REQUESTS):
             predict.run(session, pixels)
         model = (time.process_time() - t0) / REQUESTS
-        in_process[name] = (decode * 1000, model * 1000, temp_file_ms(data))
+        in_process[name] = (decode * 1000, model * 1000)
     del session
 
     server = testing.start_server(tag, Path(os.environ.get("TMPDIR", "/tmp")))
@@ -102,7 +84,7 @@ def main() -> None:
                     client.post("/classify", files=files).raise_for_status()
                 wall = (time.perf_counter() - t0) / REQUESTS * 1000
                 spent = {k: (testing.cpu_seconds([p]) - before[k]) / REQUESTS * 1000 for k, p in processes.items()}
-                decode, model, temp_file = in_process[name]
+                decode, model = in_process[name]
                 served = sum(spent.values())
                 print(
                     f"\n{name} ({photo.size[0]}x{photo.size[1]}): {wall:.1f} ms per request, one at a time\n"
@@ -110,7 +92,6 @@ def main() -> None:
                     + ", ".join(f"{k} {v:.1f}" for k, v in spent.items())
                     + f"\n  in process: {decode + model:5.1f} ms CPU = preprocess {decode:.1f}, model {model:.1f}"
                     f"\n  serving:    {served - decode - model:5.1f} ms CPU per request"
-                    f"\n  of which the temporary file (write, read back, remove): {temp_file:.2f} ms (median)"
                 )
     finally:
         testing.stop_server(server)

@@ -88,6 +88,24 @@ def test_each_image_gets_its_own_class_in_upload_order(app):
     assert answers[1]["predictions"][0]["score"] == pytest.approx(expected, abs=1e-4)
 
 
+def test_uploads_reach_the_model_without_a_temporary_file_each(app, monkeypatch):
+    """BentoML would write each upload to a file of its own (imgserve/serving/uploads.py says why not)."""
+    client, _ = app
+    created = []
+    named = tempfile.NamedTemporaryFile
+
+    def recording(*args, **kwargs):
+        created.append(kwargs.get("suffix"))
+        return named(*args, **kwargs)
+
+    monkeypatch.setattr(tempfile, "NamedTemporaryFile", recording)
+    files = [("images", (f"{c}.png", png(c), "image/png")) for c in ("red", "blue")]
+    r = client.post("/classify", files=files)
+    assert r.status_code == 200, r.text
+    assert [a["predictions"][0]["label"] for a in r.json()] == ["red", "blue"]
+    assert created == []
+
+
 def test_a_bad_image_names_itself_as_data_and_the_next_request_is_answered(app):
     client, _ = app
     files = [("images", ("ok.png", png("red"), "image/png")), ("images", ("bad.png", b"not an image", "image/png"))]

@@ -40,14 +40,12 @@ def _changed(what: str) -> BentoMLChanged:
     )
 
 
-def refuse_text_for_files(filename: str) -> None:
-    """Make a text field where a file is expected a 400, not a fetch; never use a client's file name.
+def refuse_text_for_files() -> None:
+    """Make a text field where a file is expected a 400, not a fetch.
 
     BentoML 1.4 reads a multipart text field in a file-typed parameter as a URL and downloads it from
     the server (`_bentoml_impl.serde.MultipartSerde.ensure_file`): a server-side request forgery on a
-    public service. Uploaded files are the only input we take. It also writes each upload to a temp
-    file whose name ends in the client's file name: a name longer than the file system allows, or with
-    a NUL, was a 500. Images are recognised from their bytes, so the name is replaced by `filename`.
+    public service. Uploaded files are the only input we take.
     """
     try:
         from _bentoml_impl.serde import MultipartSerde
@@ -61,7 +59,6 @@ def refuse_text_for_files(filename: str) -> None:
     async def ensure_file(obj: object) -> UploadFile:
         if not isinstance(obj, UploadFile):
             raise BadInput("images must be uploaded files (curl -F images=@photo.jpg), not text or URLs")
-        obj.filename = filename
         return obj
 
     MultipartSerde.ensure_file = staticmethod(ensure_file)

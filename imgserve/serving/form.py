@@ -2,9 +2,9 @@
 
 A multipart form is parsed as it passes (python-multipart, as Starlette does): a malformed form, an
 unknown or repeated field, too many images or a bad text field is refused with a 400 as soon as it is
-seen, since BentoML's answers to these are a 500 and a temp file under the client's file name. A raw
-image body (Content-Type: image/*) is passed on as the one-image form BentoML parses, top_k from the
-query string. Anything else is a 415 that says how to send.
+seen, since BentoML's answers to these are 500s. A raw image body (Content-Type: image/*) is passed
+on as the one-image form BentoML parses, top_k from the query string. Anything else is a 415 that
+says how to send.
 """
 
 from __future__ import annotations
