@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("bentoml.service")
 
-# ImageClassifier.classify's own code: (images=[Path], top_k=int, model=tag) -> one answer per image.
+# ImageClassifier.classify_images: (images=[bytes or Path], top_k=int, model=tag) -> one answer per image.
 Classify = Callable[..., Awaitable[list[Any]]]
 
 
