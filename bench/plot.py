@@ -29,8 +29,11 @@ def plot(result: dict, path: Path) -> None:
     for col, name in enumerate(names):
         m = result["models"][name]
         top, bottom = axes[0][col], axes[1][col]
+        refused = "refused" in (m.get("int8") or {})
         for kind, server in m["servers"].items():
             label, colour, marker, width = STYLE[kind]
+            if kind == "bentoml_int8" and refused:
+                label += " (refused by the import's gate: speed only)"
             rows = server["levels"]
             x = [r["clients"] for r in rows]
             top.plot(x, [r["images_per_s"] for r in rows], marker=marker, color=colour, lw=width, label=label)
@@ -45,8 +48,7 @@ def plot(result: dict, path: Path) -> None:
             label=f"in-process limit ({limit['images_per_s']:.0f} img/s: batch {limit['batch']}, "
             f"{limit['model_threads']} model + {limit['decode_threads']} decode threads)",
         )
-        refused = (m.get("int8") or {}).get("refused")
-        top.set_title(f"{name}: throughput" + ("\n(int8: refused by the import's gate)" if refused else ""))
+        top.set_title(f"{name}: throughput")
         top.set_ylabel("images/s")
         top.set_ylim(bottom=0)
         bottom.set_title(f"{name}: p99 latency")

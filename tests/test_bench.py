@@ -11,6 +11,8 @@ import subprocess
 import pytest
 
 from bench import report
+from imgserve import config
+from imgserve.serving import store
 from tests.helpers import PYTHON, ROOT
 
 pytestmark = [pytest.mark.serve, pytest.mark.bench]
@@ -86,20 +88,25 @@ def test_every_server_reports_every_field_at_every_level(smoke):
         assert any(row["images_per_s"] > 0 for row in server["levels"]), kind
 
 
-def test_the_int8_model_is_served_or_its_refusal_reported(smoke):
-    """The import's int8 step ran: served with its agreement when the gate passed it, else the gate's reason."""
+def test_the_int8_model_is_served_and_a_refusal_reported(smoke, default_model):
+    """The import's int8 step ran. Passed by the gate: served with its agreement. Refused: the
+    refusal and the agreement reported, the model served all the same from the benchmark's scratch
+    store (its speed is the other half of the int8 target), and never stored in the user's store."""
     [model] = smoke["models"].values()
     int8 = model["int8"]
     targets = {t["target"]: t for t in smoke["targets"]}
-    if int8["tag"] is None:
-        assert "Nothing int8 was stored" in int8["refused"]
-        assert (
-            targets["int8_top1_agreement"]["met"] is False
-            and int8["refused"] in targets["int8_top1_agreement"]["detail"]
-        )
+    agreement = targets["int8_top1_agreement"]
+    assert agreement["value"] == int8["held_back"]["top1_agreement"]
+    assert int8["inprocess"]["images_per_s"] > 0
+    assert any(row["images_per_s"] > 0 for row in model["servers"]["bentoml_int8"]["levels"])
+    assert targets["int8_served_vs_fp32_served_at_8"]["value"] > 0
+    if "refused" in int8:
+        assert "Nothing int8 was stored" in int8["refused"] and int8["refused"] in agreement["detail"]
+        assert agreement["met"] is False and agreement["value"] < 0.99
+        assert not store.exists(f"{default_model.split(':')[0]}{config.QUANT_SUFFIX}:latest")
+        assert "scratch store" in targets["int8_served_vs_fp32_served_at_8"]["detail"]
     else:
-        assert int8["held_back"]["top1_agreement"] >= 0.99 and int8["inprocess"]["images_per_s"] > 0
-        assert targets["int8_top1_agreement"]["value"] == int8["held_back"]["top1_agreement"]
+        assert agreement["met"] is True and agreement["value"] >= 0.99
 
 
 def test_the_in_process_limits_are_measured(smoke):

@@ -233,8 +233,9 @@ def quantize_graph(source: Path, destination: Path, calibration: np.ndarray, kee
 # --- From a stored fp32 model to a stored int8 one
 
 
-def gate(fp32: Path, int8: Path, held_back: np.ndarray) -> dict:
-    """The int8 model's answers on the held-back views against the fp32 model's; refused below the bar."""
+def agreement(fp32: Path, int8: Path, held_back: np.ndarray) -> tuple[dict, str | None]:
+    """The int8 model's answers on the held-back views against the fp32 model's: the numbers its
+    metadata keeps, and why the gate refuses it (None: it passes)."""
     result = Agreement.between(probabilities(fp32, held_back), probabilities(int8, held_back))
     shown = {
         "images": result.photos,
@@ -242,12 +243,20 @@ def gate(fp32: Path, int8: Path, held_back: np.ndarray) -> dict:
         "max_prob_diff": round(result.max_prob_diff, 4),
     }
     log.info("int8 on the held-back views: %s", shown)
-    if result.fraction < config.QUANT_MIN_AGREEMENT:
-        raise QuantizationRefused(
-            f"the int8 model's top-1 agrees with the fp32 model's on {result.top1_agree} of {result.photos} "
-            f"held-back views ({result.fraction:.2%}), {config.QUANT_MIN_AGREEMENT:.0%} required; largest probability "
-            f"difference {result.max_prob_diff:.3f}. Nothing int8 was stored"
-        )
+    if result.fraction >= config.QUANT_MIN_AGREEMENT:
+        return shown, None
+    return shown, (
+        f"the int8 model's top-1 agrees with the fp32 model's on {result.top1_agree} of {result.photos} "
+        f"held-back views ({result.fraction:.2%}), {config.QUANT_MIN_AGREEMENT:.0%} required; largest probability "
+        f"difference {result.max_prob_diff:.3f}. Nothing int8 was stored"
+    )
+
+
+def gate(fp32: Path, int8: Path, held_back: np.ndarray) -> dict:
+    """`agreement`, refused below the bar."""
+    shown, refusal = agreement(fp32, int8, held_back)
+    if refusal:
+        raise QuantizationRefused(refusal)
     return shown
 
 
@@ -256,8 +265,17 @@ def photo_views(photos: list[Photo], prep: Preprocessing) -> np.ndarray:
     return np.concatenate([views(p, prep, config.QUANT_VIEWS_PER_PHOTO, rng) for p in photos])
 
 
-def quantize_stored(fp32_tag: str, photo_dirs: Sequence[Path] = ()) -> str:
-    """Quantize a stored fp32 model; store it as NAME-int8 if it passes the gate; return its tag."""
+@dataclass(frozen=True)
+class Quantized:
+    """An int8 graph and the metadata it would be stored with; `refusal` says why the gate refuses it."""
+
+    onnx: Path
+    metadata: dict
+    refusal: str | None
+
+
+def quantize(fp32_tag: str, work: Path, photo_dirs: Sequence[Path] = ()) -> Quantized:
+    """The int8 version of a stored fp32 model, written into `work`, and the gate's verdict on it."""
     import onnx
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -275,34 +293,42 @@ def quantize_stored(fp32_tag: str, photo_dirs: Sequence[Path] = ()) -> str:
         "int8: calibrating on %d views of %d photos, checking on %d views of %d others",
         len(calibration), len(split.calibration), len(held_back), len(split.held_back),
     )  # fmt: skip
+    source = work / "fp32.onnx"  # shapes inferred, constants folded: what quantization works on
+    quant_pre_process(entry.path_of(store.ONNX_FILE), str(source), skip_symbolic_shape=True)
+    int8 = work / "int8.onnx"
+    model = onnx.load(str(source))
+    keep_float = float_nodes(model)
+    quantize_graph(source, int8, calibration, keep_float)
+    layers, of_layers = conv_layers(model, keep_float)
+    result, refusal = agreement(Path(entry.path_of(store.ONNX_FILE)), int8, held_back)
+    metadata = {
+        **card.metadata,
+        "title": f"{card.title} (int8)",
+        "quantization": {
+            "dtype": "int8",
+            "fp32_model": card.tag,
+            "method": "ONNX Runtime static QDQ: int8 weights per channel, uint8 activations, MinMax",
+            "int8_layers": layers,
+            "of_layers": of_layers,
+            "calibration_photos": [p.name for p in split.calibration],
+            "held_back_photos": [p.name for p in split.held_back],
+            "views_per_photo": config.QUANT_VIEWS_PER_PHOTO,
+            "held_back": result,
+            "min_agreement": config.QUANT_MIN_AGREEMENT,
+            "onnxruntime_version": ort_version(),
+        },
+    }
+    return Quantized(int8, metadata, refusal)
+
+
+def quantize_stored(fp32_tag: str, photo_dirs: Sequence[Path] = ()) -> str:
+    """Quantize a stored fp32 model; store it as NAME-int8 if it passes the gate; return its tag."""
     with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        source = work / "fp32.onnx"  # shapes inferred, constants folded: what quantization works on
-        quant_pre_process(entry.path_of(store.ONNX_FILE), str(source), skip_symbolic_shape=True)
-        int8 = work / "int8.onnx"
-        model = onnx.load(str(source))
-        keep_float = float_nodes(model)
-        quantize_graph(source, int8, calibration, keep_float)
-        layers, of_layers = conv_layers(model, keep_float)
-        result = gate(Path(entry.path_of(store.ONNX_FILE)), int8, held_back)
-        metadata = {
-            **card.metadata,
-            "title": f"{card.title} (int8)",
-            "quantization": {
-                "dtype": "int8",
-                "fp32_model": card.tag,
-                "method": "ONNX Runtime static QDQ: int8 weights per channel, uint8 activations, MinMax",
-                "int8_layers": layers,
-                "of_layers": of_layers,
-                "calibration_photos": [p.name for p in split.calibration],
-                "held_back_photos": [p.name for p in split.held_back],
-                "views_per_photo": config.QUANT_VIEWS_PER_PHOTO,
-                "held_back": result,
-                "min_agreement": config.QUANT_MIN_AGREEMENT,
-                "onnxruntime_version": ort_version(),
-            },
-        }
-        return store.save(f"{entry.tag.name}{config.QUANT_SUFFIX}", int8, metadata)
+        quantized = quantize(fp32_tag, Path(tmp), photo_dirs)
+        if quantized.refusal:
+            raise QuantizationRefused(quantized.refusal)
+        name = store.bentoml.models.get(fp32_tag).tag.name
+        return store.save(f"{name}{config.QUANT_SUFFIX}", quantized.onnx, quantized.metadata)
 
 
 def ort_version() -> str:
