@@ -48,6 +48,10 @@ def plot(result: dict, path: Path) -> None:
             label=f"in-process limit ({limit['images_per_s']:.0f} img/s: batch {limit['batch']}, "
             f"{limit['model_threads']} model + {limit['decode_threads']} decode threads)",
         )
+        int8 = (m.get("int8") or {}).get("inprocess")
+        if int8:
+            top.axhline(int8["images_per_s"], color=STYLE["bentoml_int8"][1], ls="--", lw=1,
+                        label=f"in-process, int8 model ({int8['images_per_s']:.0f} img/s, same settings)")  # fmt: skip
         top.set_title(f"{name}: throughput")
         top.set_ylabel("images/s")
         top.set_ylim(bottom=0)
