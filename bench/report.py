@@ -45,17 +45,21 @@ def int8_lines(m: dict) -> list[str]:
     if int8["tag"] is None:
         return ["", f"int8: the import refused it, nothing to serve: {int8['refused']}"]
     rows = {r["clients"]: r for r in m["servers"]["bentoml_int8"]["levels"]}
+    held = int8["held_back"]
     refused = (
-        f"refused by the import's gate ({int8['refused']}); served anyway from the benchmark's scratch store, "
-        "to measure what int8 would gain: "
+        f"**refused by the import's gate**: top-1 the same as fp32's on {held['top1_agreement']:.2%} of "
+        f"{held['images']} held-back views, {int8['min_agreement']:.0%} required; served anyway from the "
+        "benchmark's scratch store, to measure what int8 would gain. "
         if "refused" in int8
-        else ""
+        else f"top-1 the same as fp32's on {held['top1_agreement']:.2%} of {held['images']} held-back views. "
     )
     return [
         "",
-        f"int8 (`{int8['tag']}`, {int8['int8_layers']} of {int8['of_layers']} layers in int8): {refused}"
-        f"in-process limit {int8['inprocess']['images_per_s']} img/s; served, img/s and p99 ms by clients: "
-        + ", ".join(f"{c}: {r['images_per_s']}, {cell(r['p99_ms'])}" for c, r in rows.items()),
+        f"int8 (`{int8['tag']}`, {int8['int8_layers']} of {int8['of_layers']} convolutions in int8): {refused}"
+        f"In process, at the fp32 limit's settings: {int8['inprocess']['images_per_s']} img/s. Served, img/s "
+        "and p99 ms by clients: "
+        + "; ".join(f"{c}: {r['images_per_s']}, {cell(r['p99_ms'])}" for c, r in rows.items())
+        + ".",
     ]
 
 
