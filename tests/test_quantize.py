@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -116,6 +117,37 @@ def test_an_int8_model_that_loses_the_answers_is_not_stored():
     assert bentoml.models.get("fragile:latest")  # the fp32 model is kept
     with pytest.raises(bentoml.exceptions.NotFound):
         bentoml.models.get("fragile-int8:latest")
+
+
+def photo_folder(folder: Path, count: int) -> Path:
+    """A user's --photos: `count` distinct photographs of the installed packages, copied into `folder`."""
+    folder.mkdir()
+    for photo in quantize.package_photos()[:count]:
+        shutil.copyfile(photo, folder / photo.name)
+    assert len(quantize.load_photos(sorted(folder.iterdir()))) == count
+    return folder
+
+
+def test_your_photos_alone_calibrate_and_judge(tmp_path):
+    """With --photos, the int8 model is calibrated and judged on the user's photos only: not on
+    data/'s nor on the packages' (out of the model's domain, they would decide its gate)."""
+    mine = photo_folder(tmp_path / "my photos", config.QUANT_MIN_PHOTOS)
+    tag = imported_tag(import_colours(tmp_path, "mine", colour_conv(0.0, 1.0), "--photos", mine))
+    q = bentoml.models.get(tag).info.metadata["quantization"]
+    used = q["calibration_photos"] + q["held_back_photos"]
+    assert sorted(Path(name).name for name in used) == sorted(p.name for p in mine.iterdir())
+    assert all(Path(name).parent == mine for name in used)
+
+
+def test_too_few_of_your_photos_are_refused(tmp_path):
+    """The packages' photos do not fill up a small --photos folder; the refusal names the folder."""
+    few = photo_folder(tmp_path / "few", 5)
+    result = import_colours(tmp_path, "few", colour_conv(0.0, 1.0), "--photos", few)
+    assert result.returncode == 2
+    assert f"5 distinct photos found in --photos {few}, {config.QUANT_MIN_PHOTOS} needed" in result.stderr
+    assert "Add photos like the ones the model will see to it; nothing int8 was stored" in result.stderr
+    with pytest.raises(bentoml.exceptions.NotFound):
+        bentoml.models.get("few-int8:latest")
 
 
 @pytest.fixture(scope="module")

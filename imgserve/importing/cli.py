@@ -94,7 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--std", type=float, nargs="+", metavar="V", help="normalisation std, one per input channel")
     p.add_argument("--interpolation", choices=sorted(INTERPOLATIONS), help="resampling (default bilinear)")
     p.add_argument(
-        "--photos", type=Path, metavar="DIR", help="your own photos for the faithfulness check (and --quantize's)"
+        "--photos",
+        type=Path,
+        metavar="DIR",
+        help="your own photos for the faithfulness check; with --quantize, the only ones it calibrates and judges on",
     )
     p.add_argument(
         "--accept-disagreement",

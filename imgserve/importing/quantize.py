@@ -145,14 +145,27 @@ class PhotoSplit:
     held_back: list[Photo]
 
 
-def split_photos(photos: list[Photo]) -> PhotoSplit:
+def photo_paths(photo_dirs: Sequence[Path]) -> list[Path]:
+    """Your folders' photos when you give any: calibration and the gate then see photos like the ones
+    the model will serve (textures and telescope images would judge a bird model on scenes it never
+    answers). Without: data/ and the photographs of installed packages, general scenes."""
+    if photo_dirs:
+        return [p for d in photo_dirs for p in folder_photos(Path(d))]
+    return sorted(config.DATA_DIR.glob("*.jpg")) + package_photos()
+
+
+def split_photos(photos: list[Photo], photo_dirs: Sequence[Path] = ()) -> PhotoSplit:
     """Half the photos calibrate, the other half only judge."""
     need = config.QUANT_MIN_PHOTOS
     if len(photos) < need:
+        where, fix = (
+            (f" in --photos {', '.join(map(str, photo_dirs))}", "Add photos like the ones the model will see to it")
+            if photo_dirs
+            else ("", "Pass a folder of photos like the ones the model will see with --photos DIR")
+        )
         raise QuantizationRefused(
-            f"too few photos to quantize and check the int8 model: {len(photos)} distinct photos found, "
-            f"{need} needed (half to calibrate, half held back to check the answers). Pass a folder of "
-            "photos like the ones the model will see with --photos DIR; nothing int8 was stored"
+            f"too few photos to quantize and check the int8 model: {len(photos)} distinct photos found{where}, "
+            f"{need} needed (half to calibrate, half held back to check the answers). {fix}; nothing int8 was stored"
         )
     order = np.random.default_rng(SEED).permutation(len(photos))
     half = len(photos) // 2
@@ -281,12 +294,7 @@ def quantize(fp32_tag: str, work: Path, photo_dirs: Sequence[Path] = ()) -> Quan
 
     entry = store.bentoml.models.get(fp32_tag)
     card = store.ModelCard.from_stored(entry)
-    paths = (
-        sorted(config.DATA_DIR.glob("*.jpg"))
-        + [p for d in photo_dirs for p in folder_photos(Path(d))]
-        + package_photos()
-    )
-    split = split_photos(load_photos(paths))
+    split = split_photos(load_photos(photo_paths(photo_dirs)), photo_dirs)
     calibration = photo_views(split.calibration, card.preprocessing)
     held_back = photo_views(split.held_back, card.preprocessing)
     log.info(
