@@ -289,6 +289,8 @@ QUANT_MIN_AGREEMENT = 0.99
 # Distinct photos needed: half calibrate, half are held back. 8 held-back scenes is the fewest on
 # which one lucky scene cannot carry the gate.
 QUANT_MIN_PHOTOS = 16
+# Of a --photos folder, at most this many (spread evenly over it): 2,400 views, 360 MB of 224 x 224 pixels.
+QUANT_MAX_PHOTOS = 100
 # Views (crops, mirror images) of each photo: 24 x 8 held-back photos = 192 views at the fewest,
 # where 99% allows one disagreement.
 QUANT_VIEWS_PER_PHOTO = 24

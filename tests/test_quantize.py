@@ -81,6 +81,20 @@ def test_too_few_photos_are_refused():
     )
 
 
+def test_a_large_folder_is_sampled_evenly_over_its_subfolders(tmp_path):
+    """Classes in subfolders, sorted by name: the photos taken come from every class, not the first."""
+    per_class = config.QUANT_MAX_PHOTOS
+    for cls in ("ants", "bees", "wasps"):
+        (tmp_path / cls).mkdir()
+        for i in range(per_class):
+            (tmp_path / cls / f"{i:03d}.jpg").touch()  # listed by name only: never decoded here
+    taken = quantize.folder_photos(tmp_path)
+    assert len(taken) == len(set(taken)) == config.QUANT_MAX_PHOTOS
+    counts = {cls: sum(p.parent.name == cls for p in taken) for cls in ("ants", "bees", "wasps")}
+    assert min(counts.values()) >= config.QUANT_MAX_PHOTOS // 3, counts
+    assert quantize.folder_photos(tmp_path / "ants") == sorted((tmp_path / "ants").iterdir())  # all: not over
+
+
 def test_calibration_and_held_back_photos_do_not_overlap():
     photos = quantize.load_photos(sorted(DATA.glob("*.jpg")) + quantize.package_photos())
     split = quantize.split_photos(photos)

@@ -63,8 +63,16 @@ class QuantizationRefused(Exception):
 
 @dataclass(frozen=True)
 class Photo:
+    """A photo found readable; decoded again for its views, so that a folder of large photos is never
+    held in memory whole."""
+
     name: str  # where it came from, e.g. "skimage/astronaut.png"
-    image: Image.Image  # RGB, upright
+    path: Path
+
+    def open(self) -> Image.Image:
+        """RGB, upright."""
+        with Image.open(self.path) as opened:
+            return ImageOps.exif_transpose(opened).convert("RGB")
 
 
 def package_photos() -> list[Path]:
@@ -92,9 +100,13 @@ def package_photos() -> list[Path]:
 
 
 def folder_photos(folder: Path) -> list[Path]:
+    """At most `config.QUANT_MAX_PHOTOS` of a folder's photos, evenly spread over them by name, so that
+    each subfolder (a class, often) is among them."""
     if not folder.is_dir():
         raise QuantizationRefused(f"--photos {folder}: no such folder")
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in config.PHOTO_SUFFIXES)
+    found = sorted(p for p in folder.rglob("*") if p.suffix.lower() in config.PHOTO_SUFFIXES)
+    step = len(found) / config.QUANT_MAX_PHOTOS
+    return found if step <= 1 else [found[int(i * step)] for i in range(config.QUANT_MAX_PHOTOS)]
 
 
 def photo_name(path: Path) -> str:
@@ -109,9 +121,9 @@ def load_photos(paths: list[Path]) -> list[Photo]:
     photos: list[Photo] = []
     thumbs: list[np.ndarray] = []
     for path in paths:
+        photo = Photo(photo_name(path), path)
         try:
-            with Image.open(path) as opened:
-                img = ImageOps.exif_transpose(opened).convert("RGB")
+            img = photo.open()
         except (OSError, ValueError, Image.DecompressionBombError) as e:
             log.warning("skipping %s: %s", path, e)
             continue
@@ -119,14 +131,15 @@ def load_photos(paths: list[Path]) -> list[Photo]:
         if any(np.abs(thumb - t).mean() < DUPLICATE_MEAN_DIFF for t in thumbs):
             continue
         thumbs.append(thumb)
-        photos.append(Photo(photo_name(path), img))
+        photos.append(photo)
     return photos
 
 
 def views(photo: Photo, prep: Preprocessing, count: int, rng: np.random.Generator) -> np.ndarray:
     """`count` model inputs from one photo: the served centre crop, its mirror image, then crops of
     30-100% of the photo's area, half of them mirrored. uint8, (count, 3, crop, crop)."""
-    image = photo.image.convert("L") if prep.grayscale else photo.image  # as the server decodes for the model
+    image = photo.open()
+    image = image.convert("L") if prep.grayscale else image  # as the server decodes for the model
     out = [resize_crop(image, prep), resize_crop(ImageOps.mirror(image), prep)]
     width, height = image.size
     while len(out) < count:
