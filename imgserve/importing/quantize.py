@@ -104,7 +104,9 @@ def folder_photos(folder: Path) -> list[Path]:
     each subfolder (a class, often) is among them."""
     if not folder.is_dir():
         raise QuantizationRefused(f"--photos {folder}: no such folder")
-    found = sorted(p for p in folder.rglob("*") if p.suffix.lower() in config.PHOTO_SUFFIXES)
+    found = sorted(
+        p for p in folder.rglob("*") if p.suffix.lower() in config.PHOTO_SUFFIXES and not p.name.startswith(".")
+    )  # macOS leaves "._photo.jpg" files beside copied photos
     step = len(found) / config.QUANT_MAX_PHOTOS
     return found if step <= 1 else [found[int(i * step)] for i in range(config.QUANT_MAX_PHOTOS)]
 
