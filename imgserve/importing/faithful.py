@@ -65,8 +65,9 @@ class Agreement:
         )
 
 
-def photos_in(folder: Path, limit: int = config.FAITHFUL_MAX_PHOTOS) -> list[Path]:
-    """Image files of a folder and its subfolders, by name, at most `limit` (sorted, so runs repeat)."""
+def photos_in(folder: Path, limit: int | None = config.FAITHFUL_MAX_PHOTOS) -> list[Path]:
+    """Image files of a folder and its subfolders, by name, at most `limit` (None: all; sorted, so runs
+    repeat). Hidden files are left out: macOS leaves "._photo.jpg" beside copied photos."""
     found = sorted(
         p for p in folder.rglob("*") if p.suffix.lower() in config.PHOTO_SUFFIXES and not p.name.startswith(".")
     )

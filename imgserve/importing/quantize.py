@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from imgserve import config
-from imgserve.importing.faithful import Agreement
+from imgserve.importing import faithful
 from imgserve.serving import predict, store
 from imgserve.serving.preprocess import Preprocessing, resize_crop
 
@@ -104,9 +104,7 @@ def folder_photos(folder: Path) -> list[Path]:
     each subfolder (a class, often) is among them."""
     if not folder.is_dir():
         raise QuantizationRefused(f"--photos {folder}: no such folder")
-    found = sorted(
-        p for p in folder.rglob("*") if p.suffix.lower() in config.PHOTO_SUFFIXES and not p.name.startswith(".")
-    )  # macOS leaves "._photo.jpg" files beside copied photos
+    found = faithful.photos_in(folder, limit=None)
     step = len(found) / config.QUANT_MAX_PHOTOS
     return found if step <= 1 else [found[int(i * step)] for i in range(config.QUANT_MAX_PHOTOS)]
 
@@ -264,7 +262,7 @@ def quantize_graph(source: Path, destination: Path, calibration: np.ndarray, kee
 def agreement(fp32: Path, int8: Path, held_back: np.ndarray) -> tuple[dict, str | None]:
     """The int8 model's answers on the held-back views against the fp32 model's: the numbers its
     metadata keeps, and why the gate refuses it (None: it passes)."""
-    result = Agreement.between(probabilities(fp32, held_back), probabilities(int8, held_back))
+    result = faithful.Agreement.between(probabilities(fp32, held_back), probabilities(int8, held_back))
     shown = {
         "images": result.photos,
         "top1_agreement": round(result.fraction, 4),
