@@ -38,7 +38,7 @@ def main() -> None:
     labels = cli.imagenet_labels()
     for name, (mean, std, resize, interpolation) in CANDIDATES.items():
         prep = Preprocessing(resize=resize, crop=224, mean=mean, std=std, interpolation=interpolation)
-        packaged = convert.Packaged(model, prep, apply_softmax=True).eval()
+        packaged = convert.Packaged(model, prep, convert.Outputs.LOGITS).eval()
         answers, confidences = [], []
         for photo in PHOTOS:
             with torch.inference_mode():

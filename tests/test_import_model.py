@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import bentoml
@@ -29,6 +30,7 @@ from tests.helpers import (
     run_import,
     sensitive,
 )
+from tests.researcher_code import Redness
 
 pytestmark = pytest.mark.model  # each test imports a real model, in a process of its own
 
@@ -88,6 +90,90 @@ def test_training_checkpoint_from_data_parallel_is_unwrapped(tmp_path, labels3):
     torch.save({"epoch": 12, "state_dict": {f"module.{k}": v for k, v in sd.items()}}, path)
     tag = imported_tag(run_import(path, "--arch", "mobilenet_v3_small", "--labels", labels3))
     assert tag.startswith("checkpoint:")
+
+
+def test_a_lightning_checkpoint_is_read_under_its_prefix(tmp_path, labels3):
+    """A LightningModule saves its network as 'model.*', beside its loss's tensors; the model is served."""
+    torch.manual_seed(0)
+    model = torchvision.models.mobilenet_v3_small(num_classes=3).eval()
+    weights = {f"model.{k}": v for k, v in model.state_dict().items()}
+    path = tmp_path / "epoch=9-step=420.ckpt"
+    torch.save({"epoch": 9, "state_dict": {**weights, "loss_fn.weight": torch.ones(3)}, "lr": 0.01}, path)
+    result = run_import(path, "--arch", "mobilenet_v3_small", "--labels", labels3, "--name", "lightning")
+    tag = imported_tag(result)
+    assert "the weights are those under 'model.'" in result.stderr
+    assert "left out 1 other tensors of the file (loss_fn.weight)" in result.stderr
+    assert_served_as_torch(tag, model)
+
+
+def assert_served_as_torch(tag: str, model: nn.Module) -> None:
+    """The stored model's best answer on a real photo is torch's, on the same pixels, with softmax."""
+    data = (DATA / "cat.jpg").read_bytes()
+    card = store.ModelCard.from_stored(stored(tag))
+    with torch.inference_mode():
+        expected = convert.Packaged(model, card.preprocessing, convert.Outputs.LOGITS)(
+            torch.from_numpy(preprocess(data, card.preprocessing)[None])
+        )[0]
+    best = int(expected.argmax())
+    assert classify_stored(tag, data)[0] == {"label": card.labels[best], "score": pytest.approx(float(expected[best]))}
+
+
+def test_a_gray_torchvision_model_gets_its_first_convolution_for_one_channel(tmp_path):
+    """The usual digits/microscopy change, conv1 for one channel, read from the weights and said."""
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10)
+    model.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    path = tmp_path / "gray_resnet.pth"
+    torch.save(model.eval().state_dict(), path)
+    result = run_import(path, "--arch", "resnet18", "--resize", "64", "--crop", "64", "--name", "gray-resnet")
+    tag = imported_tag(result)
+    assert "its first convolution, conv1, takes 1 channel (from the weights)" in result.stderr
+    assert stored(tag).info.metadata["input"]["channels"] == 1
+    assert_served_as_torch(tag, model)
+
+
+def test_a_changed_first_convolution_is_told_the_builder_to_write(tmp_path):
+    """A CIFAR-style stem (3 x 3, stride 1): its stride is not in the weights, so the import asks for
+    the code; the file it shows, filled in, imports."""
+    model = torchvision.models.resnet18(num_classes=10)
+    model.conv1 = nn.Conv2d(1, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    path = tmp_path / "cifar_resnet.pth"
+    torch.save(model.state_dict(), path)
+    result = run_import(path, "--arch", "resnet18", "--resize", "32", "--crop", "32")
+    assert result.returncode == 2
+    shown = result.stderr.split("a file stem.py with\n")[1].split("and pass --arch stem.py:build")[0]
+    assert "model = torchvision.models.resnet18(num_classes=10)" in shown
+    assert "model.conv1 = nn.Conv2d(1, 64, kernel_size=(3, 3), stride=..., padding=..., bias=False)" in shown
+    filled_in = shown.replace("stride=...", "stride=1").replace("padding=...", "padding=1")
+    (tmp_path / "stem.py").write_text(textwrap.dedent(filled_in))
+    tag = imported_tag(run_import(path, "--arch", tmp_path / "stem.py:build", "--resize", "32", "--crop", "32"))
+    assert stored(tag).info.metadata["input"]["channels"] == 1
+
+
+@pytest.mark.parametrize("ends_in_sigmoid", [True, False], ids=["sigmoid", "logit"])
+def test_a_binary_classifier_with_one_output_answers_for_both_labels(tmp_path, ends_in_sigmoid):
+    """One output: its sigmoid (added unless the model ends in one, never twice) is the second label's."""
+    path = tmp_path / "redness.pth"
+    torch.save(Redness(ends_in_sigmoid).state_dict(), path)
+    labels = tmp_path / "labels.txt"
+    labels.write_text("not red\nred\n")
+    arch = ["--arch", f"{CODE}:Redness", "--arch-kwargs", f'{{"ends_in_sigmoid": {str(ends_in_sigmoid).lower()}}}']
+    unit = ["--mean", "0", "0", "0", "--std", "1", "1", "1", "--resize", "32", "--crop", "32"]
+    tag = imported_tag(run_import(path, *arch, *unit, "--labels", labels, "--name", "redness"))
+    meta = stored(tag).info.metadata
+    assert meta["outputs"] == ("one probability" if ends_in_sigmoid else "one logit")
+    assert meta["num_classes"] == 2
+    sure = pytest.approx(1 / (1 + math.exp(-4)), abs=1e-5)  # 4 x (1 - 0): sigmoid applied exactly once
+    assert classify_stored(tag, image_bytes((255, 0, 0))) == [
+        {"label": "red", "score": sure},
+        {"label": "not red", "score": pytest.approx(1 - sure.expected, abs=1e-5)},
+    ]
+    assert classify_stored(tag, image_bytes((0, 0, 255)))[0] == {"label": "not red", "score": sure}
+
+    labels.write_text("red\n")
+    result = run_import(path, *arch, *unit, "--labels", labels, "--name", "redness")
+    assert result.returncode == 2
+    assert "has 1 labels but the model has one output: a binary classifier" in result.stderr
 
 
 def test_label_count_must_match_the_outputs(tmp_path):
@@ -183,7 +269,7 @@ def test_state_dict_errors_say_what_to_do(tmp_path, args, message):
 
 def test_parity_check_refuses_an_export_that_disagrees(tmp_path):
     prep = Preprocessing(resize=32, crop=32, mean=(0, 0, 0), std=(1, 1, 1))
-    exported = convert.Packaged(colour_module(), prep, apply_softmax=True).eval()
+    exported = convert.Packaged(colour_module(), prep, convert.Outputs.LOGITS).eval()
     onnx_path = tmp_path / "model.onnx"
     convert.export_onnx(exported, prep, onnx_path)
     inputs = np.stack([preprocess(image_bytes(c), prep) for c in [(255, 0, 0), (0, 0, 255)]])
@@ -192,7 +278,7 @@ def test_parity_check_refuses_an_export_that_disagrees(tmp_path):
     with torch.no_grad():
         other[2].weight.copy_(10 * torch.eye(3).flip(0))  # red <-> blue
     with pytest.raises(loading.ImportRefused, match="does not answer like the torch model"):
-        convert.check_parity(convert.Packaged(other, prep, apply_softmax=True).eval(), onnx_path, inputs)
+        convert.check_parity(convert.Packaged(other, prep, convert.Outputs.LOGITS).eval(), onnx_path, inputs)
 
 
 # --- Every bad file and every careless command: exit 2, one message that says what to do, nothing stored.

@@ -276,10 +276,12 @@ def import_model(args: argparse.Namespace) -> str:
     prep = resolve_preprocessing(args, plan, loaded)
     check_input_size(loaded.module, prep)
     inputs = parity_inputs(prep)
-    packaged = convert.Packaged(loaded.module, prep, apply_softmax=False)
+    as_is = convert.Packaged(loaded.module, prep, convert.Outputs.PROBABILITIES)  # nothing added to the outputs
     with torch.inference_mode():
-        floats = packaged.normalize(torch.from_numpy(inputs[:1]))
-    apply_softmax = packaged.apply_softmax = not convert.outputs_are_probabilities(loaded.module, floats)
+        floats = as_is.normalize(torch.from_numpy(inputs))
+    with loading.quiet_torch():
+        outputs = convert.read_outputs(loaded.module, floats)
+    packaged = convert.Packaged(loaded.module, prep, outputs)
     with torch.inference_mode(), loading.quiet_torch():
         num_classes = int(packaged(torch.from_numpy(inputs[:1])).shape[1])
 
@@ -290,6 +292,12 @@ def import_model(args: argparse.Namespace) -> str:
         plan.sources["labels"] = f"from {args.labels}" if args.labels else "none given: class_0, class_1, ..."
     if plan.labels is None and not args.default_model:
         log.warning("no --labels given: answers will say class_0 .. class_%d", num_classes - 1)
+    if len(labels) != num_classes and outputs.one_output:
+        raise ImportRefused(
+            f"{args.labels} has {len(labels)} labels but the model has one output: a binary classifier, whose "
+            "sigmoid is the probability of the second label. Give two labels, the class its sigmoid is near 0 "
+            "for first (e.g. 'healthy', then 'tumour')"
+        )
     if len(labels) != num_classes:
         raise ImportRefused(
             f"{args.labels} has {len(labels)} labels but the model has {num_classes} outputs; "
@@ -303,7 +311,7 @@ def import_model(args: argparse.Namespace) -> str:
         parity = convert.check_parity(packaged, onnx_path, inputs)
         log.info("checking the served path against torch running the model's own transforms")
         steps = plan.steps or transforms.parse(prep.transforms())
-        agreement = faithful.measure(loaded.module, apply_softmax, onnx_path, prep, steps, plan.photos)
+        agreement = faithful.measure(loaded.module, outputs, onnx_path, prep, steps, plan.photos)
         if not agreement.acceptable:
             message = (
                 f"served answers disagree with torch running {'your' if plan.steps else 'these'} transforms "
@@ -324,7 +332,7 @@ def import_model(args: argparse.Namespace) -> str:
             "source_format": loaded.source_format,
             "source_file": args.model.name,
             "source_sha256": convert.sha256_of(args.model),
-            "outputs": "logits" if apply_softmax else "probabilities",
+            "outputs": outputs.value,
             "parity": parity,
             "faithfulness": {**agreement.to_dict(), "accepted_anyway": not agreement.acceptable},
             "sources": plan.sources,
@@ -341,13 +349,12 @@ def import_model(args: argparse.Namespace) -> str:
 def summary(tag: str, meta: dict, loaded: loading.LoadedModel, agreement: faithful.Agreement, seconds: float) -> list:
     """What was stored, in the researcher's words, and where each value came from."""
     src, shape = meta["sources"], meta["input"]
-    outputs = "probabilities" if meta["outputs"] == "probabilities" else "logits or log-probabilities: softmax added"
     return [
         f"stored {tag} in {seconds:.1f} s ({meta['source_format']}, {meta['arch']})",
         f"  preprocessing: {meta['transforms']}   [{src['preprocessing']}]",
         f"  input: {shape['channels']} x {shape['height']} x {shape['width']} (channels x height x width)   "
         f"[channels {src['channels']}; size {src['size']}]",
-        f"  classes: {meta['num_classes']}, labels {src['labels']}; outputs {outputs}",
+        f"  classes: {meta['num_classes']}, labels {src['labels']}; outputs: {convert.Outputs(meta['outputs']).said}",
         f"  ONNX against torch: top-1 the same on all {meta['parity']['inputs']} inputs, "
         f"largest probability difference {meta['parity']['max_prob_diff']:.1e}",
         f"  served path against torch with these transforms: {agreement}",

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import io
+from enum import StrEnum
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode  # public API, documented under 'Extending PyTorch'
 
 from imgserve import config
 from imgserve.importing.loading import ImportRefused, quiet_torch
@@ -28,10 +30,93 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+class Outputs(StrEnum):
+    """What a model's outputs are, read at import; each says what the stored graph adds to make them
+    the probabilities the server answers with (stored in the model's metadata as `outputs`)."""
+
+    LOGITS = "logits"  # softmax added (to log-probabilities too: it gives back the probabilities)
+    PROBABILITIES = "probabilities"  # the model ends in softmax: nothing added
+    SIGMOIDS = "sigmoid probabilities"  # ends in sigmoid, several classes (multi-label): each class's own
+    ONE_LOGIT = "one logit"  # a binary classifier's one score: sigmoid added, [1 - p, p]
+    ONE_PROBABILITY = "one probability"  # the same ending in sigmoid: [1 - p, p]
+
+    @property
+    def said(self) -> str:
+        """In the import's summary."""
+        return {
+            Outputs.LOGITS: "logits or log-probabilities: softmax added",
+            Outputs.PROBABILITIES: "probabilities (the model ends in softmax)",
+            Outputs.SIGMOIDS: "one probability per class (the model ends in sigmoid; multi-label): served as they are",
+            Outputs.ONE_LOGIT: "one logit (a binary classifier): sigmoid added; it is the second label's probability",
+            Outputs.ONE_PROBABILITY: "one probability (a binary classifier ending in sigmoid): the second label's",
+        }[self]
+
+    @property
+    def one_output(self) -> bool:
+        return self in (Outputs.ONE_LOGIT, Outputs.ONE_PROBABILITY)
+
+
+def to_probabilities(out: torch.Tensor, outputs: Outputs) -> torch.Tensor:
+    """The model's outputs as the probabilities served: (batch, classes), two classes for one output."""
+    return _probabilities(out, outputs is Outputs.LOGITS, outputs is Outputs.ONE_LOGIT, outputs.one_output)
+
+
+def _probabilities(out: torch.Tensor, softmax: bool, sigmoid: bool, two_from_one: bool) -> torch.Tensor:
+    """to_probabilities with plain flags, which TorchScript can compile (a scripted model's wrapper is)."""
+    if sigmoid:
+        out = torch.sigmoid(out)
+    if two_from_one:
+        out = torch.cat([1 - out, out], dim=1)
+    if softmax:
+        out = torch.softmax(out, dim=1)
+    return out
+
+
+class _Sigmoids(TorchDispatchMode):
+    """Records what every sigmoid computes during one forward pass, whatever called it: an nn.Sigmoid,
+    torch.sigmoid in the model's forward, TorchScript or a torch.export graph."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.results: list[torch.Tensor] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # torch's signature
+        out = func(*args, **(kwargs or {}))
+        if func.overloadpacket in (torch.ops.aten.sigmoid, torch.ops.aten.sigmoid_):
+            self.results.append(out.detach().clone())
+        return out
+
+
+def read_outputs(model: nn.Module, samples: torch.Tensor) -> Outputs:
+    """What the model's outputs are, from running it on real inputs (normalized, one at a time).
+
+    Ends in softmax: every row is non-negative and sums to 1. Ends in sigmoid: its outputs are what
+    a sigmoid computed last, seen by recording the sigmoids as the model runs (a value in [0, 1] is
+    no proof: a logit can be one).
+    """
+    rows, ends_in_sigmoid = [], True
+    for sample in samples:
+        sigmoids = _Sigmoids()
+        with torch.inference_mode(), sigmoids:
+            out = model(sample[None])
+        rows.append(out)
+        ends_in_sigmoid &= any(
+            s.numel() == out.numel() and torch.equal(s.reshape(out.shape), out) for s in sigmoids.results
+        )
+    out = torch.cat(rows)
+    if out.shape[1] == 1:
+        return Outputs.ONE_PROBABILITY if ends_in_sigmoid else Outputs.ONE_LOGIT
+    if ends_in_sigmoid:
+        return Outputs.SIGMOIDS
+    if bool((out >= 0).all() and torch.allclose(out.sum(dim=1), torch.ones(len(out)), atol=1e-3)):
+        return Outputs.PROBABILITIES
+    return Outputs.LOGITS
+
+
 class Packaged(nn.Module):
     """uint8 pixels in, probabilities out: the stored model carries its own preprocessing."""
 
-    def __init__(self, model: nn.Module, prep: Preprocessing, apply_softmax: bool) -> None:
+    def __init__(self, model: nn.Module, prep: Preprocessing, outputs: Outputs) -> None:
         super().__init__()
         self.model = model
         std = torch.tensor(prep.std, dtype=torch.float32).view(1, -1, 1, 1)
@@ -39,22 +124,17 @@ class Packaged(nn.Module):
         # (x / 255 - mean) / std as one multiply-add
         self.register_buffer("scale", 1.0 / (255.0 * std))
         self.register_buffer("shift", -mean / std)
-        self.apply_softmax = apply_softmax
+        self.outputs = outputs
+        self.softmax = outputs is Outputs.LOGITS
+        self.sigmoid = outputs is Outputs.ONE_LOGIT
+        self.two_from_one = outputs.one_output
         self.training = False  # the wrapper only; `model` keeps its own mode (a torch.export module has none)
 
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
         return pixels.float() * self.scale + self.shift
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        out = self.model(self.normalize(pixels))
-        return torch.softmax(out, dim=1) if self.apply_softmax else out
-
-
-def outputs_are_probabilities(model: nn.Module, sample: torch.Tensor) -> bool:
-    """True when the model already ends in softmax; logits and log-softmax both need one."""
-    with torch.inference_mode():
-        out = model(sample)
-    return bool((out >= 0).all() and torch.allclose(out.sum(dim=1), torch.ones(len(out)), atol=1e-3))
+        return _probabilities(self.model(self.normalize(pixels)), self.softmax, self.sigmoid, self.two_from_one)
 
 
 def export_onnx(packaged: Packaged, prep: Preprocessing, destination: Path, one_image_per_call: bool = False) -> None:

@@ -20,6 +20,7 @@ from PIL import Image, ImageOps
 from torch import nn
 
 from imgserve import config
+from imgserve.importing import convert
 from imgserve.importing.transforms import Step
 from imgserve.serving.predict import open_session, run
 from imgserve.serving.preprocess import ImageRejected, Preprocessing, preprocess
@@ -95,7 +96,7 @@ def reference_transform(steps: list[Step]) -> Callable[[Image.Image], torch.Tens
 
 def measure(
     model: nn.Module,
-    apply_softmax: bool,
+    outputs: convert.Outputs,
     onnx_path: Path,
     prep: Preprocessing,
     steps: list[Step],
@@ -117,7 +118,7 @@ def measure(
             photo = ImageOps.exif_transpose(img).convert(mode)
         with torch.inference_mode():
             out = model(transform(photo)[None].float())
-            expected = (torch.softmax(out, dim=1) if apply_softmax else out)[0].numpy()
+            expected = convert.to_probabilities(out, outputs)[0].numpy()
         count += 1
         agree += int(served.argmax() == expected.argmax())
         worst = max(worst, float(np.abs(served - expected).max()))

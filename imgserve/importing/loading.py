@@ -19,11 +19,12 @@ import io
 import json
 import os
 import pickle
+import re
 import sys
 import types
 import warnings
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +42,8 @@ PICKLE_REFUSED = (
 LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
 CHECKPOINT_KEYS = ("state_dict", "model_state_dict", "model", "net", "network", "weights")
 SHOWN_KEYS = 4  # key names quoted in a mismatch message; the rest are counted
+# How deep a training wrapper's prefix is looked for: 'model.', 'module.model.', 'student.backbone.body.'.
+MAX_WRAPPER_DEPTH = 3
 
 
 class ImportRefused(Exception):
@@ -378,16 +381,82 @@ def _build_from_state_dict(path: Path, state_dict: dict, arch: str | None, kwarg
         )
     if is_code_arch(arch):
         module = build_code_arch(arch, kwargs)
+        state_dict, notes = under_wrapper(state_dict, module.state_dict().keys())
         fit_state_dict(module, state_dict, arch, kwargs)
-        return LoadedModel(module.eval(), "state_dict", arch)
+        return LoadedModel(module.eval(), "state_dict", arch, notes=notes)
     check_arch(arch)
     reference = build_arch(arch, **kwargs)
+    state_dict, notes = under_wrapper(state_dict, reference.state_dict().keys())
     head = classifier_key(reference.state_dict())
     if "num_classes" not in kwargs and head in state_dict:
         kwargs = {**kwargs, "num_classes": int(state_dict[head].shape[0])}
     module = build_arch(arch, **kwargs) if kwargs else reference
+    notes += fit_stem_channels(module, state_dict)
     fit_state_dict(module, state_dict, arch, kwargs)
-    return LoadedModel(module.eval(), "state_dict", arch)
+    return LoadedModel(module.eval(), "state_dict", arch, notes=notes)
+
+
+def fit_stem_channels(module: nn.Module, state_dict: dict) -> list[str]:
+    """A torchvision model whose first convolution takes other channels than RGB (a gray microscopy or
+    digits model: `model.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)`):
+    that convolution rebuilt for the file's channels, everything else about it kept, and said.
+
+    Only when its weights differ in the input channels alone; a changed kernel leaves stride and
+    padding unknown, and fit_state_dict then asks for the code that builds the model.
+    """
+    name, conv = next(((n, m) for n, m in module.named_modules() if isinstance(m, nn.Conv2d)), ("", None))
+    weights = state_dict.get(f"{name}.weight")
+    if conv is None or weights is None or weights.ndim != 4 or conv.groups != 1:
+        return []
+    channels = int(weights.shape[1])
+    same_kernel = weights.shape[0] == conv.out_channels and weights.shape[2:] == conv.weight.shape[2:]
+    if channels == conv.in_channels or not same_kernel:
+        return []
+    stem = nn.Conv2d(
+        channels,
+        conv.out_channels,
+        conv.kernel_size,
+        stride=conv.stride,
+        padding=conv.padding,
+        dilation=conv.dilation,
+        bias=conv.bias is not None,
+        padding_mode=conv.padding_mode,
+    )
+    parent, _, attr = name.rpartition(".")
+    setattr(module.get_submodule(parent), attr, stem)
+    return [
+        f"its first convolution, {name}, takes {channels} channel{'s' * (channels != 1)} (from the weights): built "
+        f"with torchvision's kernel, stride and padding ({conv.kernel_size}, {conv.stride}, {conv.padding}). If your "
+        "code changed those too, give the code that builds the model (--arch FILE.py:build)"
+    ]
+
+
+def under_wrapper(state_dict: dict, expected: Iterable[str]) -> tuple[dict, list[str]]:
+    """The model's weights where a training wrapper put them, and a note saying so.
+
+    A LightningModule saves its network's weights as 'model.conv1.weight' (its attribute's name), beside
+    whatever else it holds (a loss's class weights, an EMA copy under 'model_ema.'). When the keys do
+    not fit as they are but every key of the architecture is there under one prefix, those are the
+    weights and the rest is left out. Tried only on a misfit: a model whose own layers all sit under
+    one attribute ('net.0.weight') fits as it is.
+    """
+    expected = set(expected)
+    if expected <= state_dict.keys():
+        return state_dict, []
+    prefixes = dict.fromkeys(
+        ".".join(parts[:depth]) + "."
+        for parts in (k.split(".") for k in state_dict)
+        for depth in range(1, min(len(parts), MAX_WRAPPER_DEPTH + 1))
+    )
+    for prefix in prefixes:
+        inner = {k.removeprefix(prefix): v for k, v in state_dict.items() if k.startswith(prefix)}
+        if inner.keys() == expected:
+            left = [k for k in state_dict if not k.startswith(prefix)]
+            notes = [f"the weights are those under '{prefix}' in the file (a training wrapper's)"]
+            if left:
+                notes.append(f"left out {len(left)} other tensors of the file ({_keys(left)})")
+            return inner, notes
+    return state_dict, []
 
 
 def classifier_key(state_dict: dict) -> str:
@@ -416,7 +485,7 @@ def fit_state_dict(module: nn.Module, state_dict: dict, arch: str, kwargs: dict)
         )
         problems.append(f"{len(wrong)} of another shape ({shapes})")
     message = f"the weights do not fit {what}{f' with {kwargs}' if kwargs else ''}: " + "; ".join(problems)
-    raise ImportRefused(message + ". " + _mismatch_hint(module, state_dict, arch, missing, unexpected, wrong))
+    raise ImportRefused(message + ". " + _mismatch_hint(module, state_dict, arch, kwargs, missing, unexpected, wrong))
 
 
 def _keys(keys: list[str]) -> str:
@@ -424,28 +493,54 @@ def _keys(keys: list[str]) -> str:
     return ", ".join(keys[:SHOWN_KEYS]) + more
 
 
-def _mismatch_hint(module, state_dict, arch, missing, unexpected, wrong) -> str:
-    """The way forward: the right torchvision name, the classes argument, or a builder for a changed head."""
+def _mismatch_hint(module, state_dict, arch, kwargs, missing, unexpected, wrong) -> str:
+    """The way forward: the right torchvision name, the classes argument, or a builder for a changed
+    head or first convolution."""
     head = classifier_key(module.state_dict())
     if wrong and set(wrong) <= {head, head.removesuffix("weight") + "bias"} and not (missing or unexpected):
         classes = int(state_dict[head].shape[0])
         return f"The file has {classes} classes: pass --arch-kwargs '{{\"num_classes\": {classes}}}'"
     prefixes = {k.split(".")[0] for k in missing + unexpected}
-    if not is_code_arch(arch) and len(prefixes) == 1 and not wrong:
+    if not is_code_arch(arch) and prefixes == {head.split(".")[0]} and not wrong:
         [prefix] = prefixes
         shapes = ", ".join(f"{k} {list(state_dict[k].shape)}" for k in unexpected[:SHOWN_KEYS])
         return (
             f"Everything but the classifier fits: the head '{prefix}' was changed (the file has {shapes}). "
-            "Give the code that builds it, as in your training script: a file head.py with\n"
-            f"    import torchvision\n    from torch import nn\n\n    def build():\n"
-            f"        model = torchvision.models.{arch}()\n        model.{prefix} = ...  # your new head\n"
-            "        return model\n"
-            "and pass --arch head.py:build"
+            + _builder("head.py", arch, {}, prefix, "...  # your new head")
+        )
+    stem = next((n for n, m in module.named_modules() if isinstance(m, nn.Conv2d)), None)
+    if not is_code_arch(arch) and stem and set(wrong) == {f"{stem}.weight"} and not (missing or unexpected):
+        out, channels, *kernel = state_dict[f"{stem}.weight"].shape
+        bias = f"{stem}.bias" in state_dict
+        return (
+            f"Everything but the first convolution fits: '{stem}' was changed (the file has {stem}.weight "
+            f"{[out, channels, *kernel]}, torchvision's is {list(module.state_dict()[f'{stem}.weight'].shape)}). "
+            + _builder(
+                "stem.py",
+                arch,
+                kwargs,
+                stem,
+                f"nn.Conv2d({channels}, {out}, kernel_size={tuple(kernel)}, stride=..., padding=..., bias={bias})"
+                "  # as you trained it",
+            )
         )
     guess = closest_archs(state_dict)
     if guess and guess[0] != arch:
         return f"They look like torchvision's {guess[0]}{f' ({guess[1]})' if guess[1] else ''}: try --arch {guess[0]}"
     return "Check --arch (and --arch-kwargs) against the code that trained the model"
+
+
+def _builder(file: str, arch: str, kwargs: dict, layer: str, value: str) -> str:
+    """The file to write when a torchvision model had a layer replaced: build it, replace the layer."""
+    arguments = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+    attribute = re.sub(r"\.(\d+)", r"[\1]", layer)  # features.0.0 -> features[0][0]
+    return (
+        f"Give the code that builds it, as in your training script: a file {file} with\n"
+        f"    import torchvision\n    from torch import nn\n\n    def build():\n"
+        f"        model = torchvision.models.{arch}({arguments})\n        model.{attribute} = {value}\n"
+        "        return model\n"
+        f"and pass --arch {file}:build"
+    )
 
 
 def closest_archs(state_dict: dict) -> tuple[str, str] | None:
