@@ -146,6 +146,28 @@ def test_the_page_refuses_a_bad_file_with_the_apis_message(server, tmp_path):
     assert message.startswith("image 1: not a supported image") and message in api.text
 
 
+@pytest.mark.serve
+def test_the_pages_api_reads_uploads_only_not_any_path_on_the_server(server, tmp_path):
+    """Gradio's API puts a file's path in the JSON it is sent: a path outside the upload folder is
+    refused, whether the file exists or not, and is never classified."""
+    from gradio_client import Client, handle_file
+
+    elsewhere = tmp_path / "not-uploaded.jpg"
+    elsewhere.write_bytes((DATA / "cat.jpg").read_bytes())
+    with server.client() as c:
+        for path in (elsewhere, tmp_path / "missing.jpg", Path("/etc/hostname")):
+            call = c.post(
+                f"{config.UI_PATH}/gradio_api/call/classify",
+                json={"data": [{"path": str(path), "meta": {"_type": "gradio.FileData"}}, 3, ""]},
+            )
+            assert call.status_code == 200, call.text
+            events = c.get(f"{config.UI_PATH}/gradio_api/call/classify/{call.json()['event_id']}").text
+            assert events.startswith("event: error") and "cat" not in events, events
+    # An upload still works, through the same API.
+    page = Client(f"{server.url}{config.UI_PATH}/", verbose=False)
+    assert page.predict(handle_file(elsewhere), 1, api_name="/classify")["label"] in CAT_CLASSES
+
+
 # --- In Chromium
 
 

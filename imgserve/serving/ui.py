@@ -50,9 +50,10 @@ def mount(app: Starlette, cards: list[ModelCard], classify: Classify) -> None:
     started = time.monotonic()
     import gradio as gr
 
+    blocks = page(cards, classify)
     gr.mount_gradio_app(
         app,  # Gradio uses only what Starlette has (see asgi_app)
-        page(cards, classify),
+        blocks,
         path="",
         # Where service.py mounts it. Gradio works its root out of each request, but answers that are not
         # queued (showing an example) would lose the prefix: the photo's preview URL then 404s.
@@ -62,6 +63,10 @@ def mount(app: Starlette, cards: list[ModelCard], classify: Classify) -> None:
         footer_links=["gradio"],
         run_history=False,  # people's photos are not kept, not even in their own browser
     )
+    # Gradio 6.31 checks that a file named in an API call lies in its upload folder only in an app
+    # that was launched (processing_utils._check_allowed); a mounted one never is, and would then read
+    # and classify any path on the server that a request names.
+    blocks.has_launched = True
     tags = ", ".join(c.tag for c in cards)
     log.info("web page for %s built in %.1f s (Gradio %s)", tags, time.monotonic() - started, gr.__version__)
 
@@ -174,8 +179,8 @@ def page(cards: list[ModelCard], classify: Classify) -> gr.Blocks:
             facts = gr.Markdown(about(card))
         # gr.Image's own preprocessing opens the upload with Pillow before the callback sees it (with
         # its own error for a non-image) and re-saves any image that is not RGB. With preprocess=False
-        # the callback gets the uploaded file itself, already checked to lie in Gradio's upload folder,
-        # and /classify's decoder reads the very bytes the person chose.
+        # the callback gets the uploaded file itself, checked by Gradio to lie in its upload folder (see
+        # mount), and /classify's decoder reads the very bytes the person chose.
         run: dict[str, Any] = {
             "fn": on_image,
             "inputs": [image, top_k, chooser],
