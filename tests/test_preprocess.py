@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from imgserve.serving.preprocess import ImageRejected, Preprocessing, open_image, preprocess
-from tests.helpers import DATA, image_bytes
+from tests.helpers import DATA, ROOT, image_bytes
 
 PREP = Preprocessing(resize=32, crop=32)
 
@@ -54,6 +56,48 @@ def test_16_bit_png_keeps_its_range():
     Image.fromarray(arr).save(buf, "PNG")
     assert Image.open(io.BytesIO(buf.getvalue())).mode.startswith("I")
     assert np.allclose(centre(preprocess(buf.getvalue(), PREP)), (127, 127, 127), atol=1)
+
+
+PEAK_MEMORY = """
+import sys
+from imgserve.serving.preprocess import Preprocessing, preprocess
+
+def kb(field):
+    return int(next(line.split()[1] for line in open("/proc/self/status") if line.startswith(field)))
+
+data = sys.stdin.buffer.read()
+before = kb("VmRSS:")
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # the peak (VmHWM) starts again from here
+preprocess(data, Preprocessing(resize=256, crop=224))
+print(kb("VmHWM:") - before)
+"""
+
+
+def decoding_peak_kb(data: bytes) -> int:
+    """The most memory decoding one upload took, in a fresh process (kB above what it held before)."""
+    done = subprocess.run([sys.executable, "-c", PEAK_MEMORY], input=data, capture_output=True, check=True, cwd=ROOT)
+    return int(done.stdout)
+
+
+def test_transparent_and_16_bit_uploads_cost_about_what_an_rgb_one_does():
+    """A careless or hostile client's 16 MP RGBA or 16-bit PNG (a few kB of zeros) takes at most 2.5x
+    the memory an RGB photo of that size does to decode (it took 5x: four full-size RGBA copies)."""
+    side = 4000
+    uploads = {
+        "RGB": Image.new("RGB", (side, side), (10, 200, 30)),
+        "RGBA": Image.new("RGBA", (side, side), (10, 200, 30, 128)),
+        "LA": Image.new("LA", (side, side), (100, 128)),
+        "16-bit gray": Image.fromarray(np.full((side, side), 300, np.uint16)),
+    }
+    peaks = {}
+    for mode, img in uploads.items():
+        buf = io.BytesIO()
+        img.save(buf, "PNG", compress_level=1)
+        peaks[mode] = decoding_peak_kb(buf.getvalue())
+    rgb = peaks.pop("RGB")
+    assert rgb > side * side * 3 // 1024, "the RGB photo was not decoded at full size"
+    assert all(peak <= 2.5 * rgb for peak in peaks.values()), {"RGB": rgb, **peaks}
 
 
 def test_animated_gif_uses_the_first_frame():

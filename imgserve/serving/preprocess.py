@@ -168,20 +168,38 @@ def open_image(data: bytes, max_pixels: int = config.MAX_IMAGE_PIXELS) -> Image.
 
 def _to_model_mode(img: Image.Image, gray: bool) -> Image.Image:
     """Any mode to RGB, or to gray ("L", as torchvision's Grayscale); transparent areas become
-    white, 16-bit images keep their range."""
+    white, 16-bit images keep their range. At most one full-size copy besides the decoded image and
+    its 8-bit or white-backed form: a 49 MP RGBA or 16-bit upload costs about what an RGB one does."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        arr = np.asarray(img, dtype=np.uint32)
-        hi = 65535 if arr.max(initial=0) > 255 else 255
-        img = Image.fromarray((arr * 255 // hi).astype(np.uint8), "L")
+        img = _eight_bit(img)
     if img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
-    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(background, rgba).convert("RGB")
+    if img.mode in ("RGBa", "La", "PA"):  # premultiplied or palette + alpha: rare, converted once
+        img = img.convert("LA" if img.mode == "La" else "RGBA")
+    if img.mode in ("RGBA", "LA"):
+        # As alpha_composite over opaque white (the same pixels), without an RGBA copy of each.
+        base = "L" if img.mode == "LA" else "RGB"
+        white = Image.new(base, img.size, (255,) * len(base))
+        white.paste(img if base == "RGB" else img.getchannel("L"), (0, 0), img.getchannel("A"))
+        img = white
     mode = "L" if gray else "RGB"
     # A gray photo for a gray model and most photos for an RGB one are already in mode: no copy.
     return img if img.mode == mode else img.convert(mode)
+
+
+EIGHT_BIT_ROWS = 256  # rows converted at a time: a few MB of 32-bit temporaries, whatever the image
+
+
+def _eight_bit(img: Image.Image) -> Image.Image:
+    """A 16- or 32-bit gray image as 8-bit "L": 0..65535 scaled to 0..255 when it uses more than 8 bits
+    (32-bit values clipped to 0..65535 first)."""
+    values = np.asarray(img)
+    hi = 65535 if values.size and values.max() > 255 else 255
+    out = np.empty(values.shape, np.uint8)
+    for r in range(0, len(values), EIGHT_BIT_ROWS):
+        rows = np.clip(values[r : r + EIGHT_BIT_ROWS], 0, 65535).astype(np.uint32)
+        out[r : r + EIGHT_BIT_ROWS] = rows * 255 // hi
+    return Image.fromarray(out, "L")
 
 
 def preprocess(data: bytes, prep: Preprocessing, max_pixels: int = config.MAX_IMAGE_PIXELS) -> np.ndarray:
