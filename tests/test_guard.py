@@ -13,7 +13,14 @@ import json
 import httpx
 import pytest
 
-from imgserve.serving.errors import MODEL_QUEUE_FULL, NO_IMAGES, TOO_MANY_IN_FLIGHT, TOO_MANY_UPLOADS, ClientError
+from imgserve.serving.errors import (
+    INTERNAL_ERROR,
+    MODEL_QUEUE_FULL,
+    NO_IMAGES,
+    TOO_MANY_IN_FLIGHT,
+    TOO_MANY_UPLOADS,
+    ClientError,
+)
 from imgserve.serving.form import HOW_TO_SEND, FormRules
 from imgserve.serving.guard import Guard
 
@@ -288,3 +295,25 @@ def test_the_openapi_document_gets_the_real_error_answers():
     responses = document["paths"]["/classify"]["post"]["responses"]
     assert {"200", "400", "401", "413", "415", "503", "504"} <= set(responses)
     assert document["components"]["schemas"]["Error"]["required"] == ["error"]
+
+
+def test_an_unexpected_error_before_the_answer_is_a_500_at_once_with_its_traceback_logged(caplog):
+    """A bug below the guard (ours or a library's) is answered in the one shape, not left to BentoML's
+    request timeout, and the next request is served."""
+
+    class Failing(App):
+        async def __call__(self, scope, receive, send) -> None:
+            if scope["path"] == "/bug":
+                raise RuntimeError("a bug")
+            await super().__call__(scope, receive, send)
+
+    async def go():
+        async with client(Guard(Failing())) as c:
+            return await c.get("/bug"), await c.get("/fine")
+
+    with caplog.at_level("ERROR", logger="bentoml.service.guard"):
+        bug, fine = run(go())
+    assert (bug.status_code, bug.json()) == (500, {"error": INTERNAL_ERROR})
+    assert fine.status_code == 200
+    [record] = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert record.exc_info and "a bug" in str(record.exc_info[1])

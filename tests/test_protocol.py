@@ -85,6 +85,17 @@ REFUSED = [
         err("multipart body does not start with the boundary its Content-Type names ('--other')"),
     ),
     (
+        "boundary over 256 bytes",
+        "multipart/form-data; boundary=" + "b" * 300,
+        form(IMAGE).replace(B, b"b" * 300),
+        {},
+        400,
+        err(
+            "multipart boundary refused (Boundary length 300 exceeds maximum of 256): "
+            f"let the HTTP library write it; {HOW_TO_SEND}"
+        ),
+    ),
+    (
         "no closing boundary",
         FORM,
         form(IMAGE, close=False),
@@ -365,6 +376,16 @@ def read_answer(s: socket.socket) -> tuple[int, bytes]:
         assert chunk, "connection closed mid-answer"
         body += chunk
     return int(lines[0].split(" ", 2)[1]), body[:length]
+
+
+def test_a_content_type_that_is_not_utf8_gets_its_whole_answer_and_the_next_request_too(server):
+    """BentoML's access log read the Content-Type as UTF-8 and cut the answer short (an empty body)."""
+    with server.client() as c:
+        r = c.post("/classify", content=b"x", headers={"Content-Type": b"text/\xe9"})
+        assert r.status_code == 415 and the_error(r)["error"].startswith("unsupported Content-Type")
+        models = c.get("/models", headers={"Content-Type": b"\xe9"})
+        assert models.status_code == 200 and models.json()
+        assert_still_answers(c)
 
 
 def test_a_content_length_shorter_than_the_body_is_a_400(server):

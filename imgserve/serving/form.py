@@ -57,11 +57,11 @@ def body_check(scope: Scope, receive: Receive, rules: FormRules) -> tuple[Scope,
             raise refuse(
                 f"multipart body without a boundary in its Content-Type: let the HTTP library write it; {HOW_TO_SEND}"
             )
-        return (
-            with_content_type(scope, b'multipart/form-data; boundary="%s"' % boundary),
-            receive,
-            FormCheck(rules, boundary),
-        )
+        try:
+            check = FormCheck(rules, boundary)
+        except ValueError as e:  # python-multipart's FormParserError: a boundary over 256 bytes
+            raise refuse(f"multipart boundary refused ({e}): let the HTTP library write it; {HOW_TO_SEND}") from None
+        return with_content_type(scope, b'multipart/form-data; boundary="%s"' % boundary), receive, check
     if kind.startswith("image/") or kind == "application/octet-stream":
         return raw_image(scope, receive, kind, rules)
     raise ClientError(415, f"unsupported Content-Type {kind or 'none'!r}: {HOW_TO_SEND}")

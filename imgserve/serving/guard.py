@@ -21,7 +21,15 @@ from typing import Any
 
 from imgserve import config
 from imgserve.serving import access, admission
-from imgserve.serving.errors import RETRY_AFTER, ClientError, from_app, in_shape, too_large, with_error_answers
+from imgserve.serving.errors import (
+    INTERNAL_ERROR,
+    RETRY_AFTER,
+    ClientError,
+    from_app,
+    in_shape,
+    too_large,
+    with_error_answers,
+)
 from imgserve.serving.form import FormCheck, FormRules, body_check
 
 Scope = MutableMapping[str, Any]
@@ -66,6 +74,13 @@ class Guard:
         try:
             await self.app(scope, exchange.receive, exchange.send)
             await exchange.finish()
+        except Exception:
+            if exchange.started:
+                raise
+            # A bug of ours, or a library's, before any answer: logged with its traceback, answered at
+            # once in the one shape (escaping, it would hold the client until BentoML's request timeout).
+            log.exception("%s %s: unexpected error", exchange.method, exchange.path)
+            await exchange.answer(ClientError(500, INTERNAL_ERROR))
         finally:
             exchange.upload_ended()
             self.admission.in_flight -= exchange.admitted
