@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import socket
 import time
 from pathlib import Path
@@ -17,6 +18,7 @@ import httpx
 import pytest
 
 from imgserve import config
+from imgserve.serving.bentoml_compat import OTHER_ENDPOINT
 from imgserve.serving.errors import ERROR_ANSWERS, ERROR_SCHEMA, MODEL_QUEUE_FULL, TOO_MANY_IN_FLIGHT
 from imgserve.serving.form import HOW_TO_SEND
 from imgserve.testing import running, tree_rss_bytes
@@ -386,6 +388,25 @@ def test_a_content_type_that_is_not_utf8_gets_its_whole_answer_and_the_next_requ
         models = c.get("/models", headers={"Content-Type": b"\xe9"})
         assert models.status_code == 200 and models.json()
         assert_still_answers(c)
+
+
+def test_made_up_paths_add_no_series_to_the_metrics(server):
+    """Each path a scanner makes up is counted under one label, not one each (BentoML labels by the
+    path as sent); the requests themselves keep their paths: each 404 names its own."""
+    made_up = [f"/scan-{i:04d}" for i in range(40)] + [f"{config.UI_PATH}/nope-{i}" for i in range(5)]
+    with server.client() as c:
+        for path in made_up:
+            r = c.get(path)
+            assert r.status_code == 404
+            if not path.startswith(config.UI_PATH):  # the page keeps Gradio's own answers
+                assert path in the_error(r)["error"]
+        assert_still_answers(c)
+    text = server.scrape()
+    endpoints = set(re.findall(r'request_total\{[^}]*endpoint="([^"]*)"', text))
+    assert config.CLASSIFY_PATH in endpoints and OTHER_ENDPOINT in endpoints
+    assert not any(p in endpoints for p in made_up), sorted(endpoints)
+    ours = {config.CLASSIFY_PATH, config.MODELS_PATH, config.UI_PATH, config.DOCS_PATH, OTHER_ENDPOINT}
+    assert endpoints <= ours | {"/", "/docs.json", "/livez", "/readyz", "/healthz"}, sorted(endpoints)
 
 
 def test_a_content_length_shorter_than_the_body_is_a_400(server):

@@ -9,7 +9,9 @@ need from here too.
 
 from __future__ import annotations
 
+import copy
 import logging
+from collections.abc import Iterable
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
@@ -94,6 +96,50 @@ def answer_as_json(api: Any) -> None:
     if not hasattr(api, "output_spec"):
         raise _changed("APIMethod.output_spec")
     api.output_spec.media_type = "application/json"
+
+
+OTHER_ENDPOINT = "other"  # the /metrics label of every path that is no endpoint
+
+
+def bounded_metric_labels(endpoints: Iterable[str], mounts: Iterable[str]) -> None:
+    """Count HTTP requests in /metrics under a bounded set of `endpoint` labels.
+
+    BentoML 1.4 labels its request metrics (`RunnerTrafficMetricsMiddleware`) by the URL path as sent,
+    so every new path adds series for the life of the process: each 404 a scanner makes up, and each
+    photo the web page shows (its own /ui/gradio_api/file=... URL). 5,000 made-up paths took /metrics
+    to 20 MB and 9 s to scrape. Here a path is its own label when it is one of `endpoints`, the mount's
+    prefix under one of `mounts`, else OTHER_ENDPOINT; the request itself goes on with its own path.
+    """
+    try:
+        from bentoml._internal.server.http.instruments import RunnerTrafficMetricsMiddleware as Metrics
+    except ImportError as e:
+        raise _changed("bentoml._internal.server.http.instruments.RunnerTrafficMetricsMiddleware") from e
+    if not all(hasattr(Metrics, a) for a in ("__call__", "_setup")):
+        raise _changed("RunnerTrafficMetricsMiddleware.__call__ and ._setup")
+    exact, prefixes = frozenset(endpoints), tuple(mounts)
+    count = Metrics.__call__
+
+    def label(path: str) -> str:
+        if path in exact:
+            return path
+        return next((m for m in prefixes if path == m or path.startswith(f"{m}/")), OTHER_ENDPOINT)
+
+    async def call(self: Any, scope: Any, receive: Any, send: Any) -> None:
+        named = label(scope.get("path", ""))
+        if named == scope.get("path"):
+            return await count(self, scope, receive, send)
+        if not self._is_setup:
+            self._setup()  # on the middleware itself: its series are registered once
+        app = self.app
+
+        async def with_its_own_path(_labelled: Any, receive: Any, send: Any) -> None:
+            await app(scope, receive, send)
+
+        counter = copy.copy(self)  # this request's: counts under the label, passes the request on unchanged
+        counter.app = with_its_own_path
+        await count(counter, {**scope, "path": named}, receive, send)
+
+    Metrics.__call__ = call  # type: ignore[method-assign]  # the one patch, named in the docstring
 
 
 def model_store_dir() -> Path:
