@@ -28,6 +28,7 @@ from typing import Annotated, cast
 
 import bentoml
 import numpy as np
+from PIL import Image
 from pydantic import BaseModel, BeforeValidator, Field
 
 from imgserve import config
@@ -40,6 +41,10 @@ from imgserve.serving.preprocess import ImageRejected, preprocess
 from imgserve.serving.uploads import Upload
 
 log = logging.getLogger("bentoml.service")
+# Every upload's size is checked from its header against CLASSIFIER_MAX_IMAGE_PIXELS before it is
+# decoded (preprocess.open_image), which names the setting; Pillow's own guard would refuse the
+# largest first, in its words and at its own limit, whatever the setting says.
+Image.MAX_IMAGE_PIXELS = None
 # The served models' cards (labels, preprocessing, title), read once, at start: a model list that
 # is malformed or names a model not in the store stops the server here, before it is ready.
 MODELS = registry.Registry.from_config()

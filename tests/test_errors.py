@@ -72,7 +72,13 @@ BAD = [
     ("truncated jpeg", CAT[: len(CAT) // 2], "image/jpeg", 400, "truncated or corrupt"),
     ("jpeg, corrupt middle", middle(CAT, bytes(range(256)) * 8), "image/jpeg", 400, "truncated or corrupt"),
     ("zero width", png_header(0, 10), "image/png", 400, "image 1: not a supported image"),
-    ("decompression bomb", png_header(100_000, 100_000), "image/png", 413, "image too large"),
+    (
+        "decompression bomb",
+        png_header(100_000, 100_000),
+        "image/png",
+        413,
+        "image too large: 100000x100000 = 10000000000 pixels, limit is 50000000 (CLASSIFIER_MAX_IMAGE_PIXELS)",
+    ),
     ("bomb under Pillow's own limit", png_header(10_000, 9_000), "image/png", 413, "too large: 10000x9000"),
 ]
 
