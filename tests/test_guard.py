@@ -156,6 +156,7 @@ def test_bodies_over_the_limit_are_413_from_the_header_or_as_they_stream():
     message = "request body too large: limit is 1000 bytes (CLASSIFIER_MAX_REQUEST_BYTES)"
     assert (declared.status_code, declared.json()) == (413, {"error": message})
     assert (chunked.status_code, chunked.json()) == (413, {"error": message})
+    assert declared.headers["connection"] == chunked.headers["connection"] == "close"  # the rest goes unread
     assert app.bodies == []
 
 

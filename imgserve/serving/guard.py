@@ -40,6 +40,9 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 log = logging.getLogger("bentoml.service.guard")
 
+# On a refusal whose body is left unread (too large, stalled): the connection ends with the answer,
+# so a keep-alive client does not send its next request behind a body the server will not read.
+CLOSE = {"Connection": "close"}
 OPENAPI_PATH = "/docs.json"  # BentoML's OpenAPI document: the guard adds the real error answers
 
 
@@ -95,7 +98,7 @@ class Guard:
         access.check_key(path, headers, self.api_key)
         length = headers.get("content-length", "")
         if length.isdigit() and int(length) > self.max_request_bytes:
-            raise ClientError(413, too_large(self.max_request_bytes))
+            raise ClientError(413, too_large(self.max_request_bytes), headers=CLOSE)
         if admission.costs_work(method, path):
             self.admission.check_upload()  # known before the upload: spare it
         if path != config.CLASSIFY_PATH or method != "POST":
@@ -146,7 +149,7 @@ class Exchange:
             except TimeoutError:
                 stalled = f"request body stalled: no data for {self.guard.body_timeout_s:g} s"
                 error = f"{stalled} ({config.ENV_BODY_TIMEOUT_S}): send the whole body"
-                return self.refuse(ClientError(408, error, headers={"Connection": "close"}))  # frees the connection
+                return self.refuse(ClientError(408, error, headers=CLOSE))
             if message["type"] != "http.request":
                 self.gone = True
                 self.upload_ended()
@@ -156,7 +159,7 @@ class Exchange:
             more = message.get("more_body", False)
             self.seen += len(chunk)
             if self.seen > self.guard.max_request_bytes:
-                return self.refuse(ClientError(413, too_large(self.guard.max_request_bytes)))
+                return self.refuse(ClientError(413, too_large(self.guard.max_request_bytes), headers=CLOSE))
             if self.form is not None:
                 try:
                     self.form.feed(chunk, final=not more)
