@@ -341,6 +341,7 @@ def test_huge_headers_are_a_431_and_the_next_request_is_served(server):
         ("PUT", "/classify", 405, err("method not allowed: PUT /classify")),
         ("GET", "/no-such-page", 404, err("not found: GET /no-such-page")),
         ("POST", "/classify/more", 404, err("not found: POST /classify/more")),
+        ("GET", "/docs/no-such-page", 404, err("not found: GET /docs/no-such-page")),
     ],
 )
 def test_wrong_method_or_path_is_one_error_object(server, method, path, status, answer):

@@ -117,7 +117,7 @@ class Exchange:
         self.guard, self._receive, self._send, self.form = guard, receive, send, form
         self.method, self.path = scope.get("method", ""), scope["path"]
         self.work = admission.costs_work(self.method, self.path)
-        self.reword = not self.path.startswith(access.BROWSER_PATHS)  # Gradio's page reads Gradio's answers
+        self.reword = not self.path.startswith(config.UI_PATH)  # Gradio's page reads Gradio's answers
         self.seen = 0
         self.body_done = False
         self.admitted = 0  # 1 while the request counts against the in-flight bound
