@@ -176,6 +176,36 @@ def test_a_binary_classifier_with_one_output_answers_for_both_labels(tmp_path, e
     assert "has 1 labels but the model has one output: a binary classifier" in result.stderr
 
 
+def test_a_training_scripts_checkpoint_gives_its_architecture_and_class_names(tmp_path):
+    """pytorch/examples' ImageNet script saves {"arch", "state_dict", ...}, and ImageFolder's class_to_idx
+    is often saved beside: no --arch, no --labels needed, and the import says where each came from."""
+    sd = torchvision.models.mobilenet_v3_small(num_classes=3).state_dict()
+    path = tmp_path / "model_best.pth.tar"
+    classes = {"daisy": 0, "rose": 2, "dandelion": 1}
+    torch.save({"epoch": 30, "arch": "mobilenet_v3_small", "state_dict": sd, "class_to_idx": classes}, path)
+    result = run_import(path, "--name", "flowers")
+    meta = stored(imported_tag(result)).info.metadata
+    assert (meta["arch"], meta["labels"]) == ("mobilenet_v3_small", ["daisy", "dandelion", "rose"])
+    assert meta["sources"]["labels"] == "from the checkpoint's 'class_to_idx'"
+    assert "the architecture, mobilenet_v3_small, is the one the checkpoint names" in result.stderr
+
+    torch.save({"arch": "mobilenet_v3_small", "state_dict": sd, "classes": ["cat", "dog"]}, path)
+    result = run_import(path, "--name", "flowers")
+    assert result.returncode == 2
+    assert "the checkpoint's 'classes' has 2 labels but the model has 3 outputs" in result.stderr
+
+
+def test_a_pickled_model_keeps_the_class_names_set_on_it(tmp_path):
+    """The flowers tutorial: model.class_to_idx = train_data.class_to_idx; torch.save(model)."""
+    model = flowers_style_model()
+    model.class_to_idx = {"daisy": 0, "dandelion": 1, "rose": 2}
+    path = tmp_path / "flowers.pth"
+    torch.save(model, path)
+    meta = stored(imported_tag(run_import(path, "--trust-pickle"))).info.metadata
+    assert meta["labels"] == ["daisy", "dandelion", "rose"]
+    assert meta["sources"]["labels"] == "from the model's 'class_to_idx'"
+
+
 def test_label_count_must_match_the_outputs(tmp_path):
     path = tmp_path / "m.pth"
     torch.save(torchvision.models.mobilenet_v3_small(num_classes=3).state_dict(), path)

@@ -285,22 +285,25 @@ def import_model(args: argparse.Namespace) -> str:
     with torch.inference_mode(), loading.quiet_torch():
         num_classes = int(packaged(torch.from_numpy(inputs[:1])).shape[1])
 
-    labels = plan.labels or [f"class_{i}" for i in range(num_classes)]
+    labels = plan.labels or loaded.labels or [f"class_{i}" for i in range(num_classes)]
     if args.default_model:
         plan.sources["labels"] = "ImageNet's, from torchvision"
+    elif args.labels:
+        plan.sources["labels"] = f"from {args.labels}"
     else:
-        plan.sources["labels"] = f"from {args.labels}" if args.labels else "none given: class_0, class_1, ..."
-    if plan.labels is None and not args.default_model:
+        plan.sources["labels"] = loaded.labels_from or "none given: class_0, class_1, ..."
+    if plan.labels is None and loaded.labels is None and not args.default_model:
         log.warning("no --labels given: answers will say class_0 .. class_%d", num_classes - 1)
+    given = args.labels or loaded.labels_from.removeprefix("from ")  # "the checkpoint's 'class_to_idx'"
     if len(labels) != num_classes and outputs.one_output:
         raise ImportRefused(
-            f"{args.labels} has {len(labels)} labels but the model has one output: a binary classifier, whose "
+            f"{given} has {len(labels)} labels but the model has one output: a binary classifier, whose "
             "sigmoid is the probability of the second label. Give two labels, the class its sigmoid is near 0 "
             "for first (e.g. 'healthy', then 'tumour')"
         )
     if len(labels) != num_classes:
         raise ImportRefused(
-            f"{args.labels} has {len(labels)} labels but the model has {num_classes} outputs; "
+            f"{given} has {len(labels)} labels but the model has {num_classes} outputs; "
             "they must be equal (one label per line, in output order)"
         )
 

@@ -59,6 +59,9 @@ class LoadedModel:
     input_shape: tuple[int, int, int] | None = None
     one_image_per_call: bool = False  # a .pt2 exported with a fixed batch of 1
     notes: list[str] = field(default_factory=list)
+    # Class names the training script saved with the model (ImageFolder's class_to_idx...), and where
+    labels: list[str] | None = None
+    labels_from: str = ""
 
 
 @contextlib.contextmanager
@@ -248,7 +251,47 @@ def _load_model(path: Path, arch: str | None, trust_pickle: bool, arch_kwargs: d
             return _load_pickle(path, [], arch, trust_pickle)
         except Exception as e:
             raise ImportRefused(f"{path.name} is damaged: torch.load cannot read it ({e})") from None
-    return _build_from_state_dict(path, unwrap_state_dict(obj, path), arch, arch_kwargs or {})
+    notes = []
+    if not arch and isinstance(obj, dict) and obj.get("arch") in classification_archs():
+        arch = obj["arch"]  # pytorch/examples' ImageNet script saves {"arch": "resnet18", "state_dict": ...}
+        notes.append(f"the architecture, {arch}, is the one the checkpoint names ('arch')")
+    loaded = _build_from_state_dict(path, unwrap_state_dict(obj, path), arch, arch_kwargs or {})
+    loaded.notes[:0] = notes
+    return with_saved_labels(loaded, obj)
+
+
+LABEL_KEYS = ("class_to_idx", "idx_to_class", "classes", "class_names", "labels")
+
+
+def with_saved_labels(loaded: LoadedModel, saved: object) -> LoadedModel:
+    """The class names a training script kept beside the weights, when it kept them: ImageFolder's
+    `class_to_idx` in the checkpoint or set on the model (`model.class_to_idx = data.class_to_idx`),
+    an `idx_to_class`, or a list of `classes`."""
+    places = [("the checkpoint", saved)] if isinstance(saved, dict) else []
+    places.append(("the model", vars(loaded.module)))
+    for where, mapping in places:
+        for key in LABEL_KEYS:
+            labels = _as_labels(mapping.get(key))
+            if labels:
+                loaded.labels, loaded.labels_from = labels, f"from {where}'s {key!r}"
+                return loaded
+    return loaded
+
+
+def _as_labels(value: object) -> list[str] | None:
+    """Class names in output order from {name: index}, {index: name} or [name, ...]; else None."""
+    if isinstance(value, dict) and value:
+        items = list(value.items())
+        if all(isinstance(k, str) and isinstance(v, int) for k, v in items):
+            by_index = {v: k for k, v in items}
+        elif all(isinstance(k, int) and isinstance(v, str) for k, v in items):
+            by_index = dict(items)
+        else:
+            return None
+        return [by_index[i] for i in range(len(by_index))] if set(by_index) == set(range(len(items))) else None
+    if isinstance(value, list | tuple) and value and all(isinstance(v, str) for v in value):
+        return list(value)
+    return None
 
 
 def _load_pickle(path: Path, classes: list[str], arch: str | None, trust_pickle: bool) -> LoadedModel:
@@ -267,12 +310,13 @@ def _load_pickle(path: Path, classes: list[str], arch: str | None, trust_pickle:
         ) from None
     except Exception as e:  # code from the file ran and failed
         raise ImportRefused(f"unpickling {path.name} failed: {type(e).__name__}: {e}") from None
+    saved = obj
     for key in CHECKPOINT_KEYS:  # a checkpoint dict holding the whole model
         if isinstance(obj, dict) and isinstance(obj.get(key), nn.Module):
             obj = obj[key]
             break
     if isinstance(obj, nn.Module):
-        return LoadedModel(obj.eval(), "pickle", type(obj).__name__)
+        return with_saved_labels(LoadedModel(obj.eval(), "pickle", type(obj).__name__), saved)
     if isinstance(obj, torch.jit.ScriptModule):
         return LoadedModel(obj.eval(), "torchscript", "torchscript")
     raise ImportRefused(f"{path.name} holds a {type(obj).__name__}, not a model or a state_dict")
