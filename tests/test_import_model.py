@@ -206,6 +206,23 @@ def test_a_pickled_model_keeps_the_class_names_set_on_it(tmp_path):
     assert meta["sources"]["labels"] == "from the model's 'class_to_idx'"
 
 
+def test_safetensors_weights_import_without_trust_and_a_damaged_file_is_called_that(tmp_path, labels3):
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    model = torchvision.models.mobilenet_v3_small(num_classes=3).eval()
+    path = tmp_path / "model.safetensors"
+    save_file(model.state_dict(), path)
+    tag = imported_tag(run_import(path, "--arch", "mobilenet_v3_small", "--labels", labels3))
+    assert stored(tag).info.metadata["source_format"] == "safetensors"
+    assert_served_as_torch(tag, model)
+
+    path.write_bytes(path.read_bytes()[:5000])
+    result = run_import(path, "--arch", "mobilenet_v3_small", "--labels", labels3)
+    assert result.returncode == 2
+    assert "model.safetensors is a damaged safetensors file" in result.stderr
+
+
 def test_label_count_must_match_the_outputs(tmp_path):
     path = tmp_path / "m.pth"
     torch.save(torchvision.models.mobilenet_v3_small(num_classes=3).state_dict(), path)

@@ -61,7 +61,9 @@ def imagenet_labels() -> list[str]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", nargs="?", type=Path, help="the model file (.pth, .pt, .pt2); omit for the default model")
+    p.add_argument(
+        "model", nargs="?", type=Path, help="the model file (.pth, .pt, .pt2, .safetensors); omit for the default model"
+    )
     p.add_argument(
         "--arch",
         help="what a state_dict's weights belong to: a torchvision name such as resnet18 (--list-archs), or your "

@@ -41,6 +41,7 @@ PICKLE_REFUSED = (
 # The pickle protocol 2 header of torch.save's legacy (pre-1.6, non-zip) format: its magic number.
 LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
 CHECKPOINT_KEYS = ("state_dict", "model_state_dict", "model", "net", "network", "weights")
+SAFETENSORS_MAX_HEADER = 100_000_000  # the largest header the safetensors format allows, in bytes
 SHOWN_KEYS = 4  # key names quoted in a mismatch message; the rest are counted
 # How deep a training wrapper's prefix is looked for: 'model.', 'module.model.', 'student.backbone.body.'.
 MAX_WRAPPER_DEPTH = 3
@@ -53,7 +54,7 @@ class ImportRefused(Exception):
 @dataclass
 class LoadedModel:
     module: nn.Module
-    source_format: str  # "state_dict", "pickle", "torchscript" or "exported" (.pt2)
+    source_format: str  # "state_dict", "safetensors", "pickle", "torchscript" or "exported" (.pt2)
     arch: str
     # (channels, height, width) when the file itself fixes the input (a .pt2's signature)
     input_shape: tuple[int, int, int] | None = None
@@ -79,7 +80,7 @@ def quiet_torch() -> Iterator[None]:
 
 
 def file_kind(path: Path) -> str:
-    """'torch' (torch.save archive), 'torchscript', 'exported' (.pt2) or 'legacy'; else ImportRefused."""
+    """'torch' (torch.save archive), 'torchscript', 'exported' (.pt2), 'legacy' or 'safetensors'; else ImportRefused."""
     with open(path, "rb") as f:
         head = f.read(len(LEGACY_TORCH_MAGIC))
     if zipfile.is_zipfile(path):
@@ -100,14 +101,16 @@ def file_kind(path: Path) -> str:
         )
     if head == LEGACY_TORCH_MAGIC:
         return "legacy"
+    if head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") <= SAFETENSORS_MAX_HEADER:
+        return "safetensors"  # an 8-byte header length, then the header's JSON
     if head[:1] == b"\x80":
         raise ImportRefused(
             f"{path.name} is a plain Python pickle (pickle.dump), not a file saved with torch.save; "
             "save the model's weights with torch.save(model.state_dict(), path)"
         )
     raise ImportRefused(
-        f"{path.name} is not a PyTorch model file: it is none of torch.save's formats, TorchScript or a "
-        ".pt2 archive (corrupt, truncated, or another kind of file)"
+        f"{path.name} is not a PyTorch model file: it is none of torch.save's formats, TorchScript, a "
+        ".pt2 archive or safetensors (corrupt, truncated, or another kind of file)"
     )
 
 
@@ -242,6 +245,11 @@ def _load_model(path: Path, arch: str | None, trust_pickle: bool, arch_kwargs: d
             return LoadedModel(module.eval(), "torchscript", arch or "torchscript")
         if kind == "exported":
             return _load_exported(path, trust_pickle)
+        if kind == "safetensors":  # weights only, and no pickle to scan
+            weights = unwrap_state_dict(read_safetensors(path), path)
+            loaded = _build_from_state_dict(path, weights, arch, arch_kwargs or {})
+            loaded.source_format = "safetensors"
+            return loaded
         classes = unsafe_globals(path) if kind == "torch" else []
         if classes:
             return _load_pickle(path, classes, arch, trust_pickle)
@@ -258,6 +266,16 @@ def _load_model(path: Path, arch: str | None, trust_pickle: bool, arch_kwargs: d
     loaded = _build_from_state_dict(path, unwrap_state_dict(obj, path), arch, arch_kwargs or {})
     loaded.notes[:0] = notes
     return with_saved_labels(loaded, obj)
+
+
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(path, device="cpu")
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ImportRefused(f"{path.name} is a damaged safetensors file ({e})") from None
 
 
 LABEL_KEYS = ("class_to_idx", "idx_to_class", "classes", "class_names", "labels")
