@@ -140,7 +140,7 @@ def test_a_raw_image_body_becomes_a_one_image_form_with_top_k_from_the_query():
 
 def test_an_unknown_query_parameter_on_a_raw_image_is_a_400():
     r = run(post(Guard(App(), form=RULES), "/classify?topk=2", content=b"x", headers={"Content-Type": "image/png"}))
-    assert (r.status_code, r.json()) == (400, {"error": "unknown query parameter 'topk': the only one is top_k"})
+    assert (r.status_code, r.json()) == (400, {"error": "unknown query parameter 'topk': the fields are top_k"})
 
 
 def test_bodies_over_the_limit_are_413_from_the_header_or_as_they_stream():

@@ -243,7 +243,15 @@ REFUSED = [
         CAT,
         {"k": "3"},
         400,
-        err("unknown query parameter 'k': the only one is top_k"),
+        err("unknown query parameter 'k': the fields are top_k, model"),
+    ),
+    (
+        "form with top_k in the query",
+        FORM,
+        form(IMAGE),
+        {"top_k": "1"},
+        400,
+        err("query parameter 'top_k' with a form: send it as a form field (curl -F top_k=...)"),
     ),
 ]
 

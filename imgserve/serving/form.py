@@ -52,6 +52,9 @@ def body_check(scope: Scope, receive: Receive, rules: FormRules) -> tuple[Scope,
     raw_kind, options = parse_options_header(headers.get("content-type", ""))
     kind = raw_kind.decode("latin-1").lower()
     if kind == "multipart/form-data":
+        if query := parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True):
+            name = next(iter(query))
+            raise refuse(f"query parameter {name!r} with a form: send it as a form field (curl -F {name}=...)")
         boundary = options.get(b"boundary", b"")
         if not boundary:
             raise refuse(
@@ -74,7 +77,7 @@ def raw_image(scope: Scope, receive: Receive, kind: str, rules: FormRules) -> tu
     head = b""
     for name, values in query.items():
         if name not in rules.field_checks:
-            raise refuse(f"unknown query parameter {name!r}: the only one is top_k")
+            raise refuse(f"unknown query parameter {name!r}: the fields are {', '.join(rules.field_checks)}")
         for value in values:
             head += b'--%s\r\nContent-Disposition: form-data; name="%s"\r\n\r\n%s\r\n' % (
                 boundary,
