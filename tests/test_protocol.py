@@ -204,6 +204,14 @@ REFUSED = [
         err("a form part's headers are too large (Maximum header size exceeded): shorten the file name"),
     ),
     (
+        "a part with ten headers",
+        FORM,
+        form(part("images", CAT).replace(b"\r\n\r\n", b"".join(b"\r\nX-%d: y" % i for i in range(9)) + b"\r\n\r\n", 1)),
+        {},
+        400,
+        err("a form part's headers are too large (Maximum header count exceeded): send fewer headers per part"),
+    ),
+    (
         "json",
         "application/json",
         json.dumps({"images": ["cat.jpg"], "top_k": 3}).encode(),

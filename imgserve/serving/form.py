@@ -154,7 +154,8 @@ class FormCheck:
             self.parser.write(chunk)
         except MultipartParseError as e:
             if self.problem is None and str(e).startswith("Maximum header"):  # python-multipart: 4 kB, 8 headers
-                raise refuse(f"a form part's headers are too large ({e}): shorten the file name") from None
+                fix = "send fewer headers per part" if "count" in str(e) else "shorten the file name"
+                raise refuse(f"a form part's headers are too large ({e}): {fix}") from None
             if self.problem is None and not self.parts:
                 declared = f"'--{self.boundary.decode('latin-1')}'"
                 raise refuse(
