@@ -223,6 +223,18 @@ def test_safetensors_weights_import_without_trust_and_a_damaged_file_is_called_t
     assert "model.safetensors is a damaged safetensors file" in result.stderr
 
 
+def test_a_model_saved_in_half_precision_runs_in_float32(tmp_path, labels3):
+    """model.half(); torch.save(model): the server's input is float32, so the model is too, and says so."""
+    torch.manual_seed(0)
+    model = torchvision.models.mobilenet_v3_small(num_classes=3).eval().half()
+    path = tmp_path / "half.pth"
+    torch.save(model, path)
+    result = run_import(path, "--trust-pickle", "--labels", labels3)
+    tag = imported_tag(result)
+    assert "its weights were saved in float16: run in float32" in result.stderr
+    assert_served_as_torch(tag, model.float())
+
+
 def test_label_count_must_match_the_outputs(tmp_path):
     path = tmp_path / "m.pth"
     torch.save(torchvision.models.mobilenet_v3_small(num_classes=3).state_dict(), path)
