@@ -235,6 +235,19 @@ def test_a_model_saved_in_half_precision_runs_in_float32(tmp_path, labels3):
     assert_served_as_torch(tag, model.float())
 
 
+def test_a_googlenet_fine_tuned_from_imagenet_weights_is_built_as_torchvision_built_it(tmp_path, labels3):
+    """torchvision builds googlenet from its weights with transform_input=True and drops the auxiliary
+    heads; the state_dict shows neither, and the model answers differently without the first."""
+    torch.manual_seed(0)
+    model = torchvision.models.googlenet(num_classes=3, aux_logits=False, transform_input=True, init_weights=False)
+    path = tmp_path / "googlenet_birds.pth"
+    torch.save(model.eval().state_dict(), path)
+    result = run_import(path, "--arch", "googlenet", "--labels", labels3)
+    tag = imported_tag(result)
+    assert "googlenet is built with transform_input=True" in result.stderr
+    assert_served_as_torch(tag, model)
+
+
 def test_label_count_must_match_the_outputs(tmp_path):
     path = tmp_path / "m.pth"
     torch.save(torchvision.models.mobilenet_v3_small(num_classes=3).state_dict(), path)

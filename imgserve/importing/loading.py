@@ -458,8 +458,10 @@ def _build_from_state_dict(path: Path, state_dict: dict, arch: str | None, kwarg
         fit_state_dict(module, state_dict, arch, kwargs)
         return LoadedModel(module.eval(), "state_dict", arch, notes=notes)
     check_arch(arch)
+    kwargs, notes = as_fine_tuned(arch, state_dict, kwargs)
     reference = build_arch(arch, **kwargs)
-    state_dict, notes = under_wrapper(state_dict, reference.state_dict().keys())
+    state_dict, unwrapped = under_wrapper(state_dict, reference.state_dict().keys())
+    notes += unwrapped
     head = classifier_key(reference.state_dict())
     if "num_classes" not in kwargs and head in state_dict:
         kwargs = {**kwargs, "num_classes": int(state_dict[head].shape[0])}
@@ -467,6 +469,31 @@ def _build_from_state_dict(path: Path, state_dict: dict, arch: str | None, kwarg
     notes += fit_stem_channels(module, state_dict)
     fit_state_dict(module, state_dict, arch, kwargs)
     return LoadedModel(module.eval(), "state_dict", arch, notes=notes)
+
+
+# Architectures that torchvision builds differently from its ImageNet weights, which fine-tuning
+# starts from, than from scratch, in ways a state_dict does not record: their auxiliary head's name.
+AUX_HEADS = {"inception_v3": "AuxLogits", "googlenet": "aux1"}
+
+
+def as_fine_tuned(arch: str, state_dict: dict, kwargs: dict) -> tuple[dict, list[str]]:
+    """inception_v3 and googlenet as torchvision builds them from its weights: `transform_input=True`
+    (the input re-normalised inside the model; nothing in the weights shows it) unless --arch-kwargs
+    says otherwise, and the auxiliary head only when the file has its weights."""
+    if arch not in AUX_HEADS:
+        return kwargs, []
+    notes = []
+    extra: dict[str, object] = {"init_weights": False}  # the weights are loaded over them
+    if "aux_logits" not in kwargs:
+        extra["aux_logits"] = any(AUX_HEADS[arch] in k.split(".") for k in state_dict)
+    if "transform_input" not in kwargs:
+        extra["transform_input"] = True
+        notes.append(
+            f"{arch} is built with transform_input=True, as torchvision builds it from its ImageNet weights, "
+            "which fine-tuning starts from; for a model trained from scratch pass "
+            "--arch-kwargs '{\"transform_input\": false}'"
+        )
+    return {**extra, **kwargs}, notes
 
 
 def fit_stem_channels(module: nn.Module, state_dict: dict) -> list[str]:
