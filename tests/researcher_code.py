@@ -80,3 +80,15 @@ class Redness(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logit = self.fc(self.pool(x).flatten(1))
         return torch.sigmoid(logit) if self.ends_in_sigmoid else logit
+
+
+class OneAtATime(nn.Module):
+    """Written for one image: `x.view(1, -1)` fixes the batch at 1 (a beginner's flatten)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.fc = nn.Linear(8 * 16 * 16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.conv(x)).view(1, -1))

@@ -30,7 +30,7 @@ from tests.helpers import (
     run_import,
     sensitive,
 )
-from tests.researcher_code import Redness
+from tests.researcher_code import OneAtATime, Redness
 
 pytestmark = pytest.mark.model  # each test imports a real model, in a process of its own
 
@@ -245,6 +245,21 @@ def test_a_googlenet_fine_tuned_from_imagenet_weights_is_built_as_torchvision_bu
     result = run_import(path, "--arch", "googlenet", "--labels", labels3)
     tag = imported_tag(result)
     assert "googlenet is built with transform_input=True" in result.stderr
+    assert_served_as_torch(tag, model)
+
+
+def test_a_model_written_for_one_image_at_a_time_is_served_one_image_per_call(tmp_path):
+    """x.view(1, -1) in forward: the batched export cannot run, so the model is exported for one image
+    and the server calls it once per image (it was a traceback)."""
+    torch.manual_seed(0)
+    model = OneAtATime().eval()
+    path = tmp_path / "one.pth"
+    torch.save(model.state_dict(), path)
+    result = run_import(path, "--arch", f"{CODE}:OneAtATime", "--resize", "32", "--crop", "32")
+    tag = imported_tag(result)
+    assert "its forward takes one image at a time, not a batch" in result.stderr
+    session = predict.open_session(stored(tag).path_of(store.ONNX_FILE))
+    assert session.get_inputs()[0].shape[0] == 1
     assert_served_as_torch(tag, model)
 
 

@@ -313,7 +313,13 @@ def import_model(args: argparse.Namespace) -> str:
         onnx_path = Path(tmp) / store.ONNX_FILE
         log.info("exporting to ONNX")
         convert.export_onnx(packaged, prep, onnx_path, loaded.one_image_per_call)
-        parity = convert.check_parity(packaged, onnx_path, inputs)
+        try:
+            parity = convert.check_parity(packaged, onnx_path, inputs)
+        except convert.NoBatches:
+            loaded.one_image_per_call = True
+            loaded.notes.append("its forward takes one image at a time, not a batch: served one image per model call")
+            convert.export_onnx(packaged, prep, onnx_path, one_image_per_call=True)
+            parity = convert.check_parity(packaged, onnx_path, inputs)
         log.info("checking the served path against torch running the model's own transforms")
         steps = plan.steps or transforms.parse(prep.transforms())
         agreement = faithful.measure(loaded.module, outputs, onnx_path, prep, steps, plan.photos)
