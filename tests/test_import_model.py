@@ -263,6 +263,15 @@ def test_a_model_written_for_one_image_at_a_time_is_served_one_image_per_call(tm
     assert_served_as_torch(tag, model)
 
 
+def test_a_state_dict_from_torch_before_0_4_1_without_num_batches_tracked_imports(tmp_path, labels3):
+    torch.manual_seed(0)
+    model = torchvision.models.mobilenet_v3_small(num_classes=3).eval()
+    old = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
+    path = tmp_path / "old.pth"
+    torch.save(old, path)
+    assert_served_as_torch(imported_tag(run_import(path, "--arch", "mobilenet_v3_small", "--labels", labels3)), model)
+
+
 def test_label_count_must_match_the_outputs(tmp_path):
     path = tmp_path / "m.pth"
     torch.save(torchvision.models.mobilenet_v3_small(num_classes=3).state_dict(), path)

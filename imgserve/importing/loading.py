@@ -540,7 +540,7 @@ def under_wrapper(state_dict: dict, expected: Iterable[str]) -> tuple[dict, list
     weights and the rest is left out. Tried only on a misfit: a model whose own layers all sit under
     one attribute ('net.0.weight') fits as it is.
     """
-    expected = set(expected)
+    expected = set(required(expected))
     if expected <= state_dict.keys():
         return state_dict, []
     prefixes = dict.fromkeys(
@@ -550,7 +550,7 @@ def under_wrapper(state_dict: dict, expected: Iterable[str]) -> tuple[dict, list
     )
     for prefix in prefixes:
         inner = {k.removeprefix(prefix): v for k, v in state_dict.items() if k.startswith(prefix)}
-        if inner.keys() == expected:
+        if set(required(inner)) == expected:
             left = [k for k in state_dict if not k.startswith(prefix)]
             notes = [f"the weights are those under '{prefix}' in the file (a training wrapper's)"]
             if left:
@@ -567,7 +567,7 @@ def classifier_key(state_dict: dict) -> str:
 def fit_state_dict(module: nn.Module, state_dict: dict, arch: str, kwargs: dict) -> None:
     """Load the weights strictly, or say exactly how they differ from the architecture and what to do."""
     expected = module.state_dict()
-    missing = [k for k in expected if k not in state_dict]
+    missing = [k for k in required(expected) if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]
     wrong = [k for k in expected if k in state_dict and state_dict[k].shape != expected[k].shape]
     if not (missing or unexpected or wrong):
@@ -586,6 +586,12 @@ def fit_state_dict(module: nn.Module, state_dict: dict, arch: str, kwargs: dict)
         problems.append(f"{len(wrong)} of another shape ({shapes})")
     message = f"the weights do not fit {what}{f' with {kwargs}' if kwargs else ''}: " + "; ".join(problems)
     raise ImportRefused(message + ". " + _mismatch_hint(module, state_dict, arch, kwargs, missing, unexpected, wrong))
+
+
+def required(keys: Iterable[str]) -> list[str]:
+    """The keys a file must have: BatchNorm's `num_batches_tracked` is not one (torch before 0.4.1 did
+    not save it, and BatchNorm fills it in on loading)."""
+    return [k for k in keys if not k.endswith(".num_batches_tracked")]
 
 
 def _keys(keys: list[str]) -> str:
