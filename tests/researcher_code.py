@@ -92,3 +92,11 @@ class OneAtATime(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(torch.relu(self.conv(x)).view(1, -1))
+
+
+class WithFeatures(Net):
+    """Returns (class scores, features), as research code often does for a second loss."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.features(x)
+        return self.head(features), features

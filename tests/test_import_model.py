@@ -30,7 +30,7 @@ from tests.helpers import (
     run_import,
     sensitive,
 )
-from tests.researcher_code import OneAtATime, Redness
+from tests.researcher_code import OneAtATime, Redness, WithFeatures
 
 pytestmark = pytest.mark.model  # each test imports a real model, in a process of its own
 
@@ -270,6 +270,21 @@ def test_a_state_dict_from_torch_before_0_4_1_without_num_batches_tracked_import
     path = tmp_path / "old.pth"
     torch.save(old, path)
     assert_served_as_torch(imported_tag(run_import(path, "--arch", "mobilenet_v3_small", "--labels", labels3)), model)
+
+
+def test_a_model_returning_scores_and_features_is_told_the_subclass_to_write_and_it_imports(tmp_path):
+    torch.manual_seed(0)
+    path = tmp_path / "net.pth"
+    torch.save(WithFeatures().state_dict(), path)
+    result = run_import(path, "--arch", f"{CODE}:WithFeatures")
+    assert result.returncode == 2
+    assert "for one image the model returns a tuple of 2 values" in result.stderr
+    assert "Give the size" not in result.stderr  # the size is fine
+    shown = result.stderr.split("e.g.\n")[1].split("\nand pass")[0]
+    assert "class Scores(WithFeatures):" in shown
+    (tmp_path / "scores.py").write_text("from tests.researcher_code import WithFeatures\n\n\n" + textwrap.dedent(shown))
+    tag = imported_tag(run_import(path, "--arch", f"{tmp_path / 'scores.py'}:Scores"))
+    assert stored(tag).info.metadata["num_classes"] == 10
 
 
 def test_label_count_must_match_the_outputs(tmp_path):

@@ -246,9 +246,12 @@ def _short_form(args: argparse.Namespace, channels: int, size: tuple[int, int] |
 def check_input_size(module: torch.nn.Module, prep: Preprocessing) -> None:
     """Exit with a message, not a traceback, when the model refuses the size it is to be served at."""
     h, w = prep.input_size
-    error = loading.probe(module, prep.channels, (h, w))
-    if error is None:
+    refusal = loading.probe(module, prep.channels, (h, w))
+    if refusal is None:
         return
+    if refusal.ran:  # the size is fine; what it returns is not
+        raise ImportRefused(refusal.message)
+    error = refusal.message
     runs_at = loading.accepted_sizes(module, prep.channels)
     hint = f" It does run at {', '.join(f'{s} x {s}' for s in runs_at)}." if runs_at else ""
     raise ImportRefused(

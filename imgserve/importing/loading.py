@@ -697,17 +697,47 @@ def first_layer_input(module: nn.Module) -> tuple[int | None, tuple[int, int] | 
 INPUT_SIZES_TRIED = (224, 256, 299, 384, 128, 96, 64, 32, 28)  # common training sizes, probed on refusal
 
 
-def probe(module: nn.Module, channels: int, size: tuple[int, int]) -> str | None:
-    """None if the model runs on a (1, channels, *size) input, else the first line of its error."""
+@dataclass
+class Refusal:
+    """Why the model would not be served at a size: it failed on the input, or it ran (`ran`) and
+    returned something other than one row of class scores per image."""
+
+    message: str
+    ran: bool = False
+
+
+def probe(module: nn.Module, channels: int, size: tuple[int, int]) -> Refusal | None:
+    """None if the model runs on a (1, channels, *size) input and gives one row of scores, else why not."""
     try:
         with torch.inference_mode(), quiet_torch():
             out = module(torch.zeros(1, channels, *size))
     except Exception as e:  # any failure in the model's own code means: not this input
-        return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-    if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != 1:
-        shape = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        return f"it returned {shape}, not one row of class scores per image"
-    return None
+        return Refusal((str(e).strip().splitlines() or [type(e).__name__])[0][:300])
+    if isinstance(out, torch.Tensor) and out.ndim == 2 and out.shape[0] == 1:
+        return None
+    return Refusal(_not_one_row(out, type(module).__name__), ran=True)
+
+
+def _not_one_row(out: object, model_class: str) -> str:
+    """What the model returned instead of (1, classes), and the change to its forward that serves it."""
+    subclass = (
+        f"write a subclass in your model file, e.g.\n    class Scores({model_class}):\n        def forward(self, x):\n"
+        "            return super().forward(x){pick}\nand pass --arch yourfile.py:Scores (the weights are the same)"
+    )
+    if isinstance(out, tuple | list):
+        what, fix = f"a {type(out).__name__} of {len(out)} values", subclass.format(pick="[0]  # the class scores")
+    elif isinstance(out, dict):
+        what, fix = f"a dict with keys {sorted(map(str, out))[:SHOWN_KEYS]}", subclass.format(pick='["logits"]')
+    elif isinstance(out, torch.Tensor) and out.ndim == 1:
+        what, fix = f"a tensor of shape {list(out.shape)}", "keep the batch dimension: x.flatten(1), not x.squeeze()"
+    elif isinstance(out, torch.Tensor):
+        what, fix = f"a tensor of shape {list(out.shape)}", "return (batch, classes): e.g. x.flatten(1) at the end"
+    else:
+        what, fix = f"a {type(out).__name__}", subclass.format(pick=".logits")
+    return (
+        f"for one image the model returns {what}; the server needs one row of class scores per image, a "
+        f"tensor of shape (1, classes). To serve it, {fix}"
+    )
 
 
 def accepted_sizes(module: nn.Module, channels: int) -> list[int]:
