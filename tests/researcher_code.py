@@ -100,3 +100,15 @@ class WithFeatures(Net):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features = self.features(x)
         return self.head(features), features
+
+
+class HeadFirst(nn.Module):
+    """A CIFAR net whose classifier is declared before its convolutions (32 x 32 RGB)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(16 * 8 * 8, 10)  # 1024 inputs: also a flattened 32 x 32 gray image
+        self.conv = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.conv(x).flatten(1))

@@ -30,7 +30,7 @@ from tests.helpers import (
     run_import,
     sensitive,
 )
-from tests.researcher_code import OneAtATime, Redness, WithFeatures
+from tests.researcher_code import HeadFirst, OneAtATime, Redness, WithFeatures
 
 pytestmark = pytest.mark.model  # each test imports a real model, in a process of its own
 
@@ -285,6 +285,17 @@ def test_a_model_returning_scores_and_features_is_told_the_subclass_to_write_and
     (tmp_path / "scores.py").write_text("from tests.researcher_code import WithFeatures\n\n\n" + textwrap.dedent(shown))
     tag = imported_tag(run_import(path, "--arch", f"{tmp_path / 'scores.py'}:Scores"))
     assert stored(tag).info.metadata["num_classes"] == 10
+
+
+def test_channels_come_from_the_first_convolution_wherever_the_class_declares_it(tmp_path):
+    """A head declared first (1024 inputs, a flattened 32 x 32 gray image by its size) is no input layer."""
+    torch.manual_seed(0)
+    model = HeadFirst().eval()
+    path = tmp_path / "cifar.pth"
+    torch.save(model.state_dict(), path)
+    tag = imported_tag(run_import(path, "--arch", f"{CODE}:HeadFirst", "--resize", "32", "--crop", "32"))
+    assert stored(tag).info.metadata["input"] == {"channels": 3, "height": 32, "width": 32}
+    assert_served_as_torch(tag, model)
 
 
 def test_label_count_must_match_the_outputs(tmp_path):

@@ -186,9 +186,16 @@ def resolve_preprocessing(args: argparse.Namespace, plan: Plan, loaded: loading.
         plan.sources["channels"] = plan.sources["size"] = "read from the .pt2's input signature"
     else:
         channels, size = loading.first_layer_input(loaded.module)
+        if size and (plan.steps or args.crop):  # a flattened image is a guess: the size you give wins
+            channels, size = None, None
         plan.sources["channels"] = "read from the weights (first layer)" if channels else "default (RGB)"
         if size:
             plan.sources["size"] = "read from the weights (first layer takes a flattened image)"
+    if channels not in (None, 1, 3):
+        raise ImportRefused(
+            f"the model's first layer takes {channels} channels; photos give 1 (gray) or 3 (RGB), and the server "
+            "serves those"
+        )
     try:
         if plan.steps:
             prep = transforms.to_preprocessing(plan.steps, channels)
@@ -222,10 +229,12 @@ def _short_form(args: argparse.Namespace, channels: int, size: tuple[int, int] |
     gray = channels == 1
     mean = args.mean or (config.GRAY_MEAN if gray else config.IMAGENET_MEAN)
     std = args.std or (config.GRAY_STD if gray else config.IMAGENET_STD)
-    if len(mean) == 1 and channels == 3:  # one value for every channel, as torchvision's Normalize broadcasts
-        mean, std = mean * 3, std * 3
-    if len(mean) != channels:
-        raise ImportRefused(f"--mean/--std have {len(mean)} values but the model takes {channels} channel(s)")
+    if channels == 3:  # one value for every channel, as torchvision's Normalize broadcasts
+        mean, std = (mean * 3 if len(mean) == 1 else mean), (std * 3 if len(std) == 1 else std)
+    if len(mean) != channels or len(std) != channels:
+        raise ImportRefused(
+            f"--mean/--std have {len(mean)}/{len(std)} values but the model takes {channels} channel(s)"
+        )
     given = [f"--{flag}" for flag in SHORT_FORM if getattr(args, flag) is not None]
     if args.default_model:
         sources["preprocessing"] = "the default model's, measured (README: The default model)"

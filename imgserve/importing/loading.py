@@ -678,19 +678,22 @@ def closest_archs(state_dict: dict) -> tuple[str, str] | None:
 
 
 def first_layer_input(module: nn.Module) -> tuple[int | None, tuple[int, int] | None]:
-    """(channels, size) the model's first layer implies: a convolution gives the channels; a Linear
-    first layer (a flattened image) gives both, when its inputs are a square gray or RGB image."""
-    for name, p in module.named_parameters():
-        if not name.endswith("weight") or p.ndim not in (2, 4):
-            continue
-        if p.ndim == 4:
-            return int(p.shape[1]), None
-        n = int(p.shape[1])
-        for channels in (1, 3):
-            side = round((n / channels) ** 0.5)
-            if side * side * channels == n and side >= 8:
-                return channels, (side, side)
+    """(channels, size) the model's weights imply. Its first convolution gives the channels (wherever
+    the class declares it: a head declared first is not the first layer); a model with no convolution
+    whose first Linear layer takes a square gray or RGB image, flattened, gives both (an MLP on 28 x 28
+    digits), as a guess that --crop or --transforms overrides."""
+    weights = [p for name, p in module.named_parameters() if name.endswith("weight")]
+    convs = [p for p in weights if p.ndim == 4]
+    if convs:
+        return int(convs[0].shape[1]), None
+    linear = next((p for p in weights if p.ndim == 2), None)
+    if linear is None:
         return None, None
+    n = int(linear.shape[1])
+    for channels in (1, 3):
+        side = round((n / channels) ** 0.5)
+        if side * side * channels == n and side >= 8:
+            return channels, (side, side)
     return None, None
 
 
