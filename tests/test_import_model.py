@@ -567,6 +567,23 @@ def test_a_whole_pickle_of_a_class_from_the_training_script_needs_that_file(tmp_
     assert stored(tag).info.metadata["source_format"] == "pickle"
 
 
+def test_a_training_script_named_for_its_class_cannot_change_the_model_being_imported(tmp_path, labels3):
+    """A notebook exported as a script trains and saves at top level, without a __main__ guard: naming
+    it runs that too. The model imported is the file as it was given, and its sha256 is that file's."""
+    script = tmp_path / "train.py"
+    code = (ROOT / "tests" / "researcher_code.py").read_text()
+    path = tmp_path / "cells.pth"
+    script.write_text(code + f"\ntorch.save(Net(num_classes=3).eval(), {str(path)!r})\n")
+    subprocess.run([sys.executable, str(script)], cwd=tmp_path, check=True)
+    given = convert.sha256_of(path)
+    script.write_text(code + f"\ntorch.save(Net(num_classes=5).eval(), {str(path)!r})\n")  # trained on
+    result = run_import(path, "--trust-pickle", "--arch", f"{script}:Net", "--labels", labels3)
+    assert convert.sha256_of(path) != given  # the script ran and saved anew
+    assert "copy the class alone into a file of its own" in run_import(path, "--trust-pickle").stderr
+    meta = stored(imported_tag(result)).info.metadata  # 3 labels fit the 3 classes given, not the 5 saved
+    assert (meta["source_sha256"], meta["num_classes"]) == (given, 3)
+
+
 def test_a_pt2_that_holds_pickled_code_needs_trust(tmp_path):
     """A .pt2 whose weights were written with pickle: loading it runs what the pickle names."""
     import zipfile

@@ -286,6 +286,7 @@ def import_model(args: argparse.Namespace) -> str:
         return str(store.bentoml.models.get(f"{plan.name}:latest").tag)
 
     log.info("loading %s", args.model)
+    source_sha256 = convert.sha256_of(args.model)  # the file as given, before any code of yours runs
     loaded = loading.load_model(args.model, args.arch, args.trust_pickle, plan.arch_kwargs)
     prep = resolve_preprocessing(args, plan, loaded)
     check_input_size(loaded.module, prep)
@@ -354,7 +355,7 @@ def import_model(args: argparse.Namespace) -> str:
             "arch_kwargs": plan.arch_kwargs,
             "source_format": loaded.source_format,
             "source_file": args.model.name,
-            "source_sha256": convert.sha256_of(args.model),
+            "source_sha256": source_sha256,
             "outputs": outputs.value,
             "parity": parity,
             "faithfulness": {**agreement.to_dict(), "accepted_anyway": not agreement.acceptable},

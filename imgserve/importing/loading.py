@@ -327,15 +327,17 @@ def _load_pickle(path: Path, classes: list[str], arch: str | None, trust_pickle:
     if not trust_pickle:
         shown = ", ".join(c for c in classes if not c.startswith("torch."))[:200]
         raise ImportRefused(PICKLE_REFUSED.format(path=path.name, classes=f" of {shown}" if shown else ""))
+    data = path.read_bytes()  # before any code of yours runs: a training script could write the file anew
     code = import_code(arch) if arch and is_code_arch(arch) else None
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_pickle_module(code))
+        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False, pickle_module=_pickle_module(code))
     except (AttributeError, ModuleNotFoundError) as e:
         where = "the script that saved it" if "__main__" in str(e) else "a module that cannot be imported here"
         raise ImportRefused(
             f"unpickling needs the code that defined the model ({e}): it was defined in {where}. "
             "Pass the file that defines the class, e.g. --arch mynet.py:Net (with --trust-pickle), or run "
-            "from the folder where its module can be imported"
+            "from the folder where its module can be imported. Naming a file runs it whole: if the class is in "
+            "your training script, copy the class alone into a file of its own and name that"
         ) from None
     except Exception as e:  # code from the file ran and failed
         raise ImportRefused(f"unpickling {path.name} failed: {type(e).__name__}: {e}") from None
