@@ -195,6 +195,19 @@ def test_a_training_scripts_checkpoint_gives_its_architecture_and_class_names(tm
     assert "the checkpoint's 'classes' has 2 labels but the model has 3 outputs" in result.stderr
 
 
+def test_the_flowers_tutorials_cat_to_name_json_is_put_in_output_order_by_class_to_idx(tmp_path):
+    """The checkpoint keeps ImageFolder's class_to_idx (folder names "1", "10", "2" sorted as text) and
+    cat_to_name.json names the folders: the labels are the names, in the model's output order."""
+    sd = torchvision.models.mobilenet_v3_small(num_classes=3).state_dict()
+    path = tmp_path / "checkpoint.pth"
+    torch.save({"arch": "mobilenet_v3_small", "state_dict": sd, "class_to_idx": {"1": 0, "10": 1, "2": 2}}, path)
+    names = tmp_path / "cat_to_name.json"
+    names.write_text('{"2": "hard-leaved pocket orchid", "10": "globe thistle", "1": "pink primrose"}')
+    meta = stored(imported_tag(run_import(path, "--labels", names))).info.metadata
+    assert meta["labels"] == ["pink primrose", "globe thistle", "hard-leaved pocket orchid"]
+    assert meta["sources"]["labels"] == f"from {names}, in the order of the checkpoint's 'class_to_idx'"
+
+
 def test_a_pickled_model_keeps_the_class_names_set_on_it(tmp_path):
     """The flowers tutorial: model.class_to_idx = train_data.class_to_idx; torch.save(model)."""
     model = flowers_style_model()

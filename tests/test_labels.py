@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from imgserve.importing.labels import read_labels
+from imgserve.importing.labels import in_output_order, read_labels
 
 
 def test_blank_lines_and_surrounding_whitespace_are_ignored(tmp_path):
@@ -24,3 +24,27 @@ def test_an_empty_file_is_refused(tmp_path):
     f.write_text("\n \n")
     with pytest.raises(ValueError, match="has no labels"):
         read_labels(f)
+
+
+def test_lines_that_all_start_with_their_output_index_lose_it(tmp_path):
+    f = tmp_path / "labels.txt"
+    f.write_text("0,daisy\n1 dandelion\n2: rose\n")
+    assert read_labels(f) == ["daisy", "dandelion", "rose"]
+    f.write_text("1 daisy\n2 rose\n")  # not output indices: kept as written
+    assert read_labels(f) == ["1 daisy", "2 rose"]
+
+
+def test_json_labels_a_list_or_an_object_put_in_output_order(tmp_path):
+    f = tmp_path / "cat_to_name.json"
+    f.write_text('["daisy", "rose"]')
+    assert read_labels(f) == ["daisy", "rose"]
+    f.write_text('{"1": "pink primrose", "10": "globe thistle", "2": "hard-leaved pocket orchid"}')
+    by_folder = read_labels(f)
+    assert isinstance(by_folder, dict)
+    # ImageFolder sorts folder names as text: "1", "10", "2" are outputs 0, 1, 2
+    order = ["1", "10", "2"]
+    assert in_output_order(f, by_folder, order, "x") == ["pink primrose", "globe thistle", "hard-leaved pocket orchid"]
+    with pytest.raises(ValueError, match="saves no class_to_idx to put them in output order"):
+        in_output_order(f, by_folder, None, "")
+    f.write_text('{"1": "rose", "0": "daisy"}')
+    assert in_output_order(f, read_labels(f), None, "") == ["daisy", "rose"]  # keys are output indices

@@ -27,7 +27,7 @@ import torch
 
 from imgserve import config
 from imgserve.importing import convert, faithful, loading, quantize, transforms
-from imgserve.importing.labels import read_labels
+from imgserve.importing.labels import in_output_order, read_labels
 from imgserve.importing.loading import ImportRefused
 from imgserve.serving import store
 from imgserve.serving.preprocess import INTERPOLATIONS, Preprocessing, preprocess
@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
         help='the inference transforms as written in your code, e.g. "Resize(256), CenterCrop(224), ToTensor(), '
         'Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])"; replaces --resize/--crop/--mean/--std',
     )
-    p.add_argument("--labels", type=Path, help="class names, one per line, in output order")
+    p.add_argument("--labels", type=Path, help="class names, one per line in output order, or JSON (a list, or an object)")
     p.add_argument("--name", help="model name in the store (default: from the file name)")
     p.add_argument("--title", help="title shown on the web page")
     p.add_argument("--description", help="description shown on the web page")
@@ -128,7 +128,7 @@ class Plan:
     """Everything checked before the model is loaded: a bad name or labels file fails in a second."""
 
     name: str
-    labels: list[str] | None
+    labels: list[str] | dict[str, str] | None  # a dict: JSON labels by class name (labels.py)
     steps: list[transforms.Step] | None
     arch_kwargs: dict
     photos: list[Path]
@@ -145,7 +145,7 @@ def check_args(args: argparse.Namespace) -> Plan:
     else:
         name = store.name_from(args.model.stem)
     sources = {"name": "given (--name)" if args.name else f"from the file name {args.model.name!r}"}
-    labels = None
+    labels: list[str] | dict[str, str] | None = None
     if args.default_model:
         labels = imagenet_labels()
     elif args.labels:
@@ -300,11 +300,15 @@ def import_model(args: argparse.Namespace) -> str:
     with torch.inference_mode(), loading.quiet_torch():
         num_classes = int(packaged(torch.from_numpy(inputs[:1])).shape[1])
 
+    if isinstance(plan.labels, dict):  # a JSON object of labels: put in output order now the model is known
+        where = loaded.labels_from.removeprefix("from ")
+        plan.labels = in_output_order(args.labels, plan.labels, loaded.labels, where)
+        plan.sources["labels"] = f"from {args.labels}" + (f", in the order of {where}" if loaded.labels else "")
     labels = plan.labels or loaded.labels or [f"class_{i}" for i in range(num_classes)]
     if args.default_model:
         plan.sources["labels"] = "ImageNet's, from torchvision"
     elif args.labels:
-        plan.sources["labels"] = f"from {args.labels}"
+        plan.sources.setdefault("labels", f"from {args.labels}")
     else:
         plan.sources["labels"] = loaded.labels_from or "none given: class_0, class_1, ..."
     if plan.labels is None and loaded.labels is None and not args.default_model:

@@ -1,17 +1,68 @@
-"""Class names from a labels file: one per line, in the model's output order."""
+"""Class names from a labels file: one per line in the model's output order, or JSON.
+
+Accepted, as researchers keep them:
+- one label per line (blank lines and surrounding whitespace ignored); lines that all start with their
+  own output index, `0,daisy` or `0 daisy`, lose the index;
+- a JSON list, in output order;
+- a JSON object: {"0": "daisy", ...} by output index, or by class name (the flowers tutorials'
+  cat_to_name.json, {"1": "pink primrose", ...}, keyed by the ImageFolder folder names), which the
+  import puts in output order with the class_to_idx saved with the model (`in_output_order`).
+"""
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
+INDEXED_LINE = re.compile(r"(\d+)\s*[,;:\t ]\s*(\S.*)")  # "0,daisy", "0 daisy", "0: daisy"
 
-def read_labels(path: Path) -> list[str]:
-    """Blank lines and surrounding whitespace are ignored."""
+
+def read_labels(path: Path) -> list[str] | dict[str, str]:
+    """The labels in output order, or {class name or index: label} from a JSON object."""
     try:
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as e:
         raise ValueError(f"cannot read labels file {path}: {e}") from None
+    if text.lstrip()[:1] in ("[", "{"):
+        return _json_labels(path, text)
     labels = [line.strip() for line in text.splitlines() if line.strip()]
     if not labels:
         raise ValueError(f"labels file {path} has no labels")
+    indexed = [INDEXED_LINE.fullmatch(label) for label in labels]
+    if all(indexed) and [int(m.group(1)) for m in indexed if m] == list(range(len(labels))):
+        return [m.group(2).strip() for m in indexed if m]
     return labels
+
+
+def _json_labels(path: Path, text: str) -> list[str] | dict[str, str]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"labels file {path} starts like JSON but is not JSON ({e})") from None
+    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        return [v.strip() for v in value]
+    if isinstance(value, dict) and value and all(isinstance(v, str) for v in value.values()):
+        return {str(k): v.strip() for k, v in value.items()}
+    raise ValueError(
+        f'labels file {path} is JSON but neither a list of labels nor an object of labels (e.g. {{"0": "daisy"}})'
+    )
+
+
+def in_output_order(path: Path, by_key: dict[str, str], class_names: list[str] | None, where: str) -> list[str]:
+    """A JSON object of labels in output order: by the class names saved with the model
+    (ImageFolder's folder names, in its class_to_idx order) when it has them, else by output index."""
+    if class_names and set(class_names) <= by_key.keys():
+        return [by_key[name] for name in class_names]
+    if by_key.keys() == {str(i) for i in range(len(by_key))}:
+        return [by_key[str(i)] for i in range(len(by_key))]
+    keys = ", ".join(list(by_key)[:4])
+    known = (
+        f"the class names {where} ({', '.join(class_names[:4])}, ...) are not its keys"
+        if class_names
+        else ("the model file saves no class_to_idx to put them in output order")
+    )
+    raise ValueError(
+        f"{path} gives labels by class name ({keys}, ...), but {known}. Give its labels in output order: "
+        "a JSON list, or one per line"
+    )

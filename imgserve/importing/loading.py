@@ -313,8 +313,8 @@ def _as_labels(value: object) -> list[str] | None:
         items = list(value.items())
         if all(isinstance(k, str) and isinstance(v, int) for k, v in items):
             by_index = {v: k for k, v in items}
-        elif all(isinstance(k, int) and isinstance(v, str) for k, v in items):
-            by_index = dict(items)
+        elif all(isinstance(k, int | str) and str(k).isdigit() and isinstance(v, str) for k, v in items):
+            by_index = {int(k): v for k, v in items}  # {0: "daisy"}, or {"0": "daisy"} as JSON gives it back
         else:
             return None
         return [by_index[i] for i in range(len(by_index))] if set(by_index) == set(range(len(items))) else None
