@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
         help='the inference transforms as written in your code, e.g. "Resize(256), CenterCrop(224), ToTensor(), '
         'Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])"; replaces --resize/--crop/--mean/--std',
     )
-    p.add_argument("--labels", type=Path, help="class names, one per line in output order, or JSON (a list, or an object)")
+    p.add_argument("--labels", type=Path, help="class names, one per line in output order, or JSON (list or object)")
     p.add_argument("--name", help="model name in the store (default: from the file name)")
     p.add_argument("--title", help="title shown on the web page")
     p.add_argument("--description", help="description shown on the web page")
