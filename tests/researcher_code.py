@@ -112,3 +112,15 @@ class HeadFirst(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.conv(x).flatten(1))
+
+
+class SmallDenseNet(nn.Module):
+    """CheXNet's layout (torchvision's DenseNet under an attribute of the researcher's class), small."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.densenet = torchvision.models.DenseNet(growth_rate=8, block_config=(2, 2), num_init_features=16)
+        self.densenet.classifier = nn.Linear(self.densenet.classifier.in_features, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.densenet(x)

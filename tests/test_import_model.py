@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import subprocess
 import sys
 import textwrap
@@ -30,7 +31,7 @@ from tests.helpers import (
     run_import,
     sensitive,
 )
-from tests.researcher_code import HeadFirst, OneAtATime, Redness, WithFeatures
+from tests.researcher_code import HeadFirst, OneAtATime, Redness, SmallDenseNet, WithFeatures
 
 pytestmark = pytest.mark.model  # each test imports a real model, in a process of its own
 
@@ -309,6 +310,19 @@ def test_channels_come_from_the_first_convolution_wherever_the_class_declares_it
     tag = imported_tag(run_import(path, "--arch", f"{CODE}:HeadFirst", "--resize", "32", "--crop", "32"))
     assert stored(tag).info.metadata["input"] == {"channels": 3, "height": 32, "width": 32}
     assert_served_as_torch(tag, model)
+
+
+def test_densenet_weights_with_the_layer_names_of_torchvision_before_0_3_import(tmp_path):
+    """CheXNet-era checkpoints name DenseNet's layers 'norm.1', 'conv.2'; torchvision renames them."""
+    torch.manual_seed(0)
+    model = SmallDenseNet().eval()
+    old = {re.sub(r"(denselayer\d+\.(?:norm|relu|conv))(\d)", r"\1.\2", k): v for k, v in model.state_dict().items()}
+    assert old.keys() != model.state_dict().keys()
+    path = tmp_path / "chexnet.pth.tar"
+    torch.save({"epoch": 100, "state_dict": {f"module.{k}": v for k, v in old.items()}}, path)
+    result = run_import(path, "--arch", f"{CODE}:SmallDenseNet")
+    assert "DenseNet layer names of torchvision before 0.3" in result.stderr
+    assert_served_as_torch(imported_tag(result), model)
 
 
 def test_label_count_must_match_the_outputs(tmp_path):

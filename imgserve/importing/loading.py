@@ -43,6 +43,11 @@ LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
 CHECKPOINT_KEYS = ("state_dict", "model_state_dict", "model", "net", "network", "weights")
 SAFETENSORS_MAX_HEADER = 100_000_000  # the largest header the safetensors format allows, in bytes
 SHOWN_KEYS = 4  # key names quoted in a mismatch message; the rest are counted
+# torchvision's own pattern for the DenseNet key names it used before 0.3 (models/densenet.py), and
+# the BatchNorm counter such files may have gained since.
+LEGACY_DENSENET = re.compile(
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$"
+)
 # How deep a training wrapper's prefix is looked for: 'model.', 'module.model.', 'student.backbone.body.'.
 MAX_WRAPPER_DEPTH = 3
 
@@ -540,11 +545,19 @@ def under_wrapper(state_dict: dict, expected: Iterable[str]) -> tuple[dict, list
     whatever else it holds (a loss's class weights, an EMA copy under 'model_ema.'). When the keys do
     not fit as they are but every key of the architecture is there under one prefix, those are the
     weights and the rest is left out. Tried only on a misfit: a model whose own layers all sit under
-    one attribute ('net.0.weight') fits as it is.
+    one attribute ('net.0.weight') fits as it is. DenseNet weights saved by torchvision before 0.3
+    (CheXNet and its kin: 'norm.1' for 'norm1') are renamed as torchvision itself renames them.
     """
     expected = set(required(expected))
     if expected <= state_dict.keys():
         return state_dict, []
+    notes = []
+    renamed = {LEGACY_DENSENET.sub(r"\1\2", k): v for k, v in state_dict.items()}
+    if renamed.keys() != state_dict.keys():
+        state_dict = renamed
+        notes.append("DenseNet layer names of torchvision before 0.3 ('norm.1') read as today's ('norm1')")
+        if expected <= state_dict.keys():
+            return state_dict, notes
     prefixes = dict.fromkeys(
         ".".join(parts[:depth]) + "."
         for parts in (k.split(".") for k in state_dict)
@@ -554,11 +567,11 @@ def under_wrapper(state_dict: dict, expected: Iterable[str]) -> tuple[dict, list
         inner = {k.removeprefix(prefix): v for k, v in state_dict.items() if k.startswith(prefix)}
         if set(required(inner)) == expected:
             left = [k for k in state_dict if not k.startswith(prefix)]
-            notes = [f"the weights are those under '{prefix}' in the file (a training wrapper's)"]
+            notes.append(f"the weights are those under '{prefix}' in the file (a training wrapper's)")
             if left:
                 notes.append(f"left out {len(left)} other tensors of the file ({_keys(left)})")
             return inner, notes
-    return state_dict, []
+    return state_dict, notes
 
 
 def classifier_key(state_dict: dict) -> str:
