@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from PIL import Image
 from torch import nn
 
 from imgserve import config
@@ -323,6 +324,22 @@ def test_densenet_weights_with_the_layer_names_of_torchvision_before_0_3_import(
     result = run_import(path, "--arch", f"{CODE}:SmallDenseNet")
     assert "DenseNet layer names of torchvision before 0.3" in result.stderr
     assert_served_as_torch(imported_tag(result), model)
+
+
+def test_a_faithfulness_refusal_names_the_photos_and_says_when_transparency_is_the_cause(tmp_path):
+    """Cut-out specimens on a transparent background: the server puts them on white, PIL's convert()
+    keeps the hidden colour, so the answers differ; the refusal says which photos and why."""
+    photos = tmp_path / "cutouts"
+    photos.mkdir()
+    for i in range(3):
+        Image.new("RGBA", (40, 40), (0, 0, 255, 0)).save(photos / f"specimen{i}.png")  # transparent blue
+    path = tmp_path / "colour.pt"
+    torch.jit.script(colour_module()).save(str(path))
+    unit = ["--mean", "0", "0", "0", "--std", "1", "1", "1", "--resize", "32", "--crop", "32"]
+    result = run_import(path, *unit, "--photos", photos)
+    assert result.returncode == 2
+    assert "Answered differently: specimen0.png, specimen1.png, specimen2.png" in result.stderr
+    assert "have transparency or more than 8 bits: the server puts transparent areas on white" in result.stderr
 
 
 def test_label_count_must_match_the_outputs(tmp_path):

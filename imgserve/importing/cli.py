@@ -33,6 +33,7 @@ from imgserve.serving import store
 from imgserve.serving.preprocess import INTERPOLATIONS, Preprocessing, preprocess
 
 log = logging.getLogger("import_model")
+SHOWN_PHOTOS = 4  # photo names quoted in a refusal; the rest are counted
 PARITY_RANDOM_IMAGES = 2  # noise images next to the photos: ONNX-vs-torch parity off the photo manifold too
 SHORT_FORM = ("resize", "crop", "mean", "std", "interpolation")  # the flags --transforms replaces
 
@@ -344,8 +345,17 @@ def import_model(args: argparse.Namespace) -> str:
             message = (
                 f"served answers disagree with torch running {'your' if plan.steps else 'these'} transforms "
                 f"({prep.transforms()}): {agreement}; required: top-1 the same on at least "
-                f"{config.FAITHFUL_MIN_TOP1_AGREEMENT:.0%} and probabilities within {config.FAITHFUL_MAX_PROB_DIFF}"
+                f"{config.FAITHFUL_MIN_TOP1_AGREEMENT:.0%} and probabilities within {config.FAITHFUL_MAX_PROB_DIFF}. "
+                f"Answered differently: {', '.join(agreement.apart[:SHOWN_PHOTOS])}"
+                + (f" and {len(agreement.apart) - SHOWN_PHOTOS} more" if len(agreement.apart) > SHOWN_PHOTOS else "")
             )
+            if agreement.decoded_apart:
+                message += (
+                    f". Of these, {', '.join(agreement.decoded_apart[:SHOWN_PHOTOS])} have transparency or more than "
+                    "8 bits: the server puts transparent areas on white and scales 16-bit values to 8 bits, where "
+                    "Image.open(...).convert() keeps the colours under transparent areas and clips; on such photos "
+                    "the answers differ by design, not because of the transforms"
+                )
             if not args.accept_disagreement:
                 raise ImportRefused(message + ". Nothing was stored; --accept-disagreement stores it anyway")
             log.warning("%s; stored anyway (--accept-disagreement)", message)

@@ -33,6 +33,9 @@ class Agreement:
     photos: int  # images compared: photos, or views of photos (the int8 gate)
     top1_agree: int
     max_prob_diff: float
+    apart: tuple[str, ...] = ()  # the photos answered differently (top-1, or past FAITHFUL_MAX_PROB_DIFF)
+    # ... of them, those with transparency or more than 8 bits, which the server decodes differently on purpose
+    decoded_apart: tuple[str, ...] = ()
 
     @classmethod
     def between(cls, reference: np.ndarray, probs: np.ndarray) -> Agreement:
@@ -107,7 +110,7 @@ def measure(
     # The researcher's images were gray already when the model is gray and their list has no Grayscale.
     mode = "L" if prep.channels == 1 and not any(s.name == "Grayscale" for s in steps) else "RGB"
     session = open_session(str(onnx_path))
-    agree, worst, count = 0, 0.0, 0
+    agree, worst, count, apart, decoded_apart = 0, 0.0, 0, [], []
     for path in photos:
         data = path.read_bytes()
         try:
@@ -115,11 +118,23 @@ def measure(
         except ImageRejected:
             continue  # not a photo the server would classify either
         with Image.open(path) as img:
+            special = img.mode in SERVED_DIFFERENTLY or "transparency" in img.info
             photo = ImageOps.exif_transpose(img).convert(mode)
         with torch.inference_mode():
             out = model(transform(photo)[None].float())
             expected = convert.to_probabilities(out, outputs)[0].numpy()
         count += 1
-        agree += int(served.argmax() == expected.argmax())
-        worst = max(worst, float(np.abs(served - expected).max()))
-    return Agreement(count, agree, worst)
+        same = served.argmax() == expected.argmax()
+        diff = float(np.abs(served - expected).max())
+        agree += int(same)
+        worst = max(worst, diff)
+        if not same or diff > config.FAITHFUL_MAX_PROB_DIFF:
+            apart.append(path.name)
+            if special:
+                decoded_apart.append(path.name)
+    return Agreement(count, agree, worst, tuple(apart), tuple(decoded_apart))
+
+
+# Modes the server decodes otherwise than Image.open(...).convert(): transparent areas on white, not
+# black; 16-bit values scaled to 8 bits, not clipped (imgserve/serving/preprocess.py).
+SERVED_DIFFERENTLY = frozenset({"RGBA", "LA", "PA", "RGBa", "La", "I;16", "I;16B", "I;16L", "I"})
