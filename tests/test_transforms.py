@@ -55,8 +55,28 @@ def prep_of(text: str, channels: int | None = 3) -> Preprocessing:
             None,
             Preprocessing(resize=64, crop=64, mean=(0, 0, 0), std=(1, 1, 1)),
         ),
+        (
+            "v2.Compose([v2.ToImage(), v2.ToDtype(torch.uint8, scale=True), v2.Resize(256), v2.CenterCrop(224), "
+            "v2.ToDtype(torch.float32, scale=True), v2.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])",
+            3,
+            Preprocessing(),
+        ),
+        (
+            "Resize(256, interpolation=3), CenterCrop(224), ToTensor()",
+            3,
+            Preprocessing(mean=(0, 0, 0), std=(1, 1, 1), interpolation="bicubic"),
+        ),
     ],
-    ids=["imagenet", "compose with prefixes", "gray mnist", "keywords and constants", "v2", "pil to tensor"],
+    ids=[
+        "imagenet",
+        "compose with prefixes",
+        "gray mnist",
+        "keywords and constants",
+        "v2",
+        "pil to tensor",
+        "v2 as its docs write it",
+        "PIL's number for bicubic",
+    ],
 )
 def test_a_transform_list_reads_into_the_preprocessing_it_means(text, channels, expected):
     assert prep_of(text, channels) == expected
@@ -112,6 +132,7 @@ def test_the_stored_recipe_reads_back_as_itself():
         ("Resize(256), CenterCrop(224), ToTensor(), Pad(4)", "Pad is not a transform the server can apply"),
         ("Resize(256, interpolation=InterpolationMode.BOX), CenterCrop(224), ToTensor()", "is not a value"),
         ("Resize(__import__('os').getcwd()), ToTensor()", "is not a value this reader takes"),
+        ("ToPILImage(), Resize(256), CenterCrop(224), ToTensor()", "ToPILImage makes the PIL image the server starts"),
         ("Resize(256", "is not a transform list"),
         ("", "expected transforms such as"),
     ],

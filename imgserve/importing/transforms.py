@@ -40,6 +40,8 @@ MULTI_CROP = {"FiveCrop", "TenCrop"}
 SUPPORTED = ("Resize", "CenterCrop", "Grayscale", "ToTensor", "PILToTensor", "ConvertImageDtype", "ToImage", "ToDtype",
              "Normalize")  # fmt: skip
 FLOAT_DTYPES = {"float", "float32", "float16", "float64", "double", "half"}
+# PIL's numbers for its filters, which torchvision's Resize still reads (PIL.Image.Resampling).
+PIL_FILTERS = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic"}
 
 
 class TransformsRefused(ValueError):
@@ -101,6 +103,9 @@ def _step(node: ast.AST) -> Step:
         if name in SUPPORTED:
             raise
         args, kwargs = (), {}  # refused below by name (Lambda, augmentation): what it was given does not matter
+    if name == "Resize":  # interpolation=3, PIL's number for bicubic, as older code writes it
+        args = tuple(PIL_FILTERS.get(a, a) if i == 1 else a for i, a in enumerate(args))
+        kwargs = {k: PIL_FILTERS.get(v, v) if k == "interpolation" else v for k, v in kwargs.items()}
     return Step(name, args, kwargs)
 
 
@@ -163,6 +168,8 @@ def to_preprocessing(steps: list[Step], model_channels: int | None) -> Preproces
                 tensor = True
             case "ConvertImageDtype" | "ToDtype":
                 dtype = str(args.get("dtype", ""))
+                if tensor and not floats and dtype == "uint8":
+                    continue  # v2's ToDtype(torch.uint8, scale=True) after ToImage: the tensor is uint8 already
                 if not tensor or dtype not in FLOAT_DTYPES:
                     raise TransformsRefused(
                         f"{step}: the model needs float tensors, e.g. ConvertImageDtype(torch.float)"
@@ -260,6 +267,8 @@ def _unsupported(step: Step) -> str:
         return f"{step.name} is training-time augmentation (random): leave it out of the inference transforms"
     if step.name in MULTI_CROP:
         return f"{step.name} makes several crops per image; the server classifies one: use CenterCrop"
+    if step.name == "ToPILImage":
+        return "ToPILImage makes the PIL image the server starts from (your app read it as an array): leave it out"
     if step.name == "Lambda":
         return "Lambda runs code the server cannot store; write the transforms it does as transform names"
     return f"{step.name} is not a transform the server can apply; supported: {', '.join(SUPPORTED)}"
