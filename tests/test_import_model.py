@@ -501,6 +501,18 @@ def test_a_file_holding_no_model_says_what_it_holds(tmp_path):
     refused(run_import(path, "--arch", "resnet18"), "holds no model")
 
 
+def test_weights_under_a_key_of_their_own_are_found_and_two_sets_are_told_apart(tmp_path, labels3):
+    sd = torchvision.models.mobilenet_v3_small(num_classes=3).state_dict()
+    path = tmp_path / "ckpt.pth"
+    torch.save({"epoch": 7, "model_state": sd, "best_acc": 0.91}, path)
+    imported_tag(run_import(path, "--arch", "mobilenet_v3_small", "--labels", labels3))
+    torch.save({"student": sd, "teacher": sd, "epoch": 100}, path)  # DINO's self-distillation
+    refused(
+        run_import(path, "--arch", "mobilenet_v3_small"),
+        "holds 2 sets of weights ('student', 'teacher'): save the one to serve on its own",
+    )
+
+
 def test_the_legacy_torch_format_imports(tmp_path, labels3):
     path = tmp_path / "old.pth"
     torch.save(

@@ -27,6 +27,7 @@ import zipfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeGuard
 
 import torch
 import torchvision
@@ -436,12 +437,26 @@ def unwrap_state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:
             if isinstance(obj.get(key), dict):
                 obj = obj[key]
                 break
-    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        else:  # under a key of its own ('model_state', 'student'): the one set of weights the file holds
+            checkpoint: dict = obj
+            sets = [k for k, v in checkpoint.items() if _is_state_dict(v)]
+            if len(sets) > 1:
+                raise ImportRefused(
+                    f"{path.name} holds {len(sets)} sets of weights ({', '.join(map(repr, sets[:SHOWN_KEYS]))}): save "
+                    f"the one to serve on its own, e.g. torch.save(checkpoint[{sets[0]!r}], 'weights.pth')"
+                )
+            if sets:
+                obj = checkpoint[sets[0]]
+    if not _is_state_dict(obj):
         raise ImportRefused(
             f"{path.name} holds no model: no state_dict (a mapping of parameter names to tensors) "
             f"and no whole model; found {_describe(obj)}"
         )
     return {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in obj.items()}
+
+
+def _is_state_dict(obj: object) -> TypeGuard[dict[str, torch.Tensor]]:
+    return isinstance(obj, dict) and bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
 
 
 def _describe(obj: object) -> str:

@@ -104,9 +104,13 @@ def _step(node: ast.AST) -> Step:
             raise
         args, kwargs = (), {}  # refused below by name (Lambda, augmentation): what it was given does not matter
     if name == "Resize":  # interpolation=3, PIL's number for bicubic, as older code writes it
-        args = tuple(PIL_FILTERS.get(a, a) if i == 1 else a for i, a in enumerate(args))
-        kwargs = {k: PIL_FILTERS.get(v, v) if k == "interpolation" else v for k, v in kwargs.items()}
+        args = tuple(_filter_name(a) if i == 1 else a for i, a in enumerate(args))
+        kwargs = {k: _filter_name(v) if k == "interpolation" else v for k, v in kwargs.items()}
     return Step(name, args, kwargs)
+
+
+def _filter_name(value: object) -> object:
+    return PIL_FILTERS.get(value, value) if isinstance(value, int) else value
 
 
 def _literal(node: ast.AST, where: str) -> object:
