@@ -472,7 +472,7 @@ def zip_of_text() -> bytes:
     ("content", "message"),
     [
         (lambda: np.random.default_rng(0).bytes(4096), "is not a PyTorch model file"),
-        (lambda: b"", "is not a PyTorch model file"),
+        (lambda: b"", "is empty (0 bytes): the model was not saved, or not copied whole"),
         (lambda: b"daisy\ndandelion\n", "is not a PyTorch model file"),
         (lambda: __import__("pickle").dumps({"weights": [1, 2, 3]}), "is a plain Python pickle (pickle.dump)"),
         (zip_of_text, "is a zip archive but not one that torch wrote"),
@@ -549,6 +549,10 @@ def test_names_labels_paths_and_options_are_checked_before_the_model_is_loaded(t
         text=True,
     )
     refused(result, message)
+
+
+def test_a_folder_given_as_the_model_is_called_that(tmp_path):
+    refused(run_import(tmp_path), "is a folder; give the model file in it")
 
 
 def test_a_file_name_that_is_no_model_name_becomes_one(tmp_path, labels3):

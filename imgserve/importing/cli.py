@@ -138,8 +138,12 @@ class Plan:
 
 
 def check_args(args: argparse.Namespace) -> Plan:
+    if args.model.is_dir():
+        raise ImportRefused(f"{args.model} is a folder; give the model file in it (.pth, .pt, .pt2, .safetensors)")
     if not args.model.is_file():
         raise ImportRefused(f"no such file: {args.model}")
+    if args.model.stat().st_size == 0:
+        raise ImportRefused(f"{args.model} is empty (0 bytes): the model was not saved, or not copied whole")
     if args.name:
         store.check_name(args.name)
         name = args.name
