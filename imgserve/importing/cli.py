@@ -283,28 +283,11 @@ def parity_inputs(prep: Preprocessing) -> np.ndarray:
     return np.concatenate([np.stack(images), noise]) if images else noise
 
 
-def import_model(args: argparse.Namespace) -> str:
-    started = time.monotonic()
-    plan = check_args(args)
-    if args.if_missing and store.exists(f"{plan.name}:latest"):
-        log.info("%s:latest is already in the model store", plan.name)
-        return str(store.bentoml.models.get(f"{plan.name}:latest").tag)
-
-    log.info("loading %s", args.model)
-    source_sha256 = convert.sha256_of(args.model)  # the file as given, before any code of yours runs
-    loaded = loading.load_model(args.model, args.arch, args.trust_pickle, plan.arch_kwargs)
-    prep = resolve_preprocessing(args, plan, loaded)
-    check_input_size(loaded.module, prep)
-    inputs = parity_inputs(prep)
-    as_is = convert.Packaged(loaded.module, prep, convert.Outputs.PROBABILITIES)  # nothing added to the outputs
-    with torch.inference_mode():
-        floats = as_is.normalize(torch.from_numpy(inputs))
-    with loading.quiet_torch():
-        outputs = convert.read_outputs(loaded.module, floats)
-    packaged = convert.Packaged(loaded.module, prep, outputs)
-    with torch.inference_mode(), loading.quiet_torch():
-        num_classes = int(packaged(torch.from_numpy(inputs[:1])).shape[1])
-
+def resolve_labels(
+    args: argparse.Namespace, plan: Plan, loaded: loading.LoadedModel, num_classes: int, outputs: convert.Outputs
+) -> list[str]:
+    """The labels in output order, from --labels, else those saved with the model, else class_N; where
+    they came from goes into plan.sources. Refused when their count does not fit the outputs."""
     if isinstance(plan.labels, dict):  # a JSON object of labels: put in output order now the model is known
         where = loaded.labels_from.removeprefix("from ")
         plan.labels = in_output_order(args.labels, plan.labels, loaded.labels, where)
@@ -330,6 +313,55 @@ def import_model(args: argparse.Namespace) -> str:
             f"{given} has {len(labels)} labels but the model has {num_classes} outputs; "
             "they must be equal (one label per line, in output order)"
         )
+    return labels
+
+
+def disagreement(agreement: faithful.Agreement, prep: Preprocessing, plan: Plan) -> str:
+    """Why the served answers were refused: the measure, the photos answered differently, and when
+    transparency or 16-bit depth is why."""
+    message = (
+        f"served answers disagree with torch running {'your' if plan.steps else 'these'} transforms "
+        f"({prep.transforms()}): {agreement}; required: top-1 the same on at least "
+        f"{config.FAITHFUL_MIN_TOP1_AGREEMENT:.0%} and probabilities within {config.FAITHFUL_MAX_PROB_DIFF}"
+    )
+    if agreement.apart:
+        more = len(agreement.apart) - SHOWN_PHOTOS
+        message += f". Answered differently: {', '.join(agreement.apart[:SHOWN_PHOTOS])}" + (
+            f" and {more} more" if more > 0 else ""
+        )
+    if agreement.decoded_apart:
+        message += (
+            f". Of these, {', '.join(agreement.decoded_apart[:SHOWN_PHOTOS])} have transparency or more than "
+            "8 bits: the server puts transparent areas on white and scales 16-bit values to 8 bits, where "
+            "Image.open(...).convert() keeps the colours under transparent areas and clips; on such photos "
+            "the answers differ by design, not because of the transforms"
+        )
+    return message
+
+
+def import_model(args: argparse.Namespace) -> str:
+    started = time.monotonic()
+    plan = check_args(args)
+    if args.if_missing and store.exists(f"{plan.name}:latest"):
+        log.info("%s:latest is already in the model store", plan.name)
+        return str(store.bentoml.models.get(f"{plan.name}:latest").tag)
+
+    log.info("loading %s", args.model)
+    source_sha256 = convert.sha256_of(args.model)  # the file as given, before any code of yours runs
+    loaded = loading.load_model(args.model, args.arch, args.trust_pickle, plan.arch_kwargs)
+    prep = resolve_preprocessing(args, plan, loaded)
+    check_input_size(loaded.module, prep)
+    inputs = parity_inputs(prep)
+    as_is = convert.Packaged(loaded.module, prep, convert.Outputs.PROBABILITIES)  # nothing added to the outputs
+    with torch.inference_mode():
+        floats = as_is.normalize(torch.from_numpy(inputs))
+    with loading.quiet_torch():
+        outputs = convert.read_outputs(loaded.module, floats)
+    packaged = convert.Packaged(loaded.module, prep, outputs)
+    with torch.inference_mode(), loading.quiet_torch():
+        num_classes = int(packaged(torch.from_numpy(inputs[:1])).shape[1])
+
+    labels = resolve_labels(args, plan, loaded, num_classes, outputs)
 
     with tempfile.TemporaryDirectory() as tmp:
         onnx_path = Path(tmp) / store.ONNX_FILE
@@ -346,20 +378,7 @@ def import_model(args: argparse.Namespace) -> str:
         steps = plan.steps or transforms.parse(prep.transforms())
         agreement = faithful.measure(loaded.module, outputs, onnx_path, prep, steps, plan.photos)
         if not agreement.acceptable:
-            message = (
-                f"served answers disagree with torch running {'your' if plan.steps else 'these'} transforms "
-                f"({prep.transforms()}): {agreement}; required: top-1 the same on at least "
-                f"{config.FAITHFUL_MIN_TOP1_AGREEMENT:.0%} and probabilities within {config.FAITHFUL_MAX_PROB_DIFF}. "
-                f"Answered differently: {', '.join(agreement.apart[:SHOWN_PHOTOS])}"
-                + (f" and {len(agreement.apart) - SHOWN_PHOTOS} more" if len(agreement.apart) > SHOWN_PHOTOS else "")
-            )
-            if agreement.decoded_apart:
-                message += (
-                    f". Of these, {', '.join(agreement.decoded_apart[:SHOWN_PHOTOS])} have transparency or more than "
-                    "8 bits: the server puts transparent areas on white and scales 16-bit values to 8 bits, where "
-                    "Image.open(...).convert() keeps the colours under transparent areas and clips; on such photos "
-                    "the answers differ by design, not because of the transforms"
-                )
+            message = disagreement(agreement, prep, plan)
             if not args.accept_disagreement:
                 raise ImportRefused(message + ". Nothing was stored; --accept-disagreement stores it anyway")
             log.warning("%s; stored anyway (--accept-disagreement)", message)
