@@ -342,6 +342,19 @@ def test_a_faithfulness_refusal_names_the_photos_and_says_when_transparency_is_t
     assert "have transparency or more than 8 bits: the server puts transparent areas on white" in result.stderr
 
 
+def test_photos_that_are_no_images_are_named_as_skipped(tmp_path):
+    photos = tmp_path / "mine"
+    photos.mkdir()
+    Image.new("RGB", (40, 40), (255, 0, 0)).save(photos / "red.png")
+    (photos / "notes.jpg").write_text("not a photo")
+    path = tmp_path / "colour.pt"
+    torch.jit.script(colour_module()).save(str(path))
+    unit = ["--mean", "0", "0", "0", "--std", "1", "1", "1", "--resize", "32", "--crop", "32"]
+    result = run_import(path, *unit, "--photos", photos)
+    imported_tag(result)
+    assert "(1 skipped, the server refuses them too: notes.jpg)" in result.stderr
+
+
 def test_label_count_must_match_the_outputs(tmp_path):
     path = tmp_path / "m.pth"
     torch.save(torchvision.models.mobilenet_v3_small(num_classes=3).state_dict(), path)

@@ -36,6 +36,7 @@ class Agreement:
     apart: tuple[str, ...] = ()  # the photos answered differently (top-1, or past FAITHFUL_MAX_PROB_DIFF)
     # ... of them, those with transparency or more than 8 bits, which the server decodes differently on purpose
     decoded_apart: tuple[str, ...] = ()
+    skipped: tuple[str, ...] = ()  # files the server would refuse too (not images, corrupt): not compared
 
     @classmethod
     def between(cls, reference: np.ndarray, probs: np.ndarray) -> Agreement:
@@ -63,9 +64,10 @@ class Agreement:
         }
 
     def __str__(self) -> str:
+        skipped = f" ({len(self.skipped)} skipped, the server refuses them too: {', '.join(self.skipped[:4])})"
         return (
             f"top-1 the same on {self.top1_agree} of {self.photos} photos, "
-            f"largest probability difference {self.max_prob_diff:.4f}"
+            f"largest probability difference {self.max_prob_diff:.4f}" + (skipped if self.skipped else "")
         )
 
 
@@ -110,13 +112,14 @@ def measure(
     # The researcher's images were gray already when the model is gray and their list has no Grayscale.
     mode = "L" if prep.channels == 1 and not any(s.name == "Grayscale" for s in steps) else "RGB"
     session = open_session(str(onnx_path))
-    agree, worst, count, apart, decoded_apart = 0, 0.0, 0, [], []
+    agree, worst, count, apart, decoded_apart, skipped = 0, 0.0, 0, [], [], []
     for path in photos:
         data = path.read_bytes()
         try:
             served = run(session, preprocess(data, prep)[None])[0]
         except ImageRejected:
-            continue  # not a photo the server would classify either
+            skipped.append(path.name)  # not a photo the server would classify either
+            continue
         with Image.open(path) as img:
             special = img.mode in SERVED_DIFFERENTLY or "transparency" in img.info
             photo = ImageOps.exif_transpose(img).convert(mode)
@@ -132,7 +135,7 @@ def measure(
             apart.append(path.name)
             if special:
                 decoded_apart.append(path.name)
-    return Agreement(count, agree, worst, tuple(apart), tuple(decoded_apart))
+    return Agreement(count, agree, worst, tuple(apart), tuple(decoded_apart), tuple(skipped))
 
 
 # Modes the server decodes otherwise than Image.open(...).convert(): transparent areas on white, not
