@@ -564,6 +564,17 @@ def test_names_labels_paths_and_options_are_checked_before_the_model_is_loaded(t
     refused(result, message)
 
 
+def test_a_file_name_in_another_script_keeps_its_letters_or_asks_for_a_name(tmp_path, labels3):
+    path = tmp_path / "Käfer Modell v2 (final).pth"
+    torch.save(torchvision.models.mobilenet_v3_small(num_classes=3).state_dict(), path)
+    assert imported_tag(run_import(path, "--arch", "mobilenet_v3_small", "--labels", labels3)).startswith(
+        "kafer-modell-v2-final:"
+    )
+    cjk = tmp_path / "甲虫.pth"
+    path.rename(cjk)
+    refused(run_import(cjk, "--arch", "mobilenet_v3_small"), "gives no model name (letters a-z, digits")
+
+
 def test_a_folder_given_as_the_model_is_called_that(tmp_path):
     refused(run_import(tmp_path), "is a folder; give the model file in it")
 

@@ -149,6 +149,11 @@ def check_args(args: argparse.Namespace) -> Plan:
         name = args.name
     else:
         name = store.name_from(args.model.stem)
+        if not name:
+            raise ImportRefused(
+                f"the file name {args.model.name!r} gives no model name (letters a-z, digits, '-', '_', '.'): "
+                "pass --name, e.g. --name beetles"
+            )
     sources = {"name": "given (--name)" if args.name else f"from the file name {args.model.name!r}"}
     labels: list[str] | dict[str, str] | None = None
     if args.default_model:

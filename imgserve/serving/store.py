@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,14 +119,15 @@ def check_name(name: str) -> None:
     if len(name) > NAME_MAX_LENGTH or not NAME_PATTERN.match(name):
         raise ValueError(
             f"--name {name!r} cannot name a stored model: use at most {NAME_MAX_LENGTH} lowercase letters, digits, "
-            f"'-', '_' or '.', starting and ending with a letter or digit (e.g. {name_from(name)!r})"
+            f"'-', '_' or '.', starting and ending with a letter or digit (e.g. {name_from(name) or 'beetles'!r})"
         )
 
 
 def name_from(stem: str) -> str:
-    """A valid model name made from a file name: 'Birds Model v2' -> 'birds-model-v2'."""
-    name = re.sub(r"[^a-z0-9._-]+", "-", stem.lower()).strip("-._")[:NAME_MAX_LENGTH].strip("-._")
-    return name or "model"
+    """A valid model name made from a file name: 'Birds Model v2' -> 'birds-model-v2', 'Käfer' -> 'kafer';
+    '' when nothing of it is left (a name in another script: the import then asks for --name)."""
+    ascii_stem = unicodedata.normalize("NFKD", stem).encode("ascii", "ignore").decode()
+    return re.sub(r"[^a-z0-9._-]+", "-", ascii_stem.lower()).strip("-._")[:NAME_MAX_LENGTH].strip("-._")
 
 
 def save(name: str, onnx_file: Path, metadata: dict, examples: Sequence[Path] = ()) -> str:
