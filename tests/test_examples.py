@@ -72,6 +72,13 @@ def test_a_file_the_server_would_refuse_is_refused_with_the_servers_reason(tmp_p
     assert str(refused.value) == f"--examples: notes.jpg: not a supported image: accepted formats are {formats}"
 
 
+def test_a_photo_browsers_cannot_show_is_refused(tmp_path):
+    write(tmp_path / "scans", "slide.tif", image_bytes(fmt="TIFF"))
+    with pytest.raises(ValueError) as refused:
+        store.check_examples(tmp_path / "scans")
+    assert str(refused.value) == "--examples: slide.tif is TIFF, which browsers do not show: save it as JPEG or PNG"
+
+
 def test_import_checks_the_examples_before_loading_the_model(tmp_path):
     """A model file that would fail to load: the examples' error comes first, so it comes fast."""
     model = tmp_path / "broken.pth"

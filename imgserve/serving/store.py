@@ -80,6 +80,9 @@ def examples_of(stored: bentoml.Model) -> tuple[Path, ...]:
     return ()
 
 
+BROWSER_FORMATS = {"JPEG", "PNG", "GIF", "WEBP"}  # what every browser shows on the page
+
+
 def check_examples(folder: Path) -> list[Path]:
     """The photos of `folder` to store as a model's examples, each decoded as the server decodes
     an upload; a ValueError says which file breaks which rule."""
@@ -96,11 +99,16 @@ def check_examples(folder: Path) -> list[Path]:
                 "save it smaller (a photo for the web, e.g. 1024 px wide)"
             )
         try:
-            open_image(photo.read_bytes()).load()
+            image = open_image(photo.read_bytes())
+            image.load()
         except ImageRejected as e:
             raise ValueError(f"--examples: {photo.name}: {e}") from None
         except (OSError, SyntaxError, ValueError) as e:
             raise ValueError(f"--examples: {photo.name}: image data is truncated or corrupt ({e})") from None
+        if image.format not in BROWSER_FORMATS:
+            raise ValueError(
+                f"--examples: {photo.name} is {image.format}, which browsers do not show: save it as JPEG or PNG"
+            )
     return photos
 
 
