@@ -75,3 +75,24 @@ def test_outputs_that_would_lose_or_garble_rows_are_refused(tmp_path, monkeypatc
     (tmp_path / "existing.csv").write_text("path\n")
     with pytest.raises(ResultsError, match=message):
         Results(out, top_k=1, resume=resume)
+
+
+def test_an_output_that_cannot_be_written_is_an_error_not_a_traceback(tmp_path):
+    (tmp_path / "taken.csv").mkdir()
+    for out in (tmp_path / "no-such-folder" / "results.csv", tmp_path / "taken.csv"):
+        with pytest.raises(ResultsError, match=f"cannot write {out}: "), Results(str(out), top_k=1, resume=False):
+            pass
+
+
+def test_a_run_stopped_before_its_first_row_leaves_no_file_to_block_the_next(tmp_path):
+    """A refused top_k or model stops the run after the file was opened: no header-only file is left,
+    which would need --resume, and then the refused top_k, to run again."""
+    out = tmp_path / "results.csv"
+    with pytest.raises(RuntimeError), Results(str(out), top_k=1000, resume=False):
+        raise RuntimeError("the server refused top_k 1000")
+    assert not out.exists()
+    with Results(str(out), top_k=2, resume=False) as results:
+        results.write(CAT)
+    with Results(str(out), top_k=2, resume=True):  # resumed, nothing new: the file and its row stay
+        pass
+    assert len(out.read_text().splitlines()) == 2

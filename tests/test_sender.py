@@ -225,7 +225,8 @@ def test_files_that_cannot_be_sent_get_error_rows_without_a_request(tmp_path):
 @pytest.mark.parametrize(
     ("answer", "message"),
     [
-        (httpx.ConnectError("refused"), "cannot reach http://imgserve.test (refused): is the server running?"),
+        (httpx.ConnectError("refused"), "cannot reach http://imgserve.test (ConnectError: refused): is the server"),
+        (httpx.ReadTimeout(""), "cannot reach http://imgserve.test (ReadTimeout): is the server running?"),
         (httpx.Response(401, json={"error": "API key missing or wrong"}), "needs an API key (HTTP 401)"),
         (httpx.Response(404, text="Not Found"), "schema.json answered HTTP 404 without a BentoML schema: wrong URL?"),
         (httpx.Response(200, json={"routes": [{"name": "predict"}]}), "serves no /classify endpoint"),
@@ -237,6 +238,16 @@ def test_the_server_check_names_what_is_wrong(answer, message):
             raise answer
         return answer
 
-    run = Run(server)
+    run = Run(server, retry_for=0)  # a refused connection is asked again for --retry-for: here, not at all
     with pytest.raises(s.Fatal, match=re.escape(message)):
         asyncio.run(run.sender.check_server())
+
+
+def test_the_server_check_waits_out_a_restarting_server_as_every_request_does():
+    """503 with Retry-After while the server restarts: asked again, not taken for a wrong URL."""
+    schema = {"routes": [{"name": "classify"}]}
+    answers = iter([httpx.Response(503, headers={"Retry-After": "2"}, json={"error": "busy"})] * 2)
+
+    run = Run(lambda request: next(answers, httpx.Response(200, json=schema)))
+    asyncio.run(run.sender.check_server())
+    assert len(run.waits) == 2 and all(2 <= w <= 2.5 for w in run.waits)

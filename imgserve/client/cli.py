@@ -137,7 +137,7 @@ async def run(args: argparse.Namespace, tally: Tally, console: Console, live: bo
     todo = [p for p in images if not results.is_done(p)]
     if done := len(images) - len(todo):
         tally.skipped["done"] = done
-        log.info("note: %d images already in %s", done, results.name)
+        log.info("note: %d image%s already in %s", done, "s" * (done != 1), results.name)
     if not todo:
         return
     progress = progress_bar(console, live)
@@ -151,7 +151,9 @@ async def run(args: argparse.Namespace, tally: Tally, console: Console, live: bo
             tally.ok += 1
         progress.update(task, advance=1, failed=tally.failed, retries=sender.retries)
 
-    api_key = os.environ.get(config.ENV_API_KEY) or None
+    api_key = os.environ.get(config.ENV_API_KEY, "").strip() or None  # a key pasted with its newline
+    if api_key and not (api_key.isascii() and api_key.isprintable()):
+        raise Fatal(f"${config.ENV_API_KEY} holds characters an HTTP header cannot carry: set the key alone")
     async with connect(args.url.rstrip("/"), api_key, args.concurrency) as client:
         sender = Sender(client, write, args.top_k, args.retry_for, config.MAX_REQUEST_BYTES, args.model)
         await sender.check_server()  # before the output is touched: a wrong URL or key leaves no file behind

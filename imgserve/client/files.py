@@ -28,6 +28,9 @@ def find_images(paths: list[Path]) -> tuple[list[Path], Counter[str]]:
     skipped: Counter[str] = Counter()
     seen: set[Path] = set()
 
+    def unreadable(error: OSError) -> None:  # a folder that cannot be listed: counted, so the note names it
+        skipped["unreadable folder"] += 1
+
     def add(path: Path) -> None:
         if (resolved := path.resolve()) not in seen:
             seen.add(resolved)
@@ -37,7 +40,7 @@ def find_images(paths: list[Path]) -> tuple[list[Path], Counter[str]]:
         if arg.is_file():
             add(arg)  # named on purpose: the server judges it by its bytes
         elif arg.is_dir():
-            for folder, subfolders, files in os.walk(arg):
+            for folder, subfolders, files in os.walk(arg, onerror=unreadable):
                 skipped["hidden"] += sum(name.startswith(".") for name in subfolders)
                 subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
                 for name in sorted(files):

@@ -46,6 +46,7 @@ class Results:
         self.done: set[str] = set()  # resolved paths that already have a row
         self.exists = False
         self.file: IO[str] | None = None
+        self.rows = 0  # written by this run
         if out == STDOUT:
             if resume:
                 raise ResultsError("--resume needs --out FILE: there is nothing to resume on stdout")
@@ -81,8 +82,10 @@ class Results:
         if self.out == STDOUT:
             self.file, new = sys.stdout, True
         else:
-            # surrogateescape: file names that are not UTF-8 are written and read back unchanged.
-            self.file = Path(self.out).open("a", newline="", encoding="utf-8", errors="surrogateescape")
+            try:  # surrogateescape: file names that are not UTF-8 are written and read back unchanged.
+                self.file = Path(self.out).open("a", newline="", encoding="utf-8", errors="surrogateescape")
+            except OSError as e:
+                raise ResultsError(f"cannot write {self.out}: {e.strerror or e}") from None
             new = not self.exists
         self._csv = None if self.jsonl else csv.writer(self.file)
         if self._csv and new:
@@ -92,6 +95,7 @@ class Results:
 
     def write(self, row: Row) -> None:
         assert self.file is not None, "write inside `with results:`"
+        self.rows += 1
         if self._csv is None:
             record = {"path": row.path, "model": row.model or None, "predictions": row.predictions}
             self.file.write(json.dumps({**record, "error": row.error or None}) + "\n")
@@ -104,6 +108,8 @@ class Results:
     def __exit__(self, *exc: object) -> None:
         if self.file is not None and self.file is not sys.stdout:
             self.file.close()
+            if not self.exists and not self.rows:  # a run stopped before its first row (a refused top_k or
+                Path(self.out).unlink(missing_ok=True)  # model) leaves no file that would block the next one
 
 
 def drop_partial_last_line(path: Path) -> None:

@@ -18,7 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_before_delay, wait_exponential_jitter
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    RetryError,
+    retry_if_exception,
+    stop_before_delay,
+    wait_exponential_jitter,
+)
 
 from imgserve import config
 from imgserve.client.files import local_problem
@@ -31,6 +38,7 @@ BACKOFF_FIRST_S = 0.5  # without Retry-After: 0.5, 1, 2, 4 ... seconds, plus up 
 BACKOFF_MAX_S = 30.0
 BACKOFF = wait_exponential_jitter(multiplier=BACKOFF_FIRST_S, max=BACKOFF_MAX_S, jitter=BACKOFF_FIRST_S)
 TIMEOUT_S = config.REQUEST_TIMEOUT_S + 15  # longer than the server's own limit, so its 504 arrives first
+SCHEMA_TIMEOUT_S = 10  # the first check: a server that takes the connection but never answers is asked again
 IMAGES_FIELD, TOP_K_FIELD = "images", "top_k"  # the /classify form (service.py); config.MODEL_FIELD picks a model
 
 
@@ -101,7 +109,9 @@ def retry_wait(state: RetryCallState) -> float:
 
 
 def problem(error: object) -> str:
-    return str(error) if isinstance(error, ServerError) else f"{type(error).__name__}: {error}"
+    if isinstance(error, ServerError):
+        return str(error)
+    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__  # a timeout says nothing
 
 
 def upload_name(path: Path) -> str:
@@ -137,11 +147,16 @@ class Sender:
         )
 
     async def check_server(self) -> None:
-        """One request before the work: a wrong URL or key stops here, with a message that says which."""
+        """One request before the work: a wrong URL or key stops here, with a message that says which.
+        A server that is busy or restarting (refused connections, 502/503/504) is asked again for
+        --retry-for, as every request is."""
         try:
-            r = await self.client.get("/schema.json")
-        except httpx.HTTPError as e:
-            raise Fatal(f"cannot reach {self.url} ({e}): is the server running? (make serve)") from None
+            r: httpx.Response = await self.policy.copy(retry_error_callback=None)(self._schema_once)
+        except httpx.UnsupportedProtocol:
+            raise Fatal(f"--url {self.url}: give the scheme too, e.g. http://localhost:3000") from None
+        except (httpx.HTTPError, ServerError, RetryError) as e:
+            cause = e.last_attempt.exception() if isinstance(e, RetryError) else e
+            raise Fatal(f"cannot reach {self.url} ({problem(cause)}): is the server running? (make serve)") from None
         if r.status_code in (401, 403):
             raise Fatal(key_message(r.status_code, "authorization" in self.client.headers))
         try:
@@ -152,6 +167,12 @@ class Sender:
             raise Fatal(f"{answer} without a BentoML schema: wrong URL?") from None
         if "classify" not in routes:
             raise Fatal(f"{self.url} serves no /classify endpoint: is this the image classifier's URL?")
+
+    async def _schema_once(self) -> httpx.Response:
+        r = await self.client.get("/schema.json", timeout=SCHEMA_TIMEOUT_S)
+        if r.status_code in RETRY_STATUSES:
+            raise read_error(r)
+        return r
 
     async def send_all(self, work: Iterable[list[Path]], concurrency: int) -> None:
         """Every batch, `concurrency` requests at a time; a Fatal cancels the requests in flight (no rows)."""

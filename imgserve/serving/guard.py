@@ -153,7 +153,8 @@ class Exchange:
             if message["type"] != "http.request":
                 self.gone = True
                 self.upload_ended()
-                log.info("%s %s: the client left before its body was read", self.method, self.path)
+                if self.method not in ("GET", "HEAD"):  # a page's event stream ends so: no upload was cut short
+                    log.info("%s %s: the client left before its body was read", self.method, self.path)
                 return message
             chunk = message.get("body", b"")
             more = message.get("more_body", False)
