@@ -25,7 +25,7 @@ TOO_MANY_IN_FLIGHT = "server busy: too many requests in progress, retry shortly"
 TOO_MANY_UPLOADS = "server busy: too many uploads in progress, retry shortly"
 MODEL_QUEUE_FULL = "server busy: the model queue is full, retry shortly"
 NO_IMAGES = "no images: send one or more files in the 'images' field"
-INTERNAL_ERROR = "internal server error: the server's log has the details"
+INTERNAL_ERROR = "An unexpected error has occurred, please check the server log."  # BentoML's own 500 says so
 
 # Every error status an endpoint answers, with what it means: the OpenAPI document lists these
 # (README "Errors and limits" has the same statuses, checked by tests/test_errors.py).
