@@ -23,7 +23,7 @@ from imgserve import config
 from imgserve.importing import convert
 from imgserve.importing.transforms import Step
 from imgserve.serving.predict import open_session, run
-from imgserve.serving.preprocess import ImageRejected, Preprocessing, preprocess
+from imgserve.serving.preprocess import ALPHA_MODES, DEEP_MODES, ImageRejected, Preprocessing, preprocess
 
 
 @dataclass(frozen=True)
@@ -121,7 +121,7 @@ def measure(
             skipped.append(path.name)  # not a photo the server would classify either
             continue
         with Image.open(path) as img:
-            special = img.mode in SERVED_DIFFERENTLY or "transparency" in img.info
+            special = img.mode in DEEP_MODES | ALPHA_MODES or "transparency" in img.info
             photo = ImageOps.exif_transpose(img).convert(mode)
         with torch.inference_mode():
             out = model(transform(photo)[None].float())
@@ -136,8 +136,3 @@ def measure(
             if special:
                 decoded_apart.append(path.name)
     return Agreement(count, agree, worst, tuple(apart), tuple(decoded_apart), tuple(skipped))
-
-
-# Modes the server decodes otherwise than Image.open(...).convert(): transparent areas on white, not
-# black; 16-bit values scaled to 8 bits, not clipped (imgserve/serving/preprocess.py).
-SERVED_DIFFERENTLY = frozenset({"RGBA", "LA", "PA", "RGBa", "La", "I;16", "I;16B", "I;16L", "I"})

@@ -518,6 +518,11 @@ def as_fine_tuned(arch: str, state_dict: dict, kwargs: dict) -> tuple[dict, list
     return {**extra, **kwargs}, notes
 
 
+def first_conv(module: nn.Module) -> tuple[str, nn.Conv2d | None]:
+    """The model's first convolution and its name, as the class declares its modules ("", None: none)."""
+    return next(((n, m) for n, m in module.named_modules() if isinstance(m, nn.Conv2d)), ("", None))
+
+
 def fit_stem_channels(module: nn.Module, state_dict: dict) -> list[str]:
     """A torchvision model whose first convolution takes other channels than RGB (a gray microscopy or
     digits model: `model.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)`):
@@ -526,7 +531,7 @@ def fit_stem_channels(module: nn.Module, state_dict: dict) -> list[str]:
     Only when its weights differ in the input channels alone; a changed kernel leaves stride and
     padding unknown, and fit_state_dict then asks for the code that builds the model.
     """
-    name, conv = next(((n, m) for n, m in module.named_modules() if isinstance(m, nn.Conv2d)), ("", None))
+    name, conv = first_conv(module)
     weights = state_dict.get(f"{name}.weight")
     if conv is None or weights is None or weights.ndim != 4 or conv.groups != 1:
         return []
@@ -644,7 +649,7 @@ def _mismatch_hint(module, state_dict, arch, kwargs, missing, unexpected, wrong)
             f"Everything but the classifier fits: the head '{prefix}' was changed (the file has {shapes}). "
             + _builder("head.py", arch, {}, prefix, "...  # your new head")
         )
-    stem = next((n for n, m in module.named_modules() if isinstance(m, nn.Conv2d)), None)
+    stem = first_conv(module)[0]
     if not is_code_arch(arch) and stem and set(wrong) == {f"{stem}.weight"} and not (missing or unexpected):
         out, channels, *kernel = state_dict[f"{stem}.weight"].shape
         bias = f"{stem}.bias" in state_dict

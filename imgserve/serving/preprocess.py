@@ -170,11 +170,17 @@ def open_image(data: bytes, max_pixels: int = config.MAX_IMAGE_PIXELS) -> Image.
     return img
 
 
+# Modes decoded otherwise than PIL's convert(): more than 8 bits (scaled to 8, not clipped) and with
+# transparency (on white, not the colour hidden under it).
+DEEP_MODES = frozenset({"I;16", "I;16B", "I;16L", "I"})
+ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
+
+
 def _to_model_mode(img: Image.Image, gray: bool) -> Image.Image:
     """Any mode to RGB, or to gray ("L", as torchvision's Grayscale); transparent areas become
     white, 16-bit images keep their range. At most one full-size copy besides the decoded image and
     its 8-bit or white-backed form: a 49 MP RGBA or 16-bit upload costs about what an RGB one does."""
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+    if img.mode in DEEP_MODES:
         img = _eight_bit(img)
     if img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
