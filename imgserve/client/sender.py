@@ -148,10 +148,11 @@ class Sender:
 
     async def check_server(self) -> None:
         """One request before the work: a wrong URL or key stops here, with a message that says which.
-        A server that is busy or restarting (refused connections, 502/503/504) is asked again for
-        --retry-for, as every request is."""
+        Nothing listening (a wrong URL, a server not started) stops at once; a server that answers busy
+        (429, 502-504) or not at all is asked again for --retry-for, as every request is."""
+        there = retry_if_exception(lambda e: retryable(e) and not isinstance(e, httpx.ConnectError))
         try:
-            r: httpx.Response = await self.policy.copy(retry_error_callback=None)(self._schema_once)
+            r: httpx.Response = await self.policy.copy(retry=there, retry_error_callback=None)(self._schema_once)
         except httpx.UnsupportedProtocol:
             raise Fatal(f"--url {self.url}: give the scheme too, e.g. http://localhost:3000") from None
         except (httpx.HTTPError, ServerError, RetryError) as e:
