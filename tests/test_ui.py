@@ -104,6 +104,29 @@ def test_the_root_url_sends_browsers_to_the_page_and_programs_keep_bentomls_endp
 
 
 @pytest.mark.serve
+def test_behind_an_https_proxy_every_url_a_visitor_is_sent_to_stays_on_the_public_https_host(server):
+    """A hosting platform ends HTTPS in its proxy and forwards plain HTTP, naming the public host and
+    scheme in headers; its own Host may be the pod's address. No redirect, page config or example photo
+    may send the browser to http:// (mixed content, or a downgrade) or to that internal address."""
+    proxy = {"Host": "10.0.0.5:3000", "X-Forwarded-Host": "public.example.org", "X-Forwarded-Proto": "https"}
+    public = f"https://public.example.org{config.UI_PATH}"
+    with server.client(headers=proxy) as c:
+        for path, target in [("/", f"{config.UI_PATH}/"), (config.UI_PATH, f"{config.UI_PATH}/")]:
+            moved = c.get(path)
+            assert (moved.status_code, moved.headers["location"]) == (307, target)  # a path: scheme and host kept
+        assert c.get(config.DOCS_PATH).headers["location"] == f"{config.DOCS_PATH}/"
+        page_config = c.get(f"{config.UI_PATH}/config")
+        docs_page = c.get(f"{config.DOCS_PATH}/").text
+    assert page_config.status_code == 200
+    assert page_config.json()["root"] == public
+    samples = [comp.get("props", {}).get("samples") or [] for comp in page_config.json()["components"]]
+    examples = [sample[0]["url"] for some in samples for sample in some]  # the example photos' URLs
+    assert examples and all(url.startswith(f"{public}/") for url in examples), examples
+    assert "http://" not in page_config.text and "10.0.0.5" not in page_config.text
+    assert "http://" not in docs_page and "https://" not in docs_page  # the API docs' URLs are paths on this host
+
+
+@pytest.mark.serve
 def test_the_pages_classifications_join_the_models_batches(server):
     """Twelve page users at once get the API's answers, in fewer model calls than photos. Served by
     EfficientNet-Lite0: its few milliseconds a call let the others queue behind one (a model of a

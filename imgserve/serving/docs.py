@@ -95,14 +95,21 @@ def asgi_app(cards: list[ModelCard]) -> Starlette:
 
 
 class RootToPage:
-    """ASGI middleware: `GET /` (and HEAD) answers 307 to the web page, `/docs` to `/docs/`; nothing
-    else changes.
+    """ASGI middleware: `GET /` (and HEAD) answers 307 to the web page, `/ui` and `/docs` to the same
+    path with a slash; nothing else changes.
 
+    Each Location is a path, so a browser stays on the scheme and host it is on. Starlette's own
+    redirect for a mount's missing slash writes the URL it received: behind a proxy that ends HTTPS,
+    `https://host/ui` would lead to `http://host/ui/` (or the proxy's internal host:port).
     Added before the API-key guard: the redirects reveal nothing, and the pages they lead to ask
     a browser for the key when one is set.
     """
 
-    REDIRECTS: ClassVar[dict[str, str]] = {"/": f"{config.UI_PATH}/", config.DOCS_PATH: f"{config.DOCS_PATH}/"}
+    REDIRECTS: ClassVar[dict[str, str]] = {
+        "/": f"{config.UI_PATH}/",
+        config.UI_PATH: f"{config.UI_PATH}/",
+        config.DOCS_PATH: f"{config.DOCS_PATH}/",
+    }
 
     def __init__(self, app) -> None:
         self.app = app
