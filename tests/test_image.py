@@ -142,10 +142,32 @@ class Container:
 @pytest.fixture(scope="module")
 def container(image, tmp_path_factory) -> Iterator[Container]:
     """The image running as a user runs it, published on a loopback port; stopped by process id."""
+    yield from running_container(image, tmp_path_factory.mktemp("container") / "run.log")
+
+
+# As OpenShift and hardened Kubernetes run an image: a user id of the platform's own in group 0 (not the
+# image's user, whose files it does not own), nothing writable but /tmp, a HOME that is not there; and the
+# port the platform chose, by $PORT.
+PLATFORM_UID = 12345
+PLATFORM_PORT = 8080
+PLATFORM_RUN = ["--user", f"{PLATFORM_UID}:0", "--read-only", "--tmpfs", "/tmp", "-e", "HOME=/nonexistent"]
+
+
+@pytest.fixture(scope="module")
+def platform_container(image, tmp_path_factory) -> Iterator[Container]:
+    log = tmp_path_factory.mktemp("platform") / "run.log"
+    yield from running_container(image, log, [*PLATFORM_RUN, "-e", f"PORT={PLATFORM_PORT}"], PLATFORM_PORT)
+
+
+def running_container(
+    image: Image, log: Path, options: list[str] | None = None, port_inside: int = SERVING_PORT
+) -> Iterator[Container]:
+    """`run` the image with `options`, its port inside published on a loopback port, until /readyz answers;
+    stopped by process id."""
     port = free_port()
     name = f"imgserve-test-{port}"
-    log = tmp_path_factory.mktemp("container") / "run.log"
-    argv = [image.engine, "run", "--rm", "--name", name, "-p", f"127.0.0.1:{port}:{SERVING_PORT}", image.ref]
+    argv = [image.engine, "run", "--rm", "--name", name, "-p", f"127.0.0.1:{port}:{port_inside}"]
+    argv += [*(options or []), image.ref]
     started = time.monotonic()
     process = subprocess.Popen(argv, stdout=log.open("w"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -257,6 +279,23 @@ def test_nothing_in_the_container_runs_as_root(container, image):
     uids = [line.split()[1:] for line in status.splitlines()]  # real, effective, saved, filesystem
     assert len(uids) >= 3, status  # `bentoml serve` and its two service workers, at least
     assert {uid for ids in uids for uid in ids} == {str(BENTO_UID)}, status
+
+
+def test_the_image_serves_the_api_and_the_page_as_any_user_on_a_read_only_root(platform_container, image):
+    """BentoML's home, its metrics and the page's uploads all go to /tmp; the Bento is readable by any user."""
+    with httpx.Client(base_url=platform_container.url, timeout=60) as client:
+        response = client.post("/classify", files=[("images", ("cat.jpg", (DATA / "cat.jpg").read_bytes()))])
+        assert response.status_code == 200, response.text
+        assert response.json()[0]["predictions"][0]["label"] in CAT_CLASSES
+        assert client.get("/ui/").status_code == 200
+        metrics = client.get("/metrics").text
+    from gradio_client import Client, handle_file
+
+    page = Client(f"{platform_container.url}/ui/", verbose=False)  # an upload, written to the page's temp folder
+    assert page.predict(handle_file(DATA / "coffee.jpg"), 1, api_name="/classify")["label"] == "espresso"
+    assert 'classifier_batch_size_count{model="efficientnet-lite0:' in metrics  # the workers' metrics, shared
+    status = run(image.engine, "exec", platform_container.name, "sh", "-c", "grep -h '^Uid:' /proc/[0-9]*/status")
+    assert {uid for line in status.stdout.splitlines() for uid in line.split()[1:]} == {str(PLATFORM_UID)}
 
 
 def test_the_pushed_manifest_reads_back_from_the_registry(pushed, image, registry, served):
