@@ -292,6 +292,28 @@ def test_upload_a_photo_and_see_the_same_top_classes_as_the_api(browser_page, se
     assert page.hosts == {"127.0.0.1"}, "the page fetched from other hosts"
 
 
+PHONE = {"width": 360, "height": 740}  # a small phone's screen in CSS pixels
+
+
+@pytest.mark.serve
+@pytest.mark.browser
+def test_on_a_phone_the_page_fits_the_screen_and_the_about_area_shows_all_it_says(browser_page, server):
+    """A visitor on a phone classifies a photo and reads the About area (the weights' SHA-256, the input
+    transforms: long unbroken words) without anything running past the screen's edge."""
+    page = browser_page
+    page.set_viewport_size(PHONE)
+    open_ui(page, server)
+    page.locator("#photo input[type=file]").set_input_files(DATA / "cat.jpg")
+    expect_top(page, *CAT_CLASSES)
+    past_the_edge = page.evaluate(
+        """() => [...document.querySelectorAll('#photo, #answer, #examples, #about *')]
+            .filter(e => e.getBoundingClientRect().right > window.innerWidth)
+            .map(e => e.tagName + ': ' + e.textContent.slice(0, 40))"""
+    )
+    assert past_the_edge == [], "cut off on a phone's screen"
+    assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]  # no sideways scrolling
+
+
 @pytest.mark.serve
 @pytest.mark.browser
 def test_an_example_photo_is_one_click_away(browser_page, server):

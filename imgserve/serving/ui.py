@@ -34,6 +34,10 @@ log = logging.getLogger("bentoml.service")
 # ImageClassifier.classify_images: (images=[bytes or Path], top_k=int, model=tag) -> one answer per image.
 Classify = Callable[..., Awaitable[list[Any]]]
 
+# The About area's long words (a SHA-256, a transform list) break at the screen's edge: on a phone they
+# would run past it, cut off, and a visitor would copy or cite what they cannot see.
+CSS = "#about code { overflow-wrap: anywhere; }"
+
 
 def asgi_app() -> Starlette:
     """What service.py mounts at /ui, while importing: empty until `mount` puts the page in it.
@@ -62,6 +66,7 @@ def mount(app: Starlette, cards: list[ModelCard], classify: Classify) -> None:
         max_file_size=config.MAX_REQUEST_BYTES,  # the browser refuses what the server would (413)
         footer_links=["gradio"],
         run_history=False,  # people's photos are not kept, not even in their own browser
+        css=CSS,
     )
     # Gradio 6.31 checks that a file named in an API call lies in its upload folder only in an app
     # that was launched (processing_utils._check_allowed); a mounted one never is, and would then read
