@@ -8,7 +8,11 @@ serves the stored model's card and that its work joins the model's batches.
 from __future__ import annotations
 
 import base64
+import json
 import re
+import signal
+import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -21,6 +25,7 @@ from imgserve import config
 from imgserve.serving import docs, store
 from imgserve.serving.preprocess import Preprocessing
 from imgserve.serving.ui import about, confidences
+from imgserve.testing import start_server, stop_server
 from tests.helpers import CAT_CLASSES, COLOURS, DATA, EXAMPLE_PHOTOS, ROOT, image_bytes
 
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's; a test tool's own browser download does not work here
@@ -40,6 +45,7 @@ CHROMIUM_ARGS = [
 ARTIFACTS = ROOT / "test-artifacts"
 TIMEOUT_MS = 60_000  # a page load on a busy 2-core machine takes seconds; a hang still fails
 NOT_AN_IMAGE = b"meeting notes, saved with the wrong name\n"
+HEARTBEAT = f"{config.UI_PATH}/gradio_api/heartbeat/visitor"  # what an open page holds open, per session
 # What a person's drag-and-drop and copy do, given a PNG `blob` in the page.
 DROP_JS = "const dt = new DataTransfer(); dt.items.add(new File([blob], 'photo.png', {type: blob.type})); return dt;"
 COPY_JS = "await navigator.clipboard.write([new ClipboardItem({'image/png': blob})]);"
@@ -124,6 +130,44 @@ def test_behind_an_https_proxy_every_url_a_visitor_is_sent_to_stays_on_the_publi
     assert examples and all(url.startswith(f"{public}/") for url in examples), examples
     assert "http://" not in page_config.text and "10.0.0.5" not in page_config.text
     assert "http://" not in docs_page and "https://" not in docs_page  # the API docs' URLs are paths on this host
+
+
+STOP_WITHIN_S = 20  # the platform's grace before SIGKILL: Kubernetes' default is 30 s
+
+
+@pytest.mark.serve
+def test_a_stop_with_the_page_open_ends_its_stream_answers_the_upload_in_flight_and_exits(default_model, tmp_path):
+    """A platform stops the container (SIGTERM to `bentoml serve`, its first process) while a visitor has
+    the page open and someone's upload is under way: the page's heartbeat stream ends, the upload is still
+    answered, and the server exits by itself, well before the platform would kill it."""
+    server = start_server(default_model, tmp_path)
+    try:
+        photo = (DATA / "cat.jpg").read_bytes()
+        form = (
+            b'--b\r\nContent-Disposition: form-data; name="images"; filename="cat.jpg"\r\n'
+            b"Content-Type: image/jpeg\r\n\r\n" + photo + b"\r\n--b--\r\n"
+        )
+        upload = socket.create_connection(("127.0.0.1", server.port), timeout=STOP_WITHIN_S)
+        with server.client() as c, c.stream("GET", HEARTBEAT, timeout=STOP_WITHIN_S) as heartbeat:
+            beats = heartbeat.iter_lines()
+            assert next(beats) == "data: ALIVE"
+            # The server reads this upload's body (it asks for it: 100 Continue) before it is told to stop.
+            upload.sendall(
+                f"POST {config.CLASSIFY_PATH} HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+                f"Content-Length: {len(form)}\r\nExpect: 100-continue\r\n\r\n".encode()
+            )
+            assert upload.recv(100).startswith(b"HTTP/1.1 100 Continue")
+            server.process.send_signal(signal.SIGTERM)
+            told = time.monotonic()
+            for _ in beats:  # one every 15 s for as long as the stream lasts
+                assert time.monotonic() - told < STOP_WITHIN_S, "the page's stream outlived the stop"
+        upload.sendall(form)
+        answer = upload.makefile("rb").read().decode()
+        assert answer.startswith("HTTP/1.1 200 "), answer[:300]
+        assert json.loads(answer.split("\r\n\r\n", 1)[1])[0]["predictions"][0]["label"] in CAT_CLASSES
+        assert server.process.wait(timeout=STOP_WITHIN_S) == 0
+    finally:
+        stop_server(server)
 
 
 @pytest.mark.serve

@@ -14,13 +14,18 @@ process imports service.py too, and does not need it.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import signal
+import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from starlette.applications import Starlette
+from starlette.routing import Mount
 
 from imgserve import config
 from imgserve.serving.errors import ClientError
@@ -72,8 +77,57 @@ def mount(app: Starlette, cards: list[ModelCard], classify: Classify) -> None:
     # that was launched (processing_utils._check_allowed); a mounted one never is, and would then read
     # and classify any path on the server that a request names.
     blocks.has_launched = True
+    [gradio_app] = [route.app for route in app.routes if isinstance(route, Mount)]
+    end_heartbeats_on_stop(app, cast(Any, gradio_app).stop_event)  # Gradio's App, a FastAPI
     tags = ", ".join(c.tag for c in cards)
     log.info("web page for %s built in %.1f s (Gradio %s)", tags, time.monotonic() - started, gr.__version__)
+
+
+def end_heartbeats_on_stop(app: Starlette, stop_event: asyncio.Event) -> None:
+    """While `app` runs, the signal to stop (SIGTERM from the platform, Ctrl-C) first ends the page's
+    heartbeat streams, then stops the server as before (uvicorn's handler).
+
+    Each open page holds a stream that ends only when Gradio's `stop_event` is set, which Gradio does
+    for a server it launched, never for a mounted app; uvicorn waits for every response to end before it
+    exits, and BentoML gives it a day: one open page kept the server from stopping until the platform
+    killed it (SIGKILL, after Kubernetes' 30 s). Requests in flight still finish."""
+    entered = app.router.lifespan_context
+
+    @contextlib.asynccontextmanager
+    async def lifespan(a: Starlette) -> AsyncIterator[Any]:
+        # Entered inside uvicorn's serve(), after it took the signals: its handlers are the ones chained.
+        async with entered(a) as state:
+            with _on_stop_signal(asyncio.get_running_loop(), stop_event.set):
+                yield state
+
+    app.router.lifespan_context = lifespan
+
+
+@contextlib.contextmanager
+def _on_stop_signal(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> Iterator[None]:
+    """Run `callback` in `loop` on SIGTERM or SIGINT, then the handler that was there; restored on exit.
+    Only the main thread takes signals: elsewhere (an app run by a test client) nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def handle(sig: int, frame: Any) -> None:
+        loop.call_soon_threadsafe(callback)
+        chained = previous[signal.Signals(sig)]
+        if callable(chained):
+            chained(sig, frame)
+        elif chained == signal.SIG_DFL:  # what the signal did before: usually, end the process
+            signal.signal(sig, signal.SIG_DFL)
+            signal.raise_signal(sig)
+
+    for sig in previous:
+        signal.signal(sig, handle)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def max_top_k(card: ModelCard) -> int:
