@@ -57,6 +57,12 @@ def zipped() -> bytes:
     return buf.getvalue()
 
 
+def twelve_bit(jpeg: bytes) -> bytes:
+    """The JPEG with its frame header saying 12 bits a sample (medical and scientific cameras write them)."""
+    sof = jpeg.index(b"\xff\xc0")
+    return jpeg[: sof + 4] + bytes([12]) + jpeg[sof + 5 :]
+
+
 def middle(data: bytes, junk: bytes) -> bytes:
     mid = len(data) // 2
     return data[:mid] + junk + data[mid + len(junk) :]
@@ -71,7 +77,9 @@ BAD = [
     ("svg", b'<svg xmlns="http://www.w3.org/2000/svg" width="9" height="9"/>', "image/svg+xml", 400, "not a supported"),
     ("truncated jpeg", CAT[: len(CAT) // 2], "image/jpeg", 400, "truncated or corrupt"),
     ("jpeg, corrupt middle", middle(CAT, bytes(range(256)) * 8), "image/jpeg", 400, "truncated or corrupt"),
-    ("zero width", png_header(0, 10), "image/png", 400, "image 1: not a supported image"),
+    ("zero width", png_header(0, 10), "image/png", 400, "image 1: unreadable PNG image"),
+    # Was "not a supported image: accepted formats are JPEG, ...", to a JPEG.
+    ("12-bit jpeg", twelve_bit(CAT), "image/jpeg", 400, "unreadable JPEG image (cannot handle 12-bit layers): save"),
     (
         "decompression bomb",
         png_header(100_000, 100_000),
