@@ -9,6 +9,7 @@ import base64
 import io
 import json
 import re
+import socket
 import struct
 import zipfile
 import zlib
@@ -309,6 +310,27 @@ def test_an_oversized_body_is_refused_from_its_content_length(limited):
         r = post(c, [("big.jpg", b"\xff" * 2_100_000, "image/jpeg")])
         assert r.status_code == 413
         assert error_of(r) == "request body too large: limit is 2000000 bytes (CLASSIFIER_MAX_REQUEST_BYTES)"
+        assert post(c, [RED]).status_code == 200
+
+
+def test_a_body_far_over_the_limit_gets_its_413_not_a_reset_connection(limited):
+    """Sent whole before reading (as an HTTP library streams a file): the server answered from the
+    Content-Length and closed with megabytes unread, the kernel reset the connection, and the client
+    never saw the 413 (httpx: ReadError, which client.py retried for --retry-for as a lost server)."""
+    body = b"\xff" * (4 * 2_000_000)
+    head = (
+        f"POST /classify HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {API_KEY}\r\n"
+        f"Content-Type: image/jpeg\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    for _ in range(3):
+        with socket.create_connection(("127.0.0.1", limited.port), timeout=30) as sock:
+            sock.sendall(head.encode() + body)
+            answer = b"".join(iter(lambda: sock.recv(65536), b""))  # to the server's close
+        status, _, rest = answer.partition(b"\r\n")
+        assert status == b"HTTP/1.1 413 Request Entity Too Large", answer[:200]
+        too_large = "request body too large: limit is 2000000 bytes (CLASSIFIER_MAX_REQUEST_BYTES)"
+        assert json.loads(rest.partition(b"\r\n\r\n")[2]) == {"error": too_large}
+    with authed(limited) as c:
         assert post(c, [RED]).status_code == 200
 
 
