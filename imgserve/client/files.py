@@ -26,14 +26,14 @@ def find_images(paths: list[Path]) -> tuple[list[Path], Counter[str]]:
     """Image files under `paths`, in walk order, each once; and what was skipped, by reason."""
     images: list[Path] = []
     skipped: Counter[str] = Counter()
-    seen: set[Path] = set()
+    seen: set[str] = set()
 
     def unreadable(error: OSError) -> None:  # a folder that cannot be listed: counted, so the note names it
         skipped["unreadable folder"] += 1
 
     def add(path: Path) -> None:
-        if (resolved := path.resolve()) not in seen:
-            seen.add(resolved)
+        if (key := file_key(path)) not in seen:
+            seen.add(key)
             images.append(path)
 
     for arg in paths:
@@ -54,6 +54,15 @@ def find_images(paths: list[Path]) -> tuple[list[Path], Counter[str]]:
         else:
             raise NoSuchPath(f"no such file or folder: {arg}")
     return images, skipped
+
+
+def file_key(path: Path) -> str:
+    """The file a path names, for comparing paths: resolved; a symlink loop, which cannot be resolved
+    (Python 3.11 raises RuntimeError), by its absolute path: it is sent, and gets its error row."""
+    try:
+        return str(path.resolve())
+    except (OSError, RuntimeError):
+        return str(path.absolute())
 
 
 def batches(paths: list[Path], size: int, max_bytes: int) -> Iterator[list[Path]]:
