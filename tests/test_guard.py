@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import time
 
 import httpx
 import pytest
@@ -22,7 +23,7 @@ from imgserve.serving.errors import (
     ClientError,
 )
 from imgserve.serving.form import HOW_TO_SEND, SEND_AS_THEY_ARE, FormRules
-from imgserve.serving.guard import Guard
+from imgserve.serving.guard import Guard, drain
 
 KEY = "s3cret"
 RULES = FormRules(file_field="images", field_checks={"top_k": int}, max_images=2)
@@ -365,3 +366,27 @@ def test_an_unexpected_error_before_the_answer_is_a_500_at_once_with_its_traceba
     assert fine.status_code == 200
     [record] = [r for r in caplog.records if r.levelname == "ERROR"]
     assert record.exc_info and "a bug" in str(record.exc_info[1])
+
+
+def test_the_rest_of_a_refused_body_is_read_within_its_bounds_of_bytes_and_time():
+    """Read, so the refusal is not lost to a reset connection; bounded, so a refused client that trickles
+    or sends gigabytes holds its connection no longer than a stalled one."""
+    chunks: list[int] = []
+
+    def body(pause_s: float, size: int, ends_after: int | None = None):
+        async def receive() -> dict:
+            await asyncio.sleep(pause_s)
+            chunks.append(size)
+            return {"type": "http.request", "body": b"x" * size, "more_body": len(chunks) != ends_after}
+
+        return receive
+
+    run(drain(body(0, 10, ends_after=3), timeout_s=5, limit=1000))
+    assert chunks == [10, 10, 10]  # to its end
+    chunks.clear()
+    run(drain(body(0, 100), timeout_s=5, limit=1000))
+    assert sum(chunks) == 1100  # past the limit: the connection closes
+    chunks.clear()
+    started = time.monotonic()
+    run(drain(body(0.01, 1), timeout_s=0.2, limit=1000))
+    assert time.monotonic() - started < 1 and len(chunks) < 30  # a trickle: the time bound

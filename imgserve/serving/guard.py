@@ -16,6 +16,7 @@ under /ui keeps Gradio's own answers, which its page reads. Each client error is
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -238,17 +239,17 @@ def expects_continue(scope: Scope) -> bool:
 
 
 async def drain(receive: Receive, timeout_s: float, limit: int = config.DRAIN_BYTES) -> None:
-    """Read and drop the rest of a refused body, up to `limit` bytes and while it keeps coming, so that
-    the refusal is read by the client, not lost to a connection reset (config.DRAIN_BYTES)."""
+    """Read and drop the rest of a refused body, up to `limit` bytes and `timeout_s` in all, so that the
+    refusal is read by the client, not lost to a connection reset (config.DRAIN_BYTES). Bounded in time
+    too: a refused client that trickles its body holds its connection no longer than a stalled one."""
     read = 0
-    while read <= limit:
-        try:
-            message = await asyncio.wait_for(receive(), timeout_s)
-        except TimeoutError:
-            return
-        if message["type"] != "http.request" or not message.get("more_body", False):
-            return
-        read += len(message.get("body", b""))
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout_s):
+            while read <= limit:
+                message = await receive()
+                if message["type"] != "http.request" or not message.get("more_body", False):
+                    return
+                read += len(message.get("body", b""))
 
 
 def with_retry_after(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
