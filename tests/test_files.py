@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from imgserve.client import files
@@ -50,3 +52,12 @@ def test_a_symlink_loop_is_sent_as_the_file_it_claims_to_be_not_a_traceback(tmp_
     images, _ = files.find_images([tmp_path, tmp_path / "sub" / "up" / "a.jpg"])
     assert [p.name for p in images] == ["a.jpg", "loop1.jpg", "loop2.jpg"]  # each once, a.jpg by either path
     assert files.local_problem(tmp_path / "loop1.jpg", 100) == "cannot read the file"  # its error row
+
+
+def test_a_named_pipe_in_a_folder_is_skipped_not_read_forever(tmp_path):
+    """Opened for its bytes, a FIFO named photo.jpg blocked the whole run until someone wrote to it."""
+    (tmp_path / "a.jpg").write_bytes(b"x")
+    os.mkfifo(tmp_path / "pipe.jpg")
+    images, skipped = files.find_images([tmp_path])
+    assert [p.name for p in images] == ["a.jpg"]
+    assert skipped["not a regular file"] == skipped.total() == 1

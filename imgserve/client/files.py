@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -49,11 +50,22 @@ def find_images(paths: list[Path]) -> tuple[list[Path], Counter[str]]:
                         skipped["hidden"] += 1
                     elif suffix not in IMAGE_EXTENSIONS:
                         skipped[suffix or "no extension"] += 1
+                    elif not readable_kind(Path(folder, name)):
+                        skipped["not a regular file"] += 1
                     else:
                         add(Path(folder, name))
         else:
             raise NoSuchPath(f"no such file or folder: {arg}")
     return images, skipped
+
+
+def readable_kind(path: Path) -> bool:
+    """A regular file, or a link that leads nowhere (sent, it gets its error row); not a named pipe,
+    socket or device, whose read would wait forever and hold up the run."""
+    try:
+        return stat.S_ISREG(path.stat().st_mode)
+    except OSError:
+        return True
 
 
 def file_key(path: Path) -> str:
