@@ -85,7 +85,9 @@ def _parse_top_k(value: object) -> int:
 
 TopK = Annotated[int, BeforeValidator(_parse_top_k), Field(description="classes per image, 1..number of classes")]
 ModelName = Annotated[
-    str, Field(description=f"a served model's name or name:version (GET {config.MODELS_PATH}); empty: the default")
+    str,
+    BeforeValidator(lambda v: "" if v is None else v),  # BentoML reads the field as JSON: 'null' is None
+    Field(description=f"a served model's name or name:version (GET {config.MODELS_PATH}); empty or null: the default"),
 ]
 
 
@@ -181,10 +183,12 @@ def observe_batch(tag: str, images: int, seconds: float) -> None:
 
 def _check_model(value: object) -> str:
     """The `model` field as sent: a served name or name:version, else a message naming the served ones.
-    BentoML's Python client sends text fields JSON-encoded ('"flowers"'), curl and browsers plain."""
+    BentoML's Python client sends text fields JSON-encoded ('"flowers"', model=None as 'null': the
+    default), curl and browsers plain; read as BentoML reads them (JSON when it parses, else the text)."""
     text = str(value).strip()
     with contextlib.suppress(ValueError):
-        text = str(json.loads(text)) if text.startswith('"') else text
+        decoded = json.loads(text)
+        text = "" if decoded is None else decoded if isinstance(decoded, str) else text
     try:
         MODELS.get(text)
     except registry.UnknownModel as e:

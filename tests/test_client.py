@@ -131,6 +131,23 @@ def test_resume_sends_nothing_twice(colour_server, colour_model, tmp_path, capsy
 
 
 @pytest.mark.serve
+def test_resume_with_another_top_k_stops_before_a_row_is_mixed_in(colour_server, tmp_path):
+    """JSON Lines has no header to compare: top-1 and top-2 rows were appended to one file."""
+    colour_folder(tmp_path / "in", ["red-1"])
+    out = tmp_path / "results.jsonl"
+    common = [tmp_path / "in", "--url", colour_server.url, "--out", out]
+    assert run_client(*common, "--top-k", "1").returncode == client.EXIT_OK
+    before = out.read_text()
+    colour_folder(tmp_path / "in", ["green-1"])
+    r = run_client(*common, "--top-k", "2", "--resume")
+    assert r.returncode == client.EXIT_FATAL, r.stderr
+    assert f"error: {out} holds top-1 rows: resume it with --top-k 1" in r.stderr and "Traceback" not in r.stderr
+    assert out.read_text() == before
+    assert run_client(*common, "--top-k", "1", "--resume").returncode == client.EXIT_OK
+    assert len(out.read_text().splitlines()) == 2
+
+
+@pytest.mark.serve
 def test_model_chooses_one_of_the_servers_models_and_each_row_names_it(
     two_model_server, default_model, colour_model, tmp_path
 ):

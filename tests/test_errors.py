@@ -9,6 +9,7 @@ import base64
 import io
 import json
 import re
+import socket
 import struct
 import zipfile
 import zlib
@@ -57,6 +58,12 @@ def zipped() -> bytes:
     return buf.getvalue()
 
 
+def twelve_bit(jpeg: bytes) -> bytes:
+    """The JPEG with its frame header saying 12 bits a sample (medical and scientific cameras write them)."""
+    sof = jpeg.index(b"\xff\xc0")
+    return jpeg[: sof + 4] + bytes([12]) + jpeg[sof + 5 :]
+
+
 def middle(data: bytes, junk: bytes) -> bytes:
     mid = len(data) // 2
     return data[:mid] + junk + data[mid + len(junk) :]
@@ -71,7 +78,9 @@ BAD = [
     ("svg", b'<svg xmlns="http://www.w3.org/2000/svg" width="9" height="9"/>', "image/svg+xml", 400, "not a supported"),
     ("truncated jpeg", CAT[: len(CAT) // 2], "image/jpeg", 400, "truncated or corrupt"),
     ("jpeg, corrupt middle", middle(CAT, bytes(range(256)) * 8), "image/jpeg", 400, "truncated or corrupt"),
-    ("zero width", png_header(0, 10), "image/png", 400, "image 1: not a supported image"),
+    ("zero width", png_header(0, 10), "image/png", 400, "image 1: unreadable PNG image"),
+    # Was "not a supported image: accepted formats are JPEG, ...", to a JPEG.
+    ("12-bit jpeg", twelve_bit(CAT), "image/jpeg", 400, "unreadable JPEG image (cannot handle 12-bit layers): save"),
     (
         "decompression bomb",
         png_header(100_000, 100_000),
@@ -301,6 +310,27 @@ def test_an_oversized_body_is_refused_from_its_content_length(limited):
         r = post(c, [("big.jpg", b"\xff" * 2_100_000, "image/jpeg")])
         assert r.status_code == 413
         assert error_of(r) == "request body too large: limit is 2000000 bytes (CLASSIFIER_MAX_REQUEST_BYTES)"
+        assert post(c, [RED]).status_code == 200
+
+
+def test_a_body_far_over_the_limit_gets_its_413_not_a_reset_connection(limited):
+    """Sent whole before reading (as an HTTP library streams a file): the server answered from the
+    Content-Length and closed with megabytes unread, the kernel reset the connection, and the client
+    never saw the 413 (httpx: ReadError, which client.py retried for --retry-for as a lost server)."""
+    body = b"\xff" * (4 * 2_000_000)
+    head = (
+        f"POST /classify HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {API_KEY}\r\n"
+        f"Content-Type: image/jpeg\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    for _ in range(3):
+        with socket.create_connection(("127.0.0.1", limited.port), timeout=30) as sock:
+            sock.sendall(head.encode() + body)
+            answer = b"".join(iter(lambda: sock.recv(65536), b""))  # to the server's close
+        status, _, rest = answer.partition(b"\r\n")
+        assert status == b"HTTP/1.1 413 Request Entity Too Large", answer[:200]
+        too_large = "request body too large: limit is 2000000 bytes (CLASSIFIER_MAX_REQUEST_BYTES)"
+        assert json.loads(rest.partition(b"\r\n\r\n")[2]) == {"error": too_large}
+    with authed(limited) as c:
         assert post(c, [RED]).status_code == 200
 
 

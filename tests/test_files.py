@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from imgserve.client import files
@@ -38,3 +40,24 @@ def test_batches_hold_at_most_n_images_and_fit_one_request_body(tmp_path):
     assert files.local_problem(paths[-1], 100).startswith("file too large: 200 bytes")
     assert files.local_problem(paths[0], 40) is None  # exactly the limit fits
     assert files.local_problem(tmp_path / "gone.jpg", 100) == "cannot read the file"
+
+
+def test_a_symlink_loop_is_sent_as_the_file_it_claims_to_be_not_a_traceback(tmp_path):
+    """Path.resolve() raises RuntimeError on a loop (Python 3.11): the walk crashed before sending anything."""
+    (tmp_path / "a.jpg").write_bytes(b"x")
+    (tmp_path / "loop1.jpg").symlink_to(tmp_path / "loop2.jpg")
+    (tmp_path / "loop2.jpg").symlink_to(tmp_path / "loop1.jpg")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "up").symlink_to(tmp_path)  # a folder loop: links to folders are not followed
+    images, _ = files.find_images([tmp_path, tmp_path / "sub" / "up" / "a.jpg"])
+    assert [p.name for p in images] == ["a.jpg", "loop1.jpg", "loop2.jpg"]  # each once, a.jpg by either path
+    assert files.local_problem(tmp_path / "loop1.jpg", 100) == "cannot read the file"  # its error row
+
+
+def test_a_named_pipe_in_a_folder_is_skipped_not_read_forever(tmp_path):
+    """Opened for its bytes, a FIFO named photo.jpg blocked the whole run until someone wrote to it."""
+    (tmp_path / "a.jpg").write_bytes(b"x")
+    os.mkfifo(tmp_path / "pipe.jpg")
+    images, skipped = files.find_images([tmp_path])
+    assert [p.name for p in images] == ["a.jpg"]
+    assert skipped["not a regular file"] == skipped.total() == 1

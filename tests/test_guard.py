@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import time
 
 import httpx
 import pytest
@@ -21,8 +22,8 @@ from imgserve.serving.errors import (
     TOO_MANY_UPLOADS,
     ClientError,
 )
-from imgserve.serving.form import HOW_TO_SEND, FormRules
-from imgserve.serving.guard import Guard
+from imgserve.serving.form import HOW_TO_SEND, SEND_AS_THEY_ARE, FormRules
+from imgserve.serving.guard import Guard, drain
 
 KEY = "s3cret"
 RULES = FormRules(file_field="images", field_checks={"top_k": int}, max_images=2)
@@ -126,6 +127,53 @@ def test_a_form_without_images_is_a_400():
 def test_a_body_that_is_no_form_is_refused_with_how_to_send(content_type, status, error):
     r = run(post(Guard(App(), form=RULES), content=b"{}", headers={"Content-Type": content_type}))
     assert (r.status_code, r.json()) == (status, {"error": error})
+
+
+def test_a_url_encoded_form_is_a_400_no_images_since_it_carries_no_files():
+    """What BentoML's Python client sends for images=[]; and curl -d @photo.jpg without a Content-Type."""
+    app = App()
+    r = run(post(Guard(app, form=RULES), data={"top_k": "1", "model": '""'}))
+    error = f"no images: a url-encoded form (application/x-www-form-urlencoded) carries no files; {HOW_TO_SEND}"
+    assert (r.status_code, r.json()) == (400, {"error": error})
+    assert app.bodies == []
+
+
+@pytest.mark.parametrize("coding", ["gzip", "br", "deflate", "GZIP "])
+@pytest.mark.parametrize("content_type", ["multipart/form-data; boundary=b", "image/jpeg"])
+def test_a_compressed_body_is_a_415_naming_its_coding_and_never_reaches_the_app(coding, content_type):
+    """Read as it is, gzip'ed bytes were a malformed form or "not a supported image"."""
+    app = App()
+    headers = {"Content-Type": content_type, "Content-Encoding": coding}
+    r = run(post(Guard(app, form=RULES), content=b"\x1f\x8b compressed", headers=headers))
+    error = f"Content-Encoding {coding.strip().lower()!r} is not accepted: send the body uncompressed; {HOW_TO_SEND}"
+    assert (r.status_code, r.json()) == (415, {"error": error})
+    assert r.headers["accept-encoding"] == "identity"
+    assert app.bodies == []
+
+
+def test_an_identity_content_encoding_is_read_as_it_is():
+    app = App()
+    headers = {"Content-Type": "image/jpeg", "Content-Encoding": "identity"}
+    r = run(post(Guard(app, form=RULES), content=b"JPEG", headers=headers))
+    assert r.status_code == 200 and len(app.bodies) == 1
+
+
+@pytest.mark.parametrize(
+    ("coding", "status"), [(b"base64", 400), (b"quoted-printable", 400), (b"binary", 200), (b"8bit", 200)]
+)
+def test_a_form_part_in_a_transfer_encoding_is_a_400_naming_it(coding, status):
+    """Some old clients base64 a file part (RFC 7578 deprecates it); it was read as its text: "not an image"."""
+    app = App()
+    body = (
+        b'--b\r\nContent-Disposition: form-data; name="images"; filename="cat.jpg"\r\n'
+        b"Content-Type: image/jpeg\r\nContent-Transfer-Encoding: " + coding + b"\r\n\r\n"
+        + base64.b64encode(b"\xff\xd8 pretend jpeg") + b"\r\n--b--\r\n"
+    )  # fmt: skip
+    r = run(post(Guard(app, form=RULES), content=body, headers={"Content-Type": "multipart/form-data; boundary=b"}))
+    assert r.status_code == status, r.text
+    if status == 400:
+        error = f"field 'images' has Content-Transfer-Encoding {coding.decode()!r}: {SEND_AS_THEY_ARE}"
+        assert r.json() == {"error": error} and app.bodies == []
 
 
 def test_a_raw_image_body_becomes_a_one_image_form_with_top_k_from_the_query():
@@ -318,3 +366,27 @@ def test_an_unexpected_error_before_the_answer_is_a_500_at_once_with_its_traceba
     assert fine.status_code == 200
     [record] = [r for r in caplog.records if r.levelname == "ERROR"]
     assert record.exc_info and "a bug" in str(record.exc_info[1])
+
+
+def test_the_rest_of_a_refused_body_is_read_within_its_bounds_of_bytes_and_time():
+    """Read, so the refusal is not lost to a reset connection; bounded, so a refused client that trickles
+    or sends gigabytes holds its connection no longer than a stalled one."""
+    chunks: list[int] = []
+
+    def body(pause_s: float, size: int, ends_after: int | None = None):
+        async def receive() -> dict:
+            await asyncio.sleep(pause_s)
+            chunks.append(size)
+            return {"type": "http.request", "body": b"x" * size, "more_body": len(chunks) != ends_after}
+
+        return receive
+
+    run(drain(body(0, 10, ends_after=3), timeout_s=5, limit=1000))
+    assert chunks == [10, 10, 10]  # to its end
+    chunks.clear()
+    run(drain(body(0, 100), timeout_s=5, limit=1000))
+    assert sum(chunks) == 1100  # past the limit: the connection closes
+    chunks.clear()
+    started = time.monotonic()
+    run(drain(body(0.01, 1), timeout_s=0.2, limit=1000))
+    assert time.monotonic() - started < 1 and len(chunks) < 30  # a trickle: the time bound

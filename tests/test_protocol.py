@@ -8,6 +8,8 @@ The bad-image corpus is in tests/test_errors.py; this is the HTTP around the ima
 from __future__ import annotations
 
 import asyncio
+import base64
+import gzip
 import json
 import re
 import socket
@@ -188,6 +190,14 @@ REFUSED = [
         err("images must be uploaded files (curl -F images=@photo.jpg), not text or URLs"),
     ),
     (
+        "a base64 image part (an old client's)",
+        FORM,
+        form(part("images", base64.encodebytes(CAT), ctype=b"image/jpeg\r\nContent-Transfer-Encoding: base64")),
+        {},
+        400,
+        err(f"field 'images' has Content-Transfer-Encoding 'base64': send the bytes as they are; {HOW_TO_SEND}"),
+    ),
+    (
         "top_k far too long",
         FORM,
         form(IMAGE, part("top_k", b"9" * 5000, filename=None, ctype=None)),
@@ -224,8 +234,8 @@ REFUSED = [
         "application/x-www-form-urlencoded",
         b"images=cat.jpg&top_k=3",
         {},
-        415,
-        err(f"unsupported Content-Type 'application/x-www-form-urlencoded': {HOW_TO_SEND}"),
+        400,
+        err(f"no images: a url-encoded form (application/x-www-form-urlencoded) carries no files; {HOW_TO_SEND}"),
     ),
     ("plain text", "text/plain", b"cat.jpg", {}, 415, err(f"unsupported Content-Type 'text/plain': {HOW_TO_SEND}")),
     ("no Content-Type", None, CAT, {}, 415, err(f"unsupported Content-Type 'none': {HOW_TO_SEND}")),
@@ -338,6 +348,19 @@ def test_odd_top_k_spellings_are_refused_quoting_what_was_sent(server, top_k):
         r = c.post("/classify", files=[("images", ("cat.jpg", CAT, "image/jpeg"))], data={"top_k": top_k})
         assert r.status_code == 400, r.text
         assert the_error(r) == err(f"top_k must be a whole number from 1 to 1000, got {top_k!r}")
+        assert_still_answers(c)
+
+
+@pytest.mark.parametrize(("ctype", "body"), [(FORM, form(IMAGE)), ("image/jpeg", CAT)], ids=["form", "raw image"])
+def test_a_gzipped_body_is_a_415_that_says_to_send_it_uncompressed_and_the_next_request_is_served(server, ctype, body):
+    """It was read as it came: a malformed form, or "not a supported image"."""
+    with server.client() as c:
+        headers = {"Content-Type": ctype, "Content-Encoding": "gzip"}
+        r = c.post("/classify", content=gzip.compress(body), headers=headers)
+        assert r.status_code == 415, r.text
+        uncompressed = f"Content-Encoding 'gzip' is not accepted: send the body uncompressed; {HOW_TO_SEND}"
+        assert the_error(r) == err(uncompressed)
+        assert r.headers["accept-encoding"] == "identity"
         assert_still_answers(c)
 
 

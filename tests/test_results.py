@@ -96,3 +96,35 @@ def test_a_run_stopped_before_its_first_row_leaves_no_file_to_block_the_next(tmp
     with Results(str(out), top_k=2, resume=True):  # resumed, nothing new: the file and its row stay
         pass
     assert len(out.read_text().splitlines()) == 2
+
+
+@pytest.mark.parametrize("name", ["results.csv", "results.jsonl"])
+def test_resume_refuses_answers_of_another_model_before_writing_them(tmp_path, name):
+    """--resume with another --model (or a server whose default changed) mixed two models in one table."""
+    out = tmp_path / name
+    with Results(str(out), top_k=2, resume=False) as results:
+        results.write(CAT)
+    before = out.read_text()
+    other = Row("photos/dog.jpg", "flowers:7", CAT.predictions)
+    with Results(str(out), top_k=2, resume=True) as results:
+        results.write(BAD)  # an error row has no model: nothing to mix
+        with pytest.raises(ResultsError) as refused:
+            results.write(other)
+        results.write(Row("photos/dog.jpg", "m:1", CAT.predictions))  # the file's own model goes on
+    assert str(refused.value) == (
+        f"{out} holds answers of m:1, this run's are of flowers:7: resume it with --model m:1 "
+        "(if the server still serves it), or write to another --out"
+    )
+    assert "flowers:7" not in out.read_text() and out.read_text().startswith(before)
+
+
+def test_a_resumed_jsonl_refuses_answers_with_another_top_k(tmp_path):
+    """CSV's header names its top-k; JSON Lines has none, and mixed top-2 and top-3 rows silently."""
+    out = tmp_path / "results.jsonl"
+    with Results(str(out), top_k=2, resume=False) as results:
+        results.write(CAT)
+    three = Row("photos/dog.jpg", "m:1", [*CAT.predictions, {"label": "tiger", "score": 0.05}])
+    with Results(str(out), top_k=3, resume=True) as results, pytest.raises(ResultsError) as refused:
+        results.write(three)
+    assert str(refused.value) == f"{out} holds top-2 rows: resume it with --top-k 2"
+    assert len(out.read_text().splitlines()) == 1

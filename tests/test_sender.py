@@ -211,6 +211,22 @@ def test_when_the_first_requests_are_all_refused_the_run_stops_with_the_servers_
     assert run.rows == []
 
 
+def test_a_file_over_the_servers_body_limit_gets_its_row_and_the_run_goes_on(tmp_path):
+    """A server with a lower CLASSIFIER_MAX_REQUEST_BYTES than the client's: the first file's 413 stopped
+    the run as "the server refused the first requests"."""
+    too_large = "request body too large: limit is 300000 bytes (CLASSIFIER_MAX_REQUEST_BYTES)"
+
+    def server(request: httpx.Request) -> httpx.Response:
+        names = images_in(request)
+        return httpx.Response(413, json={"error": too_large}) if "bad" in names else answers(names)
+
+    run = Run(server)
+    rows = run.classify(folder(tmp_path, ["bad", "ok-1", "ok-2"]), concurrency=1)
+    assert run.requests == [["bad", "ok-1", "ok-2"], ["bad"], ["ok-1"], ["ok-2"]]
+    assert rows["bad"] == Row(str(tmp_path / "bad.png"), error=too_large)
+    assert [rows[n].predictions[0]["label"] for n in ("ok-1", "ok-2")] == ["ok-1", "ok-2"]
+
+
 def test_files_that_cannot_be_sent_get_error_rows_without_a_request(tmp_path):
     (big := tmp_path / "big.png").write_bytes(b"x" * 101)
     run = Run(lambda request: answers(images_in(request)), max_bytes=100)

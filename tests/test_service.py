@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 from pathlib import Path
 
@@ -94,6 +95,20 @@ def test_the_bentoml_python_client(server):
         answers = client.classify(images=[DATA / "coffee.jpg", DATA / "cat.jpg"], top_k=1)
     assert answers[0]["predictions"][0]["label"] == "espresso"
     assert answers[1]["predictions"][0]["label"] in CAT_CLASSES
+
+
+def test_the_bentoml_python_client_with_no_model_or_no_images(server):
+    """It sends model=None as 'null' (was: unknown model 'null') and images=[] as a url-encoded form
+    (was: a 415 about the Content-Type)."""
+    with bentoml.SyncHTTPClient(server.url) as client:
+        [cat] = client.classify(images=[DATA / "cat.jpg"], top_k=1, model=None)
+        assert cat["predictions"][0]["label"] in CAT_CLASSES
+        with pytest.raises(bentoml.exceptions.BentoMLException) as refused:
+            client.classify(images=[], top_k=1)
+        assert refused.value.error_code == 400
+        assert json.loads(refused.value.message)["error"].startswith("no images: a url-encoded form")
+        [again] = client.classify(images=[DATA / "cat.jpg"], top_k=1)
+    assert again == cat
 
 
 def test_bentoml_endpoints_stay_working(server):

@@ -144,7 +144,10 @@ async def run(args: argparse.Namespace, tally: Tally, console: Console, live: bo
     task = progress.add_task("classify", total=len(todo), failed=0, retries=0)
 
     def write(row: Row) -> None:
-        results.write(row)
+        try:
+            results.write(row)
+        except ResultsError as e:  # a resumed file of another model or top-k: stop, nothing mixed in
+            raise Fatal(str(e)) from None
         if row.error:
             tally.failed += 1
         else:

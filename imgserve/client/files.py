@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,14 +27,14 @@ def find_images(paths: list[Path]) -> tuple[list[Path], Counter[str]]:
     """Image files under `paths`, in walk order, each once; and what was skipped, by reason."""
     images: list[Path] = []
     skipped: Counter[str] = Counter()
-    seen: set[Path] = set()
+    seen: set[str] = set()
 
     def unreadable(error: OSError) -> None:  # a folder that cannot be listed: counted, so the note names it
         skipped["unreadable folder"] += 1
 
     def add(path: Path) -> None:
-        if (resolved := path.resolve()) not in seen:
-            seen.add(resolved)
+        if (key := file_key(path)) not in seen:
+            seen.add(key)
             images.append(path)
 
     for arg in paths:
@@ -49,11 +50,31 @@ def find_images(paths: list[Path]) -> tuple[list[Path], Counter[str]]:
                         skipped["hidden"] += 1
                     elif suffix not in IMAGE_EXTENSIONS:
                         skipped[suffix or "no extension"] += 1
+                    elif not readable_kind(Path(folder, name)):
+                        skipped["not a regular file"] += 1
                     else:
                         add(Path(folder, name))
         else:
             raise NoSuchPath(f"no such file or folder: {arg}")
     return images, skipped
+
+
+def readable_kind(path: Path) -> bool:
+    """A regular file, or a link that leads nowhere (sent, it gets its error row); not a named pipe,
+    socket or device, whose read would wait forever and hold up the run."""
+    try:
+        return stat.S_ISREG(path.stat().st_mode)
+    except OSError:
+        return True
+
+
+def file_key(path: Path) -> str:
+    """The file a path names, for comparing paths: resolved; a symlink loop, which cannot be resolved
+    (Python 3.11 raises RuntimeError), by its absolute path: it is sent, and gets its error row."""
+    try:
+        return str(path.resolve())
+    except (OSError, RuntimeError):
+        return str(path.absolute())
 
 
 def batches(paths: list[Path], size: int, max_bytes: int) -> Iterator[list[Path]]:

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from imgserve.client.files import file_key
+
 FORMATS = (".csv", ".jsonl")
 STDOUT = "-"
 
@@ -44,6 +46,7 @@ class Results:
         self.name = "stdout" if out == STDOUT else out
         self.jsonl = out.endswith(".jsonl")
         self.done: set[str] = set()  # resolved paths that already have a row
+        self.models: dict[str, int] = {}  # a resumed file's models, each with its rows' number of predictions
         self.exists = False
         self.file: IO[str] | None = None
         self.rows = 0  # written by this run
@@ -64,18 +67,25 @@ class Results:
     def _read_done(self, path: Path) -> set[str]:
         with path.open(newline="", encoding="utf-8", errors="surrogateescape") as f:
             if self.jsonl:
-                paths = [json.loads(line)["path"] for line in f if line.strip()]
+                records = [json.loads(line) for line in f if line.strip()]
+                paths = [r["path"] for r in records]
+                for r in records:
+                    if r.get("model"):
+                        self.models.setdefault(r["model"], len(r.get("predictions") or []))
             else:
                 reader = csv.reader(f)
                 header = next(reader, [])
                 if header != columns(self.top_k):
                     found = sum(name.startswith("label_") for name in header)
                     raise ResultsError(f"{path} holds top-{found} rows: resume it with --top-k {found}")
-                paths = [row[0] for row in reader if row]
-        return {str(Path(p).resolve()) for p in paths}
+                rows = [row for row in reader if row]
+                paths = [row[0] for row in rows]
+                # The top-k is the header's (checked above); a row's predictions are counted for JSONL only.
+                self.models |= {row[-2]: self.top_k for row in rows if len(row) == len(header) and row[-2]}
+        return {file_key(Path(p)) for p in paths}
 
     def is_done(self, path: Path) -> bool:
-        return str(path.resolve()) in self.done
+        return file_key(path) in self.done
 
     def __enter__(self) -> Results:
         """Start writing (appending when resumed); the CSV header goes first into a new file."""
@@ -93,8 +103,23 @@ class Results:
             self.file.flush()
         return self
 
+    def check_same_run(self, row: Row) -> None:
+        """A resumed file is one table: an answer of another model, or (JSONL, which has no header) with
+        another number of predictions than its rows, is refused before it is written, not mixed in."""
+        if not row.model or not self.models:
+            return
+        if row.model not in self.models:
+            held = ", ".join(sorted(self.models))
+            raise ResultsError(
+                f"{self.out} holds answers of {held}, this run's are of {row.model}: resume it with "
+                f"--model {sorted(self.models)[0]} (if the server still serves it), or write to another --out"
+            )
+        if self.jsonl and (found := self.models[row.model]) != len(row.predictions):
+            raise ResultsError(f"{self.out} holds top-{found} rows: resume it with --top-k {found}")
+
     def write(self, row: Row) -> None:
         assert self.file is not None, "write inside `with results:`"
+        self.check_same_run(row)
         self.rows += 1
         if self._csv is None:
             record = {"path": row.path, "model": row.model or None, "predictions": row.predictions}

@@ -34,6 +34,9 @@ from imgserve.client.results import Row
 log = logging.getLogger(__name__)
 
 RETRY_STATUSES = frozenset({429, 502, 503, 504})  # overload, or a proxy in front that lost the server
+# A one-image request refused so is refused for its file (over the server's body limit, which may be
+# lower than this client's): that file's error row, never a reason to stop the run.
+FILE_STATUSES = frozenset({413})
 BACKOFF_FIRST_S = 0.5  # without Retry-After: 0.5, 1, 2, 4 ... seconds, plus up to 0.5 s so clients spread out
 BACKOFF_MAX_S = 30.0
 BACKOFF = wait_exponential_jitter(multiplier=BACKOFF_FIRST_S, max=BACKOFF_MAX_S, jitter=BACKOFF_FIRST_S)
@@ -210,7 +213,7 @@ class Sender:
                     for path in pending:
                         await self.classify([path])
                     return
-                if not self.some_ok:  # every request would fail alike
+                if not self.some_ok and e.status not in FILE_STATUSES:  # every request would fail alike
                     raise Fatal(f"the server refused the first requests (HTTP {e.status}): {e.message}") from None
                 self.on_row(Row(str(pending[0]), error=e.message))
                 return

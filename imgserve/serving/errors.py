@@ -36,7 +36,7 @@ ERROR_ANSWERS: dict[int, str] = {
     405: "method not allowed on this endpoint",
     408: "the request body stalled: no data for the body timeout",
     413: "request body too large, or an image with too many pixels",
-    415: "a body that is neither a multipart form nor an image",
+    415: "a body that is neither a multipart form nor an image, or a compressed one (Content-Encoding)",
     431: "request headers too large",
     500: "an unexpected server error (the server log has the details)",
     503: "server busy: too many requests at work or uploading, or the model queue is full; see Retry-After",

@@ -3,8 +3,9 @@
 A multipart form is parsed as it passes (python-multipart, as Starlette does): a malformed form, an
 unknown or repeated field, too many images or a bad text field is refused with a 400 as soon as it is
 seen, since BentoML's answers to these are 500s. A raw image body (Content-Type: image/*) is passed
-on as the one-image form BentoML parses, top_k from the query string. Anything else is a 415 that
-says how to send.
+on as the one-image form BentoML parses, top_k from the query string. A url-encoded form, which
+cannot carry files, is a 400 that says so; a compressed body (Content-Encoding) or any other type, a 415.
+Each answer says how to send.
 """
 
 from __future__ import annotations
@@ -30,6 +31,11 @@ HOW_TO_SEND = (
     "or one image as the raw body with its Content-Type (curl -H 'Content-Type: image/jpeg' --data-binary @photo.jpg)"
 )
 RAW_FILENAME = "upload"  # the part a raw image body becomes; names are never used
+URLENCODED = "application/x-www-form-urlencoded"  # what a form without files is sent as (BentoML's client too)
+IDENTITY = ("", "identity")  # the only Content-Encoding read: images are compressed already
+# Content-Transfer-Encoding of a form part (RFC 7578 deprecates it): these leave the bytes as they are.
+AS_SENT = (b"", b"binary", b"8bit", b"7bit")
+SEND_AS_THEY_ARE = f"send the bytes as they are; {HOW_TO_SEND}"
 
 
 @dataclass(frozen=True)
@@ -49,6 +55,13 @@ def refuse(message: str) -> ClientError:
 def body_check(scope: Scope, receive: Receive, rules: FormRules) -> tuple[Scope, Receive, FormCheck]:
     """From the headers of POST /classify: the scope and receive BentoML gets, and the body's check."""
     headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+    if (coding := headers.get("content-encoding", "").strip().lower()) not in IDENTITY:
+        # Read as it is, a gzip'ed form or image would be refused as a malformed form or "not an image".
+        raise ClientError(
+            415,
+            f"Content-Encoding {coding!r} is not accepted: send the body uncompressed; {HOW_TO_SEND}",
+            headers={"Accept-Encoding": "identity"},  # RFC 7694: the codings the server takes
+        )
     raw_kind, options = parse_options_header(headers.get("content-type", ""))
     kind = raw_kind.decode("latin-1").lower()
     if kind == "multipart/form-data":
@@ -67,6 +80,8 @@ def body_check(scope: Scope, receive: Receive, rules: FormRules) -> tuple[Scope,
         return with_content_type(scope, b'multipart/form-data; boundary="%s"' % boundary), receive, check
     if kind.startswith("image/") or kind == "application/octet-stream":
         return raw_image(scope, receive, kind, rules)
+    if kind == URLENCODED:  # BentoML's Python client sends its form so when given no files (images=[])
+        raise refuse(f"no images: a url-encoded form ({URLENCODED}) carries no files; {HOW_TO_SEND}")
     raise ClientError(415, f"unsupported Content-Type {kind or 'none'!r}: {HOW_TO_SEND}")
 
 
@@ -127,7 +142,7 @@ class FormCheck:
         self.parts = self.images = 0
         self.seen_fields: dict[str, int] = {}
         self.header_field = self.header_value = b""
-        self.disposition = b""
+        self.disposition = self.transfer_encoding = b""
         self.field: str | None = None  # the text field being read, and its value so far
         self.value = b""
         self.ended = False
@@ -179,7 +194,7 @@ class FormCheck:
 
     def part_begin(self) -> None:
         self.parts += 1
-        self.disposition = b""
+        self.disposition = self.transfer_encoding = b""
 
     def header_field_data(self, data: bytes, start: int, end: int) -> None:
         self.header_field += data[start:end]
@@ -190,6 +205,8 @@ class FormCheck:
     def header_end(self) -> None:
         if self.header_field.lower() == b"content-disposition":
             self.disposition = self.header_value
+        elif self.header_field.lower() == b"content-transfer-encoding":
+            self.transfer_encoding = self.header_value.strip().lower()
         self.header_field = self.header_value = b""
 
     def headers_finished(self) -> None:
@@ -201,6 +218,9 @@ class FormCheck:
         if name not in known:
             fields = ", ".join(repr(k) for k in known)
             self.fail(f"unknown field {name!r}: send the images in the {known[0]!r} field (fields: {fields})")
+        if self.transfer_encoding not in AS_SENT:  # a base64 part would be read as its text: "not an image"
+            coding = self.transfer_encoding.decode("latin-1")
+            self.fail(f"field {name!r} has Content-Transfer-Encoding {coding!r}: {SEND_AS_THEY_ARE}")
         if name == self.rules.file_field:
             self.images += 1
             self.field = None

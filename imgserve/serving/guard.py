@@ -5,7 +5,9 @@ For each request, from its headers: 431 for headers over MAX_HEADER_BYTES; 401 w
 for POST /classify, how its body will be checked (form.py). Then, as the body streams in: 413 the moment
 it passes the limit (an oversized upload is never read whole), 408 when it makes no progress for
 BODY_TIMEOUT_S (a stalled client frees its place), the form's 400s, and admission once it has arrived.
-A request refused mid-body looks to the app like a client that left; the guard answers in its place.
+A request refused mid-body looks to the app like a client that left; the guard answers in its place,
+after reading and dropping the rest of the body (up to config.DRAIN_BYTES; not a stalled one), so that the
+answer is not lost to a reset connection.
 On the way out, an error answer of the app that is not yet in the one shape is reworded (errors.py),
 Retry-After goes on every 429/503, and the OpenAPI document gets the real error answers. The web page
 under /ui keeps Gradio's own answers, which its page reads. Each client error is one INFO line in the log.
@@ -14,6 +16,7 @@ under /ui keeps Gradio's own answers, which its page reads. Each client error is
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -72,6 +75,8 @@ class Guard:
         except ClientError as e:
             if e.status < 500:  # a client's mistake; a 503 is load, counted in /metrics, not logged each time
                 log.info("%s %s: %d %s", scope.get("method"), scope["path"], e.status, e)
+            if e.status == 413 and not expects_continue(scope):  # from its Content-Length: the body is on its way
+                await drain(receive, self.body_timeout_s)
             return await e.send(send)
         exchange = Exchange(self, scope, receive, send, form)
         try:
@@ -120,6 +125,7 @@ class Exchange:
         self.reword = not self.path.startswith(config.UI_PATH)  # Gradio's page reads Gradio's answers
         self.seen = 0
         self.body_done = False
+        self.arrived = False  # the body's last chunk has been received (checked or not)
         self.admitted = 0  # 1 while the request counts against the in-flight bound
         self.uploading = int(self.work)  # 1 while it counts against the uploads bound
         guard.admission.uploading += self.uploading
@@ -158,6 +164,7 @@ class Exchange:
                 return message
             chunk = message.get("body", b"")
             more = message.get("more_body", False)
+            self.arrived = not more
             self.seen += len(chunk)
             if self.seen > self.guard.max_request_bytes:
                 return self.refuse(ClientError(413, too_large(self.guard.max_request_bytes), headers=CLOSE))
@@ -186,8 +193,11 @@ class Exchange:
         await error.send(self._send)
 
     async def finish(self) -> None:
-        """After the app: send the guard's refusal if it has one (the app's answer was dropped)."""
+        """After the app: send the guard's refusal if it has one (the app's answer was dropped), after
+        the rest of the body unless it stalled."""
         if self.refusal and not self.started and not self.gone:
+            if self.refusal.status != 408 and not self.arrived:
+                await drain(self._receive, self.guard.body_timeout_s)
             await self.answer(self.refusal)
 
     async def send(self, message: Message) -> None:
@@ -221,6 +231,25 @@ class Exchange:
                 start["headers"] = with_retry_after(start.get("headers", []))
             return await send_json(self._send, start, body)
         await self.answer(from_app(status, body, self.method, self.path))
+
+
+def expects_continue(scope: Scope) -> bool:
+    """The client waits for "100 Continue" before its body: refused before reading, it sends none."""
+    return any(k.lower() == b"expect" and v.lower() == b"100-continue" for k, v in scope["headers"])
+
+
+async def drain(receive: Receive, timeout_s: float, limit: int = config.DRAIN_BYTES) -> None:
+    """Read and drop the rest of a refused body, up to `limit` bytes and `timeout_s` in all, so that the
+    refusal is read by the client, not lost to a connection reset (config.DRAIN_BYTES). Bounded in time
+    too: a refused client that trickles its body holds its connection no longer than a stalled one."""
+    read = 0
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout_s):
+            while read <= limit:
+                message = await receive()
+                if message["type"] != "http.request" or not message.get("more_body", False):
+                    return
+                read += len(message.get("body", b""))
 
 
 def with_retry_after(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:

@@ -13,6 +13,7 @@ draft mode), everything stays uint8 until the model.
 from __future__ import annotations
 
 import io
+import struct
 import warnings
 from dataclasses import asdict, dataclass
 
@@ -153,9 +154,7 @@ def open_image(data: bytes, max_pixels: int = config.MAX_IMAGE_PIXELS) -> Image.
             f"image too large: over {over} pixels, limit is {max_pixels} ({config.ENV_MAX_PIXELS})", status=413
         ) from None
     except UnidentifiedImageError:
-        raise ImageRejected(
-            f"not a supported image: accepted formats are {', '.join(config.ACCEPTED_FORMATS)}"
-        ) from None
+        raise ImageRejected(_unidentified(data)) from None
     except (OSError, SyntaxError, ValueError) as e:
         raise ImageRejected(f"unreadable image header ({e})") from None
     width, height = img.size
@@ -168,6 +167,21 @@ def open_image(data: bytes, max_pixels: int = config.MAX_IMAGE_PIXELS) -> Image.
             status=413,
         )
     return img
+
+
+def _unidentified(data: bytes) -> str:
+    """Why no accepted format opened the bytes. Pillow drops each reader's reason: a file that starts
+    as one of the formats does (a 12-bit JPEG, a header cut short) is named with its reader's reason,
+    not told that its own format is accepted."""
+    Image.init()
+    for fmt in config.ACCEPTED_FORMATS:
+        reader, accepts = Image.OPEN[fmt]
+        if accepts is not None and accepts(data[:16]):  # its signature, as Image.open tests it
+            try:
+                reader(io.BytesIO(data), "")
+            except (OSError, SyntaxError, ValueError, IndexError, TypeError, struct.error) as e:
+                return f"unreadable {fmt} image ({e}): save it again as an 8-bit JPEG or PNG"
+    return f"not a supported image: accepted formats are {', '.join(config.ACCEPTED_FORMATS)}"
 
 
 # Modes decoded otherwise than PIL's convert(): more than 8 bits (scaled to 8, not clipped) and with
