@@ -13,7 +13,6 @@ draft mode), everything stays uint8 until the model.
 from __future__ import annotations
 
 import io
-import struct
 import warnings
 from dataclasses import asdict, dataclass
 
@@ -179,7 +178,7 @@ def _unidentified(data: bytes) -> str:
         if accepts is not None and accepts(data[:16]):  # its signature, as Image.open tests it
             try:
                 reader(io.BytesIO(data), "")
-            except (OSError, SyntaxError, ValueError, IndexError, TypeError, struct.error) as e:
+            except Exception as e:  # any reason the reader gives is the answer's reason
                 return f"unreadable {fmt} image ({e}): save it again as an 8-bit JPEG or PNG"
     return f"not a supported image: accepted formats are {', '.join(config.ACCEPTED_FORMATS)}"
 
