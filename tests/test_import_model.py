@@ -32,7 +32,7 @@ from tests.helpers import (
     run_import,
     sensitive,
 )
-from tests.researcher_code import HeadFirst, OneAtATime, Redness, SmallDenseNet, WithFeatures
+from tests.researcher_code import HeadFirst, Net, OneAtATime, Redness, SmallDenseNet, WithFeatures
 
 pytestmark = pytest.mark.model  # each test imports a real model, in a process of its own
 
@@ -533,6 +533,36 @@ def test_the_legacy_torch_format_imports(tmp_path, labels3):
     )
     tag = imported_tag(run_import(path, "--arch", "mobilenet_v3_small", "--labels", labels3))
     assert stored(tag).info.metadata["num_classes"] == 3
+
+
+def as_saved_on_a_gpu(path: Path) -> None:
+    """The file as torch.save writes it on a GPU machine: each storage's location 'cuda:0', not 'cpu'."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as z:
+        members = [(info.filename, z.read(info)) for info in z.infolist()]
+    cpu, gpu = b"X\x03\x00\x00\x00cpu", b"X\x06\x00\x00\x00cuda:0"  # the pickle's BINUNICODE strings
+    with zipfile.ZipFile(path, "w") as z:
+        for name, data in members:
+            z.writestr(name, data.replace(cpu, gpu) if name.endswith("data.pkl") else data)
+
+
+def test_a_model_pickled_in_dataparallel_on_a_gpu_machine_is_served_from_the_model_inside(tmp_path, labels3):
+    """torch.save(model) after model = nn.DataParallel(model) on a GPU: the wrapper refuses to run on a CPU."""
+    torch.manual_seed(0)
+    model = Net(num_classes=3).eval()
+    wrapped = nn.DataParallel(model)
+    wrapped.device_ids, wrapped.output_device, wrapped.src_device_obj = [0], 0, torch.device("cuda:0")  # as on a GPU
+    path = tmp_path / "trained_on_gpu.pth"
+    torch.save({"epoch": 30, "model": wrapped}, path)
+    as_saved_on_a_gpu(path)
+    with pytest.raises(RuntimeError, match="CUDA"):
+        torch.load(path, weights_only=False)  # what it is: a file that loads only with map_location
+    result = run_import(path, "--trust-pickle", "--labels", labels3, "--crop", "64", "--name", "gpu-pickle")
+    tag = imported_tag(result)
+    assert "note: the model inside its DataParallel wrapper (model.module)" in result.stderr
+    assert stored(tag).info.metadata["arch"] == "Net"
+    assert_served_as_torch(tag, model)
 
 
 @pytest.mark.parametrize(

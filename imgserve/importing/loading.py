@@ -352,8 +352,14 @@ def _load_pickle(path: Path, classes: list[str], arch: str | None, trust_pickle:
         if isinstance(obj, dict) and isinstance(obj.get(key), nn.Module):
             obj = obj[key]
             break
+    notes = []
+    if isinstance(obj, nn.DataParallel | nn.parallel.DistributedDataParallel):
+        # Saved wrapped for several GPUs: the wrapper insists on them (saved on a GPU machine, it refuses
+        # to run on the CPU); the model is the one inside, as model.module gives it.
+        notes.append(f"the model inside its {type(obj).__name__} wrapper (model.module)")
+        obj = obj.module
     if isinstance(obj, nn.Module):
-        return with_saved_labels(LoadedModel(obj.eval(), "pickle", type(obj).__name__), saved)
+        return with_saved_labels(LoadedModel(obj.eval(), "pickle", type(obj).__name__, notes=notes), saved)
     if isinstance(obj, torch.jit.ScriptModule):
         return LoadedModel(obj.eval(), "torchscript", "torchscript")
     raise ImportRefused(f"{path.name} holds a {type(obj).__name__}, not a model or a state_dict")
