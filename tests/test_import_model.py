@@ -32,7 +32,7 @@ from tests.helpers import (
     run_import,
     sensitive,
 )
-from tests.researcher_code import HeadFirst, Net, OneAtATime, Redness, SmallDenseNet, WithFeatures
+from tests.researcher_code import At128, HeadFirst, Net, OneAtATime, Redness, SmallDenseNet, WithFeatures
 
 pytestmark = pytest.mark.model  # each test imports a real model, in a process of its own
 
@@ -533,6 +533,23 @@ def test_the_legacy_torch_format_imports(tmp_path, labels3):
     )
     tag = imported_tag(run_import(path, "--arch", "mobilenet_v3_small", "--labels", labels3))
     assert stored(tag).info.metadata["num_classes"] == 3
+
+
+def test_a_model_traced_in_training_mode_is_told_to_trace_after_eval_and_the_size_error_is_torchs(tmp_path):
+    """torch.jit.trace without model.eval() first fixes dropout and batch norm in training mode in the graph."""
+    torch.manual_seed(0)
+    model = nn.Sequential(At128().conv, nn.BatchNorm2d(8), nn.Flatten(), nn.Dropout(0.2), At128().fc)
+    path = tmp_path / "traced.pt"
+    with loading.quiet_torch():
+        torch.jit.trace(model.train(), torch.randn(1, 3, 128, 128), check_trace=False).save(str(path))
+    refused(run_import(path, "--crop", "128"), "traced.pt was traced in training mode: its batch norm and dropout")
+    with loading.quiet_torch():
+        torch.jit.trace(model.eval(), torch.randn(1, 3, 128, 128)).save(str(path))
+    result = run_import(path)  # served at 224 by default: the trace's own error, not TorchScript's preamble
+    refused(result, "with: RuntimeError: mat1 and mat2 shapes cannot be multiplied (1x")
+    assert "It does run at 128 x 128" in result.stderr
+    tag = imported_tag(run_import(path, "--crop", "128", "--name", "traced"))
+    assert_served_as_torch(tag, model)
 
 
 def as_saved_on_a_gpu(path: Path) -> None:

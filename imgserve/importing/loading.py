@@ -51,6 +51,11 @@ LEGACY_DENSENET = re.compile(
 )
 # How deep a training wrapper's prefix is looked for: 'model.', 'module.model.', 'student.backbone.body.'.
 MAX_WRAPPER_DEPTH = 3
+TORCHSCRIPT_ERROR = "The following operation failed in the TorchScript interpreter"  # its errors' first line
+# The ops a torch.jit.trace records with the mode the model ran in, fixed in the graph: the position of
+# their `train` (dropout) or `training` (batch_norm) argument.
+TRACED_MODE = {"aten::dropout": 2, "aten::dropout_": 2, "aten::feature_dropout": 2, "aten::feature_dropout_": 2,
+               "aten::alpha_dropout": 2, "aten::feature_alpha_dropout": 2, "aten::batch_norm": 5}  # fmt: skip
 
 
 class ImportRefused(Exception):
@@ -259,6 +264,13 @@ def _load_model(path: Path, arch: str | None, trust_pickle: bool, arch_kwargs: d
                 module = torch.jit.load(str(path), map_location="cpu")
             except Exception as e:
                 raise ImportRefused(f"{path.name} is a damaged TorchScript archive ({e})") from None
+            if training := traced_in_training(module.inlined_graph):
+                raise ImportRefused(
+                    f"{path.name} was traced in training mode: its {' and '.join(training)} run as in training "
+                    "(dropout at random, batch norm on each batch's own statistics), and a trace keeps that "
+                    "whatever .eval() says later. Trace it again after model.eval(): model.eval(), then "
+                    "torch.jit.trace(model, example).save(...)"
+                )
             return LoadedModel(module.eval(), "torchscript", arch or "torchscript")
         if kind == "exported":
             return _load_exported(path, trust_pickle)
@@ -283,6 +295,22 @@ def _load_model(path: Path, arch: str | None, trust_pickle: bool, arch_kwargs: d
     loaded = _build_from_state_dict(path, unwrap_state_dict(obj, path), arch, arch_kwargs or {})
     loaded.notes[:0] = notes
     return with_saved_labels(loaded, obj)
+
+
+def traced_in_training(graph: torch.Graph) -> list[str]:
+    """The layers a trace recorded in training mode (model.eval() not called before torch.jit.trace):
+    their mode is a constant in the graph. A scripted model reads self.training instead: never listed."""
+    found = set()
+    nodes = list(graph.nodes())
+    while nodes:
+        node = nodes.pop()
+        nodes += [n for block in node.blocks() for n in block.nodes()]
+        position = TRACED_MODE.get(node.kind())
+        if position is not None and position < len(list(node.inputs())):
+            flag = node.inputsAt(position)
+            if flag.node().kind() == "prim::Constant" and flag.toIValue() is True:
+                found.add("batch norm" if "batch_norm" in node.kind() else "dropout")
+    return sorted(found)
 
 
 def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
@@ -756,10 +784,19 @@ def probe(module: nn.Module, channels: int, size: tuple[int, int]) -> Refusal | 
         with torch.inference_mode(), quiet_torch():
             out = module(torch.zeros(1, channels, *size))
     except Exception as e:  # any failure in the model's own code means: not this input
-        return Refusal((str(e).strip().splitlines() or [type(e).__name__])[0][:300])
+        return Refusal(error_line(e))
     if isinstance(out, torch.Tensor) and out.ndim == 2 and out.shape[0] == 1:
         return None
     return Refusal(_not_one_row(out, type(module).__name__), ran=True)
+
+
+def error_line(e: Exception) -> str:
+    """What an error says, in one line: its first, or for TorchScript the last (the error itself, after
+    the stack of the code that was traced or scripted)."""
+    lines = [line for line in str(e).strip().splitlines() if line.strip()]
+    if lines and lines[0].startswith(TORCHSCRIPT_ERROR):
+        lines = lines[-1:]
+    return (lines or [type(e).__name__])[0][:300]
 
 
 def _not_one_row(out: object, model_class: str) -> str:
