@@ -287,6 +287,22 @@ def test_a_state_dict_from_torch_before_0_4_1_without_num_batches_tracked_import
     assert_served_as_torch(imported_tag(run_import(path, "--arch", "mobilenet_v3_small", "--labels", labels3)), model)
 
 
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_mnasnet_weights_import_with_the_layout_version_the_file_does_not_carry(tmp_path, labels3, suffix):
+    """MNASNet refuses weights without its layout version, which renamed keys and safetensors lose."""
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    model = torchvision.models.mnasnet0_5(num_classes=3).eval()
+    path = tmp_path / f"mnasnet{suffix}"
+    if suffix == ".pth":
+        torch.save({"epoch": 9, "state_dict": nn.DataParallel(model).state_dict()}, path)  # keys 'module.layers...'
+    else:
+        save_file(model.state_dict(), path)
+    tag = imported_tag(run_import(path, "--arch", "mnasnet0_5", "--labels", labels3, "--name", "mnasnet"))
+    assert_served_as_torch(tag, model)
+
+
 def test_a_model_returning_scores_and_features_is_told_the_subclass_to_write_and_it_imports(tmp_path):
     torch.manual_seed(0)
     path = tmp_path / "net.pth"

@@ -12,6 +12,7 @@ Every refusal is an `ImportRefused` whose message says what the file is and what
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import importlib
 import importlib.util
@@ -640,7 +641,7 @@ def fit_state_dict(module: nn.Module, state_dict: dict, arch: str, kwargs: dict)
     unexpected = [k for k in state_dict if k not in expected]
     wrong = [k for k in expected if k in state_dict and state_dict[k].shape != expected[k].shape]
     if not (missing or unexpected or wrong):
-        module.load_state_dict(state_dict, strict=True)
+        module.load_state_dict(in_todays_layout(state_dict, expected), strict=True)
         return
     what = f"torchvision's {arch}" if not is_code_arch(arch) else arch
     problems = []
@@ -655,6 +656,19 @@ def fit_state_dict(module: nn.Module, state_dict: dict, arch: str, kwargs: dict)
         problems.append(f"{len(wrong)} of another shape ({shapes})")
     message = f"the weights do not fit {what}{f' with {kwargs}' if kwargs else ''}: " + "; ".join(problems)
     raise ImportRefused(message + ". " + _mismatch_hint(module, state_dict, arch, kwargs, missing, unexpected, wrong))
+
+
+def in_todays_layout(state_dict: dict, expected: dict) -> dict:
+    """The file's weights, whose names and shapes are the module's, as today's torch saves them: with
+    the layout versions the module's own state_dict records (MNASNet refuses weights without one; a
+    file's are lost when its keys are renamed, and safetensors has none), and BatchNorm's counter filled
+    in where torch before 0.4.1 did not save it, as BatchNorm itself does."""
+    ordered = collections.OrderedDict(state_dict)
+    for key in expected:
+        if key.endswith(".num_batches_tracked") and key not in ordered:
+            ordered[key] = torch.tensor(0)
+    ordered._metadata = getattr(expected, "_metadata", collections.OrderedDict())  # type: ignore[attr-defined]
+    return ordered
 
 
 def required(keys: Iterable[str]) -> list[str]:
