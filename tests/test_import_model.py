@@ -379,6 +379,13 @@ def test_label_count_must_match_the_outputs(tmp_path):
     result = run_import(path, "--arch", "mobilenet_v3_small", "--labels", labels)
     assert result.returncode == 2
     assert "has 2 labels but the model has 3 outputs" in result.stderr
+    labels.write_text("name\ncat\ndog\nbird\n")
+    result = run_import(path, "--arch", "mobilenet_v3_small", "--labels", labels)
+    refused(
+        result,
+        "has 4 labels but the model has 3 outputs; they must be equal (one label per line, in output "
+        "order); if its first line, 'name', is a header, leave it out",
+    )
 
 
 def flowers_style_model() -> nn.Module:

@@ -314,9 +314,11 @@ def resolve_labels(
             "for first (e.g. 'healthy', then 'tumour')"
         )
     if len(labels) != num_classes:
+        header = len(labels) == num_classes + 1 and isinstance(plan.labels, list)  # one line too many, the first?
         raise ImportRefused(
             f"{given} has {len(labels)} labels but the model has {num_classes} outputs; "
             "they must be equal (one label per line, in output order)"
+            + (f"; if its first line, {labels[0]!r}, is a header, leave it out" if header else "")
         )
     return labels
 
