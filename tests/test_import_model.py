@@ -575,6 +575,64 @@ def test_a_model_traced_in_training_mode_is_told_to_trace_after_eval_and_the_siz
     assert_served_as_torch(tag, model)
 
 
+def pruned_and_weight_normed(normed: bool = True) -> nn.Module:
+    """A model compressed as torch.nn.utils does it: pruned layers keep weight_orig and weight_mask, a
+    weight-normed one g and v; each computes its weight from them as it runs."""
+    from torch.nn.utils import prune
+    from torch.nn.utils.parametrizations import weight_norm
+
+    torch.manual_seed(0)
+    model = Net(num_classes=3)
+    prune.l1_unstructured(model.features[0], "weight", amount=0.3)  # the first convolution: its input channels
+    prune.l1_unstructured(model.head, "weight", amount=0.5)
+    if normed:
+        model.features[2] = weight_norm(model.features[2])
+    return model.eval()
+
+
+def test_pruned_and_weight_normed_weights_import_as_the_layers_compute_them(tmp_path, labels3):
+    model = pruned_and_weight_normed()
+    assert "features.0.weight_orig" in model.state_dict() and "features.0.weight" not in model.state_dict()
+    path = tmp_path / "pruned.pth"
+    torch.save(model.state_dict(), path)
+    args = ["--labels", labels3, "--crop", "64", "--name", "pruned"]
+    result = run_import(path, "--arch", "tests/researcher_code.py:Net", "--arch-kwargs", '{"num_classes": 3}', *args)
+    assert "note: pruned or weight-normed layers (torch.nn.utils.prune, weight_norm)" in result.stderr
+    assert_served_as_torch(imported_tag(result), model)
+    model = pruned_and_weight_normed(normed=False)  # the whole model (torch pickles no weight_norm): its
+    torch.save(model, path)  # first convolution's channels are read although it is pruned
+    assert_served_as_torch(imported_tag(run_import(path, "--trust-pickle", *args)), model)
+
+
+def test_a_quantized_model_is_told_to_import_the_float_one_with_quantize_int8(tmp_path):
+    model = nn.Sequential(torch.ao.quantization.QuantStub(), nn.Conv2d(3, 4, 3), nn.Flatten(), nn.LazyLinear(3))
+    model = nn.Sequential(*model[:3], torch.ao.quantization.DeQuantStub())
+    model.qconfig = torch.ao.quantization.get_default_qconfig("x86")
+    torch.ao.quantization.prepare(model, inplace=True)
+    model(torch.randn(2, 3, 8, 8))
+    torch.ao.quantization.convert(model, inplace=True)
+    path = tmp_path / "int8.pth"
+    for saved, args in [(model.state_dict(), ["--arch", "mobilenet_v2"]), (model, ["--trust-pickle"]), (model, [])]:
+        torch.save(saved, path)
+        refused(
+            run_import(path, *args),
+            "int8.pth is a quantized model (torch.ao.quantization: int8 weights with their scales), which the "
+            "import cannot rebuild. Import the float model it was made from (its state_dict before "
+            "torch.ao.quantization.convert) and add --quantize int8",
+        )
+
+
+def test_weights_saved_without_the_buffers_are_told_to_save_the_state_dict(tmp_path):
+    model = torchvision.models.mobilenet_v3_small(num_classes=3)
+    path = tmp_path / "params.pth"
+    torch.save(dict(model.named_parameters()), path)
+    refused(
+        run_import(path, "--arch", "mobilenet_v3_small"),
+        "The file has the model's parameters but not its buffers (BatchNorm's running_mean and running_var), "
+        "which its answers depend on: it was saved from model.named_parameters(); save model.state_dict()",
+    )
+
+
 def as_saved_on_a_gpu(path: Path) -> None:
     """The file as torch.save writes it on a GPU machine: each storage's location 'cuda:0', not 'cpu'."""
     import zipfile
