@@ -676,6 +676,7 @@ def test_a_model_pickled_in_dataparallel_on_a_gpu_machine_is_served_from_the_mod
         (["--transforms", "RandomResizedCrop(224), ToTensor()"], "at inference use Resize(256), CenterCrop(224)"),
         (["--transforms", "Resize(256), ToTensor()", "--crop", "224"], "--transforms replaces --crop"),
         (["--mean", "0.5", "0.5", "0.5", "--std", "0.5"], "--mean has 3 values but --std 1"),
+        (["--crop", "0"], "argument --crop: '0' is not a size in pixels (a whole number above 0)"),
     ],
 )
 def test_names_labels_paths_and_options_are_checked_before_the_model_is_loaded(tmp_path, args, message):
@@ -690,6 +691,15 @@ def test_names_labels_paths_and_options_are_checked_before_the_model_is_loaded(t
         text=True,
     )
     refused(result, message)
+
+
+def test_an_input_size_past_the_limit_is_refused_before_the_model_runs(tmp_path):
+    """--crop 20000 had the import's first run of the model killed for memory."""
+    path = tmp_path / "net.pth"
+    torch.save(Net(num_classes=3).state_dict(), path)
+    result = run_import(path, "--arch", "tests/researcher_code.py:Net", "--arch-kwargs", '{"num_classes": 3}',
+                        "--crop", "20000")  # fmt: skip
+    refused(result, f"gives the model 20000 x 20000 pixels; the import takes at most {config.MAX_INPUT_SIDE} a side")
 
 
 def test_a_file_name_in_another_script_keeps_its_letters_or_asks_for_a_name(tmp_path, labels3):
