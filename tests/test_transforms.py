@@ -79,6 +79,20 @@ def prep_of(text: str, channels: int | None = 3) -> Preprocessing:
             Preprocessing(),
         ),
         (
+            """data_transforms = {
+                'train': transforms.Compose([transforms.RandomResizedCrop(224), transforms.ToTensor()]),
+                'val': transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(),
+                                           transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])]),
+            }""",
+            3,
+            Preprocessing(),
+        ),
+        (
+            "'val': transforms.Compose([transforms.Resize((32, 32)), transforms.ToTensor()]),",
+            3,
+            Preprocessing(resize=(32, 32), crop=(32, 32), mean=(0, 0, 0), std=(1, 1, 1)),
+        ),
+        (
             "Resize((64, 64)), ToTensor(), v2.ToDtype(torch.float32)",
             3,
             Preprocessing(resize=(64, 64), crop=(64, 64), mean=(0, 0, 0), std=(1, 1, 1)),
@@ -94,6 +108,8 @@ def prep_of(text: str, channels: int | None = 3) -> Preprocessing:
         "v2 as its docs write it",
         "PIL's number for bicubic",
         "the app's assignment, on several lines with comments",
+        "the transfer-learning tutorial's dict: its 'val' list",
+        "one entry of that dict",
         "float to float converts nothing",
     ],
 )
@@ -155,6 +171,7 @@ def test_the_stored_recipe_reads_back_as_itself():
         ("Resize(256", "is not a transform list"),
         ("Resize(224, 224), ToTensor()", "Resize's second argument is the interpolation, not the width"),
         ("transform = None", "is not a transform call"),
+        ("{'a': Compose([ToTensor()]), 'b': Compose([ToTensor()])}", "a dict of transform lists ('a', 'b'): give"),
         ("", "expected transforms such as"),
     ],
 )

@@ -38,6 +38,8 @@ AUGMENTATIONS = {
     "RandomErasing",
 }
 MULTI_CROP = {"FiveCrop", "TenCrop"}
+# The keys a dict of transform lists gives its inference list under, in the order looked for.
+INFERENCE_SPLITS = ("val", "valid", "validation", "test", "eval", "inference")
 SUPPORTED = ("Resize", "CenterCrop", "Grayscale", "ToTensor", "PILToTensor", "ConvertImageDtype", "ToImage", "ToDtype",
              "Normalize")  # fmt: skip
 FLOAT_DTYPES = {"float", "float32", "float16", "float64", "double", "half"}
@@ -65,6 +67,8 @@ class Step:
 def parse(text: str) -> list[Step]:
     """The calls of a transform list, in order; refuses anything that is not a plain call of literals."""
     elements = _elements(text)
+    if len(elements) == 1 and isinstance(elements[0], ast.Dict):
+        elements = [_inference_entry(elements[0])]
     if len(elements) == 1 and isinstance(elements[0], ast.List | ast.Tuple):
         elements = elements[0].elts  # written as a list: [Resize(256), ...]
     elif len(elements) == 1 and _name(elements[0]) == "Compose":
@@ -86,12 +90,30 @@ def _elements(text: str) -> list[ast.expr]:
         try:
             [statement] = ast.parse(textwrap.dedent(text).strip()).body
         except (SyntaxError, ValueError):
-            raise TransformsRefused(f"--transforms is not a transform list ({e.msg}): {text!r}") from None
+            try:  # one entry of a dict of lists: 'val': transforms.Compose([...]),
+                return [ast.parse(f"{{{text.strip()}}}", mode="eval").body]
+            except SyntaxError:
+                raise TransformsRefused(f"--transforms is not a transform list ({e.msg}): {text!r}") from None
         if not (isinstance(statement, ast.Assign | ast.AnnAssign) and statement.value is not None):
             raise TransformsRefused(f"--transforms is not a transform list ({e.msg}): {text!r}") from None
         return [statement.value]
     assert isinstance(tree, ast.List)
     return tree.elts
+
+
+def _inference_entry(node: ast.Dict) -> ast.expr:
+    """Of a dict of transform lists by dataset split (PyTorch's transfer-learning tutorial writes
+    `data_transforms = {'train': ..., 'val': ...}`), the inference one: its only entry, or the split's."""
+    keys = [k.value if isinstance(k, ast.Constant) else None for k in node.keys]
+    if len(keys) == 1:
+        return node.values[0]
+    for split in INFERENCE_SPLITS:
+        if split in keys:
+            return node.values[keys.index(split)]
+    raise TransformsRefused(
+        f"--transforms is a dict of transform lists ({', '.join(map(repr, keys))}): give the one your app or "
+        "validation set uses"
+    )
 
 
 def _name(node: ast.AST) -> str | None:
