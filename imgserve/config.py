@@ -76,6 +76,10 @@ DEFAULT_CROP = 224
 DEFAULT_INTERPOLATION = "bilinear"
 # A crop given without a resize keeps ImageNet's proportion (224 of 256): --crop 128 resizes to 146.
 DEFAULT_CROP_RATIO = DEFAULT_CROP / DEFAULT_RESIZE
+# The largest model input side the import takes: 8 times ImageNet's 224 x 224 in pixels and beyond what
+# image classifiers are trained at (224 to 1024). A side of 20000 had the import's first run of the model
+# killed for memory; a batch of 8 at 2048 x 2048 is 400 MB of input alone.
+MAX_INPUT_SIDE = 2048
 # Gray models (1 input channel): PyTorch's own quickstart feeds ToTensor()'s [0, 1] pixels, no Normalize.
 GRAY_MEAN = (0.0,)
 GRAY_STD = (1.0,)

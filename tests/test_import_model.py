@@ -32,7 +32,7 @@ from tests.helpers import (
     run_import,
     sensitive,
 )
-from tests.researcher_code import HeadFirst, OneAtATime, Redness, SmallDenseNet, WithFeatures
+from tests.researcher_code import At128, HeadFirst, Net, OneAtATime, Redness, SmallDenseNet, WithFeatures
 
 pytestmark = pytest.mark.model  # each test imports a real model, in a process of its own
 
@@ -287,6 +287,22 @@ def test_a_state_dict_from_torch_before_0_4_1_without_num_batches_tracked_import
     assert_served_as_torch(imported_tag(run_import(path, "--arch", "mobilenet_v3_small", "--labels", labels3)), model)
 
 
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_mnasnet_weights_import_with_the_layout_version_the_file_does_not_carry(tmp_path, labels3, suffix):
+    """MNASNet refuses weights without its layout version, which renamed keys and safetensors lose."""
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    model = torchvision.models.mnasnet0_5(num_classes=3).eval()
+    path = tmp_path / f"mnasnet{suffix}"
+    if suffix == ".pth":
+        torch.save({"epoch": 9, "state_dict": nn.DataParallel(model).state_dict()}, path)  # keys 'module.layers...'
+    else:
+        save_file(model.state_dict(), path)
+    tag = imported_tag(run_import(path, "--arch", "mnasnet0_5", "--labels", labels3, "--name", "mnasnet"))
+    assert_served_as_torch(tag, model)
+
+
 def test_a_model_returning_scores_and_features_is_told_the_subclass_to_write_and_it_imports(tmp_path):
     torch.manual_seed(0)
     path = tmp_path / "net.pth"
@@ -363,6 +379,13 @@ def test_label_count_must_match_the_outputs(tmp_path):
     result = run_import(path, "--arch", "mobilenet_v3_small", "--labels", labels)
     assert result.returncode == 2
     assert "has 2 labels but the model has 3 outputs" in result.stderr
+    labels.write_text("name\ncat\ndog\nbird\n")
+    result = run_import(path, "--arch", "mobilenet_v3_small", "--labels", labels)
+    refused(
+        result,
+        "has 4 labels but the model has 3 outputs; they must be equal (one label per line, in output "
+        "order); if its first line, 'name', is a header, leave it out",
+    )
 
 
 def flowers_style_model() -> nn.Module:
@@ -535,6 +558,111 @@ def test_the_legacy_torch_format_imports(tmp_path, labels3):
     assert stored(tag).info.metadata["num_classes"] == 3
 
 
+def test_a_model_traced_in_training_mode_is_told_to_trace_after_eval_and_the_size_error_is_torchs(tmp_path):
+    """torch.jit.trace without model.eval() first fixes dropout and batch norm in training mode in the graph."""
+    torch.manual_seed(0)
+    model = nn.Sequential(At128().conv, nn.BatchNorm2d(8), nn.Flatten(), nn.Dropout(0.2), At128().fc)
+    path = tmp_path / "traced.pt"
+    with loading.quiet_torch():
+        torch.jit.trace(model.train(), torch.randn(1, 3, 128, 128), check_trace=False).save(str(path))
+    refused(run_import(path, "--crop", "128"), "traced.pt was traced in training mode: its batch norm and dropout")
+    with loading.quiet_torch():
+        torch.jit.trace(model.eval(), torch.randn(1, 3, 128, 128)).save(str(path))
+    result = run_import(path)  # served at 224 by default: the trace's own error, not TorchScript's preamble
+    refused(result, "with: RuntimeError: mat1 and mat2 shapes cannot be multiplied (1x")
+    assert "It does run at 128 x 128" in result.stderr
+    tag = imported_tag(run_import(path, "--crop", "128", "--name", "traced"))
+    assert_served_as_torch(tag, model)
+
+
+def pruned_and_weight_normed(normed: bool = True) -> nn.Module:
+    """A model compressed as torch.nn.utils does it: pruned layers keep weight_orig and weight_mask, a
+    weight-normed one g and v; each computes its weight from them as it runs."""
+    from torch.nn.utils import prune
+    from torch.nn.utils.parametrizations import weight_norm
+
+    torch.manual_seed(0)
+    model = Net(num_classes=3)
+    prune.l1_unstructured(model.features[0], "weight", amount=0.3)  # the first convolution: its input channels
+    prune.l1_unstructured(model.head, "weight", amount=0.5)
+    if normed:
+        model.features[2] = weight_norm(model.features[2])
+    return model.eval()
+
+
+def test_pruned_and_weight_normed_weights_import_as_the_layers_compute_them(tmp_path, labels3):
+    model = pruned_and_weight_normed()
+    assert "features.0.weight_orig" in model.state_dict() and "features.0.weight" not in model.state_dict()
+    path = tmp_path / "pruned.pth"
+    torch.save(model.state_dict(), path)
+    args = ["--labels", labels3, "--crop", "64", "--name", "pruned"]
+    result = run_import(path, "--arch", "tests/researcher_code.py:Net", "--arch-kwargs", '{"num_classes": 3}', *args)
+    assert "note: pruned or weight-normed layers (torch.nn.utils.prune, weight_norm)" in result.stderr
+    assert_served_as_torch(imported_tag(result), model)
+    model = pruned_and_weight_normed(normed=False)  # the whole model (torch pickles no weight_norm): its
+    torch.save(model, path)  # first convolution's channels are read although it is pruned
+    assert_served_as_torch(imported_tag(run_import(path, "--trust-pickle", *args)), model)
+
+
+def test_a_quantized_model_is_told_to_import_the_float_one_with_quantize_int8(tmp_path):
+    model = nn.Sequential(torch.ao.quantization.QuantStub(), nn.Conv2d(3, 4, 3), nn.Flatten(), nn.LazyLinear(3))
+    model = nn.Sequential(*model[:3], torch.ao.quantization.DeQuantStub())
+    model.qconfig = torch.ao.quantization.get_default_qconfig("x86")
+    torch.ao.quantization.prepare(model, inplace=True)
+    model(torch.randn(2, 3, 8, 8))
+    torch.ao.quantization.convert(model, inplace=True)
+    path = tmp_path / "int8.pth"
+    for saved, args in [(model.state_dict(), ["--arch", "mobilenet_v2"]), (model, ["--trust-pickle"]), (model, [])]:
+        torch.save(saved, path)
+        refused(
+            run_import(path, *args),
+            "int8.pth is a quantized model (torch.ao.quantization: int8 weights with their scales), which the "
+            "import cannot rebuild. Import the float model it was made from (its state_dict before "
+            "torch.ao.quantization.convert) and add --quantize int8",
+        )
+
+
+def test_weights_saved_without_the_buffers_are_told_to_save_the_state_dict(tmp_path):
+    model = torchvision.models.mobilenet_v3_small(num_classes=3)
+    path = tmp_path / "params.pth"
+    torch.save(dict(model.named_parameters()), path)
+    refused(
+        run_import(path, "--arch", "mobilenet_v3_small"),
+        "The file has the model's parameters but not its buffers (BatchNorm's running_mean and running_var), "
+        "which its answers depend on: it was saved from model.named_parameters(); save model.state_dict()",
+    )
+
+
+def as_saved_on_a_gpu(path: Path) -> None:
+    """The file as torch.save writes it on a GPU machine: each storage's location 'cuda:0', not 'cpu'."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as z:
+        members = [(info.filename, z.read(info)) for info in z.infolist()]
+    cpu, gpu = b"X\x03\x00\x00\x00cpu", b"X\x06\x00\x00\x00cuda:0"  # the pickle's BINUNICODE strings
+    with zipfile.ZipFile(path, "w") as z:
+        for name, data in members:
+            z.writestr(name, data.replace(cpu, gpu) if name.endswith("data.pkl") else data)
+
+
+def test_a_model_pickled_in_dataparallel_on_a_gpu_machine_is_served_from_the_model_inside(tmp_path, labels3):
+    """torch.save(model) after model = nn.DataParallel(model) on a GPU: the wrapper refuses to run on a CPU."""
+    torch.manual_seed(0)
+    model = Net(num_classes=3).eval()
+    wrapped = nn.DataParallel(model)
+    wrapped.device_ids, wrapped.output_device, wrapped.src_device_obj = [0], 0, torch.device("cuda:0")  # as on a GPU
+    path = tmp_path / "trained_on_gpu.pth"
+    torch.save({"epoch": 30, "model": wrapped}, path)
+    as_saved_on_a_gpu(path)
+    with pytest.raises(RuntimeError, match="CUDA"):
+        torch.load(path, weights_only=False)  # what it is: a file that loads only with map_location
+    result = run_import(path, "--trust-pickle", "--labels", labels3, "--crop", "64", "--name", "gpu-pickle")
+    tag = imported_tag(result)
+    assert "note: the model inside its DataParallel wrapper (model.module)" in result.stderr
+    assert stored(tag).info.metadata["arch"] == "Net"
+    assert_served_as_torch(tag, model)
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -548,6 +676,7 @@ def test_the_legacy_torch_format_imports(tmp_path, labels3):
         (["--transforms", "RandomResizedCrop(224), ToTensor()"], "at inference use Resize(256), CenterCrop(224)"),
         (["--transforms", "Resize(256), ToTensor()", "--crop", "224"], "--transforms replaces --crop"),
         (["--mean", "0.5", "0.5", "0.5", "--std", "0.5"], "--mean has 3 values but --std 1"),
+        (["--crop", "0"], "argument --crop: '0' is not a size in pixels (a whole number above 0)"),
     ],
 )
 def test_names_labels_paths_and_options_are_checked_before_the_model_is_loaded(tmp_path, args, message):
@@ -562,6 +691,15 @@ def test_names_labels_paths_and_options_are_checked_before_the_model_is_loaded(t
         text=True,
     )
     refused(result, message)
+
+
+def test_an_input_size_past_the_limit_is_refused_before_the_model_runs(tmp_path):
+    """--crop 20000 had the import's first run of the model killed for memory."""
+    path = tmp_path / "net.pth"
+    torch.save(Net(num_classes=3).state_dict(), path)
+    result = run_import(path, "--arch", "tests/researcher_code.py:Net", "--arch-kwargs", '{"num_classes": 3}',
+                        "--crop", "20000")  # fmt: skip
+    refused(result, f"gives the model 20000 x 20000 pixels; the import takes at most {config.MAX_INPUT_SIDE} a side")
 
 
 def test_a_file_name_in_another_script_keeps_its_letters_or_asks_for_a_name(tmp_path, labels3):

@@ -48,3 +48,20 @@ def test_json_labels_a_list_or_an_object_put_in_output_order(tmp_path):
         in_output_order(f, by_folder, None, "")
     f.write_text('{"1": "rose", "0": "daisy"}')
     assert in_output_order(f, read_labels(f), None, "") == ["daisy", "rose"]  # keys are output indices
+
+
+def test_a_csv_with_a_header_row_above_indexed_lines_loses_both(tmp_path):
+    f = tmp_path / "classes.csv"
+    f.write_text("id,name\r\n0,daisy\r\n1,dandelion\r\n2,rose\r\n")
+    assert read_labels(f) == ["daisy", "dandelion", "rose"]
+    f.write_text("id,name\n1,daisy\n2,rose\n")  # not output indices: kept as written, header and all
+    assert read_labels(f) == ["id,name", "1,daisy", "2,rose"]
+
+
+def test_imagefolders_class_to_idx_saved_as_json_gives_the_names_in_index_order(tmp_path):
+    f = tmp_path / "class_to_idx.json"
+    f.write_text('{"rose": 2, "daisy": 0, "dandelion": 1}')
+    assert read_labels(f) == ["daisy", "dandelion", "rose"]
+    f.write_text('{"rose": 3, "daisy": 0}')  # not every output has a name
+    with pytest.raises(ValueError, match="is JSON but neither a list of labels nor an object of labels"):
+        read_labels(f)

@@ -66,6 +66,37 @@ def prep_of(text: str, channels: int | None = 3) -> Preprocessing:
             3,
             Preprocessing(mean=(0, 0, 0), std=(1, 1, 1), interpolation="bicubic"),
         ),
+        (
+            """
+            val_transform = transforms.Compose([
+                transforms.Resize(size=256),  # shorter side
+                transforms.CenterCrop(224),
+                transforms.ToTensor(),
+                transforms.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]),
+            ])
+            """,
+            3,
+            Preprocessing(),
+        ),
+        (
+            """data_transforms = {
+                'train': transforms.Compose([transforms.RandomResizedCrop(224), transforms.ToTensor()]),
+                'val': transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(),
+                                           transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])]),
+            }""",
+            3,
+            Preprocessing(),
+        ),
+        (
+            "'val': transforms.Compose([transforms.Resize((32, 32)), transforms.ToTensor()]),",
+            3,
+            Preprocessing(resize=(32, 32), crop=(32, 32), mean=(0, 0, 0), std=(1, 1, 1)),
+        ),
+        (
+            "Resize((64, 64)), ToTensor(), v2.ToDtype(torch.float32)",
+            3,
+            Preprocessing(resize=(64, 64), crop=(64, 64), mean=(0, 0, 0), std=(1, 1, 1)),
+        ),
     ],
     ids=[
         "imagenet",
@@ -76,6 +107,10 @@ def prep_of(text: str, channels: int | None = 3) -> Preprocessing:
         "pil to tensor",
         "v2 as its docs write it",
         "PIL's number for bicubic",
+        "the app's assignment, on several lines with comments",
+        "the transfer-learning tutorial's dict: its 'val' list",
+        "one entry of that dict",
+        "float to float converts nothing",
     ],
 )
 def test_a_transform_list_reads_into_the_preprocessing_it_means(text, channels, expected):
@@ -134,6 +169,9 @@ def test_the_stored_recipe_reads_back_as_itself():
         ("Resize(__import__('os').getcwd()), ToTensor()", "is not a value this reader takes"),
         ("ToPILImage(), Resize(256), CenterCrop(224), ToTensor()", "ToPILImage makes the PIL image the server starts"),
         ("Resize(256", "is not a transform list"),
+        ("Resize(224, 224), ToTensor()", "Resize's second argument is the interpolation, not the width"),
+        ("transform = None", "is not a transform call"),
+        ("{'a': Compose([ToTensor()]), 'b': Compose([ToTensor()])}", "a dict of transform lists ('a', 'b'): give"),
         ("", "expected transforms such as"),
     ],
 )

@@ -60,6 +60,17 @@ def imagenet_labels() -> list[str]:
     return list(torchvision.models.EfficientNet_B0_Weights.IMAGENET1K_V1.meta["categories"])
 
 
+def positive(text: str) -> int:
+    """A size in pixels: a whole number above 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size in pixels (a whole number above 0)")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
@@ -91,8 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"1 to {config.MAX_EXAMPLES} photos (each at most {config.MAX_EXAMPLE_BYTES // 1024} kB) stored with "
         "the model and shown on its web page",
     )
-    p.add_argument("--resize", type=int, help=f"shorter side before cropping (default {config.DEFAULT_RESIZE})")
-    p.add_argument("--crop", type=int, help=f"centre crop, the model's input size (default {config.DEFAULT_CROP})")
+    p.add_argument("--resize", type=positive, help=f"shorter side before cropping (default {config.DEFAULT_RESIZE})")
+    p.add_argument("--crop", type=positive, help=f"centre crop, the model's input size (default {config.DEFAULT_CROP})")
     p.add_argument("--mean", type=float, nargs="+", metavar="V", help="normalisation mean, one per input channel")
     p.add_argument("--std", type=float, nargs="+", metavar="V", help="normalisation std, one per input channel")
     p.add_argument("--interpolation", choices=sorted(INTERPOLATIONS), help="resampling (default bilinear)")
@@ -215,6 +226,12 @@ def resolve_preprocessing(args: argparse.Namespace, plan: Plan, loaded: loading.
             prep = _short_form(args, channels or 3, size, plan.sources)
     except (transforms.TransformsRefused, ValueError) as e:
         raise ImportRefused(str(e)) from None
+    if max(prep.input_size) > config.MAX_INPUT_SIDE:
+        raise ImportRefused(
+            f"the preprocessing ({prep.transforms()}) gives the model {prep.input_size[0]} x {prep.input_size[1]} "
+            f"pixels; the import takes at most {config.MAX_INPUT_SIDE} a side: give the size the model was "
+            "trained at (--crop, or --transforms as in your code)"
+        )
     if size and prep.input_size != tuple(size):
         raise ImportRefused(
             f"the model takes {size[0]} x {size[1]} pixels ({plan.sources['size']}), but the preprocessing gives "
@@ -314,9 +331,11 @@ def resolve_labels(
             "for first (e.g. 'healthy', then 'tumour')"
         )
     if len(labels) != num_classes:
+        header = len(labels) == num_classes + 1 and isinstance(plan.labels, list)  # one line too many, the first?
         raise ImportRefused(
             f"{given} has {len(labels)} labels but the model has {num_classes} outputs; "
             "they must be equal (one label per line, in output order)"
+            + (f"; if its first line, {labels[0]!r}, is a header, leave it out" if header else "")
         )
     return labels
 

@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode  # public API, documented under 'Extending PyTorch'
 
 from imgserve import config
-from imgserve.importing.loading import ImportRefused, quiet_torch
+from imgserve.importing.loading import ImportRefused, error_line, quiet_torch
 from imgserve.serving.predict import INPUT_NAME, OUTPUT_NAME, open_session, run
 from imgserve.serving.preprocess import Preprocessing
 
@@ -150,18 +150,14 @@ def export_onnx(packaged: Packaged, prep: Preprocessing, destination: Path, one_
     except Exception as first:  # the exporter's own errors have no common base class
         if isinstance(packaged.model, torch.jit.ScriptModule):
             raise ImportRefused(
-                f"the ONNX exporter cannot convert this TorchScript model: {_first_line(first)}"
+                f"the ONNX exporter cannot convert this TorchScript model: {error_line(first)}"
             ) from None
         try:
             _export_dynamo(packaged, example, destination, one_image_per_call)
         except Exception as second:
             raise ImportRefused(
-                f"neither ONNX exporter can convert this model: {_first_line(first)}; {_first_line(second)}"
+                f"neither ONNX exporter can convert this model: {error_line(first)}; {error_line(second)}"
             ) from None
-
-
-def _first_line(e: Exception) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
 
 
 def _export_torchscript_based(packaged: Packaged, example: torch.Tensor, destination: Path, one: bool) -> None:
@@ -214,7 +210,7 @@ def check_parity(packaged: Packaged, onnx_path: Path, inputs: np.ndarray) -> dic
     try:
         single = np.concatenate([run(session, x[None]) for x in inputs])
     except Exception as e:  # ONNX Runtime's errors have no common base class
-        raise ImportRefused(f"the exported ONNX model cannot run: {_first_line(e)}") from None
+        raise ImportRefused(f"the exported ONNX model cannot run: {error_line(e)}") from None
     got = single
     if not isinstance(session.get_inputs()[0].shape[0], int):
         quiet = ort.RunOptions()

@@ -2,8 +2,8 @@
 
 Accepted, as researchers keep them:
 - one label per line (blank lines and surrounding whitespace ignored); lines that all start with their
-  own output index, `0,daisy` or `0 daisy`, lose the index;
-- a JSON list, in output order;
+  own output index, `0,daisy` or `0 daisy`, lose the index (and a CSV's header row above them, `id,name`);
+- a JSON list, in output order, or ImageFolder's class_to_idx saved as JSON ({"daisy": 0, ...});
 - a JSON object: {"0": "daisy", ...} by output index, or by class name (the flowers tutorials'
   cat_to_name.json, {"1": "pink primrose", ...}, keyed by the ImageFolder folder names), which the
   import puts in output order with the class_to_idx saved with the model (`in_output_order`).
@@ -30,9 +30,18 @@ def read_labels(path: Path) -> list[str] | dict[str, str]:
     if not labels:
         raise ValueError(f"labels file {path} has no labels")
     indexed = [INDEXED_LINE.fullmatch(label) for label in labels]
-    if all(indexed) and [int(m.group(1)) for m in indexed if m] == list(range(len(labels))):
+    if all(indexed[1:]) and not indexed[0] and len(labels) > 1:  # a CSV's header row above: "id,name"
+        rows = _by_index(indexed[1:])
+        if rows:
+            return rows
+    return _by_index(indexed) or labels
+
+
+def _by_index(indexed: list[re.Match | None]) -> list[str] | None:
+    """The labels of lines that all start with their output index, 0, 1, 2 ..., without it; else None."""
+    if all(indexed) and [int(m.group(1)) for m in indexed if m] == list(range(len(indexed))):
         return [m.group(2).strip() for m in indexed if m]
-    return labels
+    return None
 
 
 def _json_labels(path: Path, text: str) -> list[str] | dict[str, str]:
@@ -44,6 +53,11 @@ def _json_labels(path: Path, text: str) -> list[str] | dict[str, str]:
         return [v.strip() for v in value]
     if isinstance(value, dict) and value and all(isinstance(v, str) for v in value.values()):
         return {str(k): v.strip() for k, v in value.items()}
+    if isinstance(value, dict) and value and all(type(v) is int for v in value.values()):
+        # ImageFolder's class_to_idx saved as JSON, {"daisy": 0, ...}: the names in the order of their index
+        by_index = {v: k for k, v in value.items()}
+        if set(by_index) == set(range(len(value))):
+            return [by_index[i].strip() for i in range(len(value))]
     raise ValueError(
         f'labels file {path} is JSON but neither a list of labels nor an object of labels (e.g. {{"0": "daisy"}})'
     )

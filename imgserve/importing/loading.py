@@ -12,6 +12,7 @@ Every refusal is an `ImportRefused` whose message says what the file is and what
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import importlib
 import importlib.util
@@ -39,6 +40,15 @@ PICKLE_REFUSED = (
     "its source, run again with --trust-pickle. To avoid the question, save model.state_dict() and "
     "pass --arch, or save a torch.export archive (.pt2)."
 )
+QUANTIZED_REFUSED = (
+    "{path} is a quantized model (torch.ao.quantization: int8 weights with their scales), which the import "
+    "cannot rebuild. Import the float model it was made from (its state_dict before "
+    "torch.ao.quantization.convert) and add --quantize int8: a quantized copy is stored beside it, checked "
+    "against the float one on photos"
+)
+# The modules of torch's quantized layers, as a pickle names their classes.
+QUANTIZED_MODULES = ("torch.ao.nn.quantized", "torch.ao.nn.intrinsic.quantized", "torch.nn.quantized",
+                     "torch.ao.nn.qat", "torch.ao.nn.intrinsic.qat")  # fmt: skip
 # The pickle protocol 2 header of torch.save's legacy (pre-1.6, non-zip) format: its magic number.
 LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
 CHECKPOINT_KEYS = ("state_dict", "model_state_dict", "model", "net", "network", "weights")
@@ -51,6 +61,15 @@ LEGACY_DENSENET = re.compile(
 )
 # How deep a training wrapper's prefix is looked for: 'model.', 'module.model.', 'student.backbone.body.'.
 MAX_WRAPPER_DEPTH = 3
+# Where a layer's weight is kept, whole, once torch.nn.utils has reparametrized it: as it is, pruned
+# (weight_orig, with weight_mask beside it), weight_norm's direction (parametrizations.weight.original1,
+# or weight_v before torch 2.1).
+REPARAMETRIZED_WEIGHTS = ("weight", "weight_orig", "parametrizations.weight.original1", "weight_v")
+TORCHSCRIPT_ERROR = "The following operation failed in the TorchScript interpreter"  # its errors' first line
+# The ops a torch.jit.trace records with the mode the model ran in, fixed in the graph: the position of
+# their `train` (dropout) or `training` (batch_norm) argument.
+TRACED_MODE = {"aten::dropout": 2, "aten::dropout_": 2, "aten::feature_dropout": 2, "aten::feature_dropout_": 2,
+               "aten::alpha_dropout": 2, "aten::feature_alpha_dropout": 2, "aten::batch_norm": 5}  # fmt: skip
 
 
 class ImportRefused(Exception):
@@ -259,6 +278,13 @@ def _load_model(path: Path, arch: str | None, trust_pickle: bool, arch_kwargs: d
                 module = torch.jit.load(str(path), map_location="cpu")
             except Exception as e:
                 raise ImportRefused(f"{path.name} is a damaged TorchScript archive ({e})") from None
+            if training := traced_in_training(module.inlined_graph):
+                raise ImportRefused(
+                    f"{path.name} was traced in training mode: its {' and '.join(training)} run as in training "
+                    "(dropout at random, batch norm on each batch's own statistics), and a trace keeps that "
+                    "whatever .eval() says later. Trace it again after model.eval(): model.eval(), then "
+                    "torch.jit.trace(model, example).save(...)"
+                )
             return LoadedModel(module.eval(), "torchscript", arch or "torchscript")
         if kind == "exported":
             return _load_exported(path, trust_pickle)
@@ -283,6 +309,22 @@ def _load_model(path: Path, arch: str | None, trust_pickle: bool, arch_kwargs: d
     loaded = _build_from_state_dict(path, unwrap_state_dict(obj, path), arch, arch_kwargs or {})
     loaded.notes[:0] = notes
     return with_saved_labels(loaded, obj)
+
+
+def traced_in_training(graph: torch.Graph) -> list[str]:
+    """The layers a trace recorded in training mode (model.eval() not called before torch.jit.trace):
+    their mode is a constant in the graph. A scripted model reads self.training instead: never listed."""
+    found = set()
+    nodes = list(graph.nodes())
+    while nodes:
+        node = nodes.pop()
+        nodes += [n for block in node.blocks() for n in block.nodes()]
+        position = TRACED_MODE.get(node.kind())
+        if position is not None and position < len(list(node.inputs())):
+            flag = node.inputsAt(position)
+            if flag.node().kind() == "prim::Constant" and flag.toIValue() is True:
+                found.add("batch norm" if "batch_norm" in node.kind() else "dropout")
+    return sorted(found)
 
 
 def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
@@ -330,6 +372,8 @@ def _as_labels(value: object) -> list[str] | None:
 
 
 def _load_pickle(path: Path, classes: list[str], arch: str | None, trust_pickle: bool) -> LoadedModel:
+    if any(c.startswith(QUANTIZED_MODULES) for c in classes):  # unusable whatever the trust: said first
+        raise ImportRefused(QUANTIZED_REFUSED.format(path=path.name))
     if not trust_pickle:
         shown = ", ".join(c for c in classes if not c.startswith("torch."))[:200]
         raise ImportRefused(PICKLE_REFUSED.format(path=path.name, classes=f" of {shown}" if shown else ""))
@@ -352,8 +396,14 @@ def _load_pickle(path: Path, classes: list[str], arch: str | None, trust_pickle:
         if isinstance(obj, dict) and isinstance(obj.get(key), nn.Module):
             obj = obj[key]
             break
+    notes = []
+    if isinstance(obj, nn.DataParallel | nn.parallel.DistributedDataParallel):
+        # Saved wrapped for several GPUs: the wrapper insists on them (saved on a GPU machine, it refuses
+        # to run on the CPU); the model is the one inside, as model.module gives it.
+        notes.append(f"the model inside its {type(obj).__name__} wrapper (model.module)")
+        obj = obj.module
     if isinstance(obj, nn.Module):
-        return with_saved_labels(LoadedModel(obj.eval(), "pickle", type(obj).__name__), saved)
+        return with_saved_labels(LoadedModel(obj.eval(), "pickle", type(obj).__name__, notes=notes), saved)
     if isinstance(obj, torch.jit.ScriptModule):
         return LoadedModel(obj.eval(), "torchscript", "torchscript")
     raise ImportRefused(f"{path.name} holds a {type(obj).__name__}, not a model or a state_dict")
@@ -447,6 +497,10 @@ def unwrap_state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:
                 )
             if sets:
                 obj = checkpoint[sets[0]]
+    if isinstance(obj, dict) and any(
+        str(k).endswith("_packed_params") or (isinstance(v, torch.Tensor) and v.is_quantized) for k, v in obj.items()
+    ):
+        raise ImportRefused(QUANTIZED_REFUSED.format(path=path.name))
     if not _is_state_dict(obj):
         raise ImportRefused(
             f"{path.name} holds no model: no state_dict (a mapping of parameter names to tensors) "
@@ -572,6 +626,15 @@ def under_wrapper(state_dict: dict, expected: Iterable[str]) -> tuple[dict, list
     if expected <= state_dict.keys():
         return state_dict, []
     notes = []
+    folded = without_reparametrizations(state_dict)
+    if folded.keys() != state_dict.keys():
+        state_dict = folded
+        notes.append(
+            "pruned or weight-normed layers (torch.nn.utils.prune, weight_norm) have their weights computed as "
+            "torch computes them: weight_orig * weight_mask, g * v / |v|"
+        )
+        if expected <= state_dict.keys():
+            return state_dict, notes
     renamed = {LEGACY_DENSENET.sub(r"\1\2", k): v for k, v in state_dict.items()}
     if renamed.keys() != state_dict.keys():
         state_dict = renamed
@@ -594,6 +657,37 @@ def under_wrapper(state_dict: dict, expected: Iterable[str]) -> tuple[dict, list
     return state_dict, notes
 
 
+def without_reparametrizations(state_dict: dict) -> dict:
+    """The weights that pruning (`name_orig` and `name_mask`) and weight_norm (`parametrizations.name.original0`
+    and `original1`, or `name_g` and `name_v` before torch 2.1) keep in two parts, as the one tensor the
+    layer computes from them, under the layer's own name."""
+    folded = dict(state_dict)
+    for key in state_dict:
+        if key.endswith("_orig") and f"{key.removesuffix('_orig')}_mask" in state_dict:
+            base = key.removesuffix("_orig")
+            folded[base] = state_dict[key] * state_dict[f"{base}_mask"]
+            del folded[key], folded[f"{base}_mask"]
+        parts = key.split(".")
+        if len(parts) >= 3 and parts[-3] == "parametrizations" and parts[-1] == "original0":
+            v_key = ".".join([*parts[:-1], "original1"])
+            if v_key in state_dict:
+                base = ".".join([*parts[:-3], parts[-2]])
+                folded[base] = _weight_norm(state_dict[v_key], state_dict[key])
+                del folded[key], folded[v_key]
+        if key.endswith("_g") and f"{key.removesuffix('_g')}_v" in state_dict:
+            base = key.removesuffix("_g")
+            folded[base] = _weight_norm(state_dict[f"{base}_v"], state_dict[key])
+            del folded[key], folded[f"{base}_v"]
+    return folded
+
+
+def _weight_norm(v: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """g * v / |v|, the norm over every dimension but the one g keeps (weight_norm's `dim`, 0 by default)."""
+    kept = [d for d in range(g.ndim) if g.shape[d] != 1]
+    dim = kept[0] if len(kept) == 1 else 0 if g.ndim == v.ndim else -1  # -1: one norm over the whole tensor
+    return torch._weight_norm(v, g, dim)
+
+
 def classifier_key(state_dict: dict) -> str:
     """The classifier's weight: the last weight of two or more dimensions ('fc.weight', 'classifier.6.weight')."""
     return [k for k, v in state_dict.items() if k.endswith("weight") and v.ndim >= 2][-1]
@@ -606,7 +700,7 @@ def fit_state_dict(module: nn.Module, state_dict: dict, arch: str, kwargs: dict)
     unexpected = [k for k in state_dict if k not in expected]
     wrong = [k for k in expected if k in state_dict and state_dict[k].shape != expected[k].shape]
     if not (missing or unexpected or wrong):
-        module.load_state_dict(state_dict, strict=True)
+        module.load_state_dict(in_todays_layout(state_dict, expected), strict=True)
         return
     what = f"torchvision's {arch}" if not is_code_arch(arch) else arch
     problems = []
@@ -623,6 +717,19 @@ def fit_state_dict(module: nn.Module, state_dict: dict, arch: str, kwargs: dict)
     raise ImportRefused(message + ". " + _mismatch_hint(module, state_dict, arch, kwargs, missing, unexpected, wrong))
 
 
+def in_todays_layout(state_dict: dict, expected: dict) -> dict:
+    """The file's weights, whose names and shapes are the module's, as today's torch saves them: with
+    the layout versions the module's own state_dict records (MNASNet refuses weights without one; a
+    file's are lost when its keys are renamed, and safetensors has none), and BatchNorm's counter filled
+    in where torch before 0.4.1 did not save it, as BatchNorm itself does."""
+    ordered = collections.OrderedDict(state_dict)
+    for key in expected:
+        if key.endswith(".num_batches_tracked") and key not in ordered:
+            ordered[key] = torch.tensor(0)
+    ordered._metadata = getattr(expected, "_metadata", collections.OrderedDict())  # type: ignore[attr-defined]
+    return ordered
+
+
 def required(keys: Iterable[str]) -> list[str]:
     """The keys a file must have: BatchNorm's `num_batches_tracked` is not one (torch before 0.4.1 did
     not save it, and BatchNorm fills it in on loading)."""
@@ -637,6 +744,11 @@ def _keys(keys: list[str]) -> str:
 def _mismatch_hint(module, state_dict, arch, kwargs, missing, unexpected, wrong) -> str:
     """The way forward: the right torchvision name, the classes argument, or a builder for a changed
     head or first convolution."""
+    if missing and set(missing) <= {name for name, _ in module.named_buffers()} and not (unexpected or wrong):
+        return (
+            "The file has the model's parameters but not its buffers (BatchNorm's running_mean and running_var), "
+            "which its answers depend on: it was saved from model.named_parameters(); save model.state_dict()"
+        )
     head = classifier_key(module.state_dict())
     if wrong and set(wrong) <= {head, head.removesuffix("weight") + "bias"} and not (missing or unexpected):
         classes = int(state_dict[head].shape[0])
@@ -716,8 +828,13 @@ def first_layer_input(module: nn.Module) -> tuple[int | None, tuple[int, int] | 
     """(channels, size) the model's weights imply. Its first convolution gives the channels (wherever
     the class declares it: a head declared first is not the first layer); a model with no convolution
     whose first Linear layer takes a square gray or RGB image, flattened, gives both (an MLP on 28 x 28
-    digits), as a guess that --crop or --transforms overrides."""
-    weights = [p for name, p in module.named_parameters() if name.endswith("weight")]
+    digits), as a guess that --crop or --transforms overrides. The layers' own sizes when they are torch's
+    layers (a pruned or weight-normed layer keeps its weight under another name); TorchScript's, from
+    their parameters."""
+    _, conv = first_conv(module)
+    if conv is not None:
+        return conv.in_channels, None
+    weights = [p for name, p in module.named_parameters() if name.endswith(REPARAMETRIZED_WEIGHTS)]
     convs = [p for p in weights if p.ndim == 4]
     if convs:
         return int(convs[0].shape[1]), None
@@ -750,10 +867,19 @@ def probe(module: nn.Module, channels: int, size: tuple[int, int]) -> Refusal | 
         with torch.inference_mode(), quiet_torch():
             out = module(torch.zeros(1, channels, *size))
     except Exception as e:  # any failure in the model's own code means: not this input
-        return Refusal((str(e).strip().splitlines() or [type(e).__name__])[0][:300])
+        return Refusal(error_line(e))
     if isinstance(out, torch.Tensor) and out.ndim == 2 and out.shape[0] == 1:
         return None
     return Refusal(_not_one_row(out, type(module).__name__), ran=True)
+
+
+def error_line(e: Exception) -> str:
+    """What an error says, in one line: its first, or for TorchScript the last (the error itself, after
+    the stack of the code that was traced or scripted)."""
+    lines = [line for line in str(e).strip().splitlines() if line.strip()]
+    if lines and lines[0].startswith(TORCHSCRIPT_ERROR):
+        lines = lines[-1:]
+    return (lines or [type(e).__name__])[0][:300]
 
 
 def _not_one_row(out: object, model_class: str) -> str:

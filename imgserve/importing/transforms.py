@@ -14,6 +14,7 @@ with the researcher's own transforms (imgserve/importing/faithful.py). Import si
 from __future__ import annotations
 
 import ast
+import textwrap
 from dataclasses import dataclass, field
 
 from imgserve import config
@@ -37,6 +38,8 @@ AUGMENTATIONS = {
     "RandomErasing",
 }
 MULTI_CROP = {"FiveCrop", "TenCrop"}
+# The keys a dict of transform lists gives its inference list under, in the order looked for.
+INFERENCE_SPLITS = ("val", "valid", "validation", "test", "eval", "inference")
 SUPPORTED = ("Resize", "CenterCrop", "Grayscale", "ToTensor", "PILToTensor", "ConvertImageDtype", "ToImage", "ToDtype",
              "Normalize")  # fmt: skip
 FLOAT_DTYPES = {"float", "float32", "float16", "float64", "double", "half"}
@@ -63,12 +66,9 @@ class Step:
 
 def parse(text: str) -> list[Step]:
     """The calls of a transform list, in order; refuses anything that is not a plain call of literals."""
-    try:
-        tree = ast.parse(f"[{text.strip()}]", mode="eval").body
-    except SyntaxError as e:
-        raise TransformsRefused(f"--transforms is not a transform list ({e.msg}): {text!r}") from None
-    assert isinstance(tree, ast.List)
-    elements = tree.elts
+    elements = _elements(text)
+    if len(elements) == 1 and isinstance(elements[0], ast.Dict):
+        elements = [_inference_entry(elements[0])]
     if len(elements) == 1 and isinstance(elements[0], ast.List | ast.Tuple):
         elements = elements[0].elts  # written as a list: [Resize(256), ...]
     elif len(elements) == 1 and _name(elements[0]) == "Compose":
@@ -79,6 +79,41 @@ def parse(text: str) -> list[Step]:
     if not elements:
         raise TransformsRefused(f"--transforms: expected transforms such as 'Resize(256), ToTensor()', got {text!r}")
     return [_step(node) for node in elements]
+
+
+def _elements(text: str) -> list[ast.expr]:
+    """The list's elements as written; the line it is assigned on (`transform = transforms.Compose([...])`,
+    copied from the app's code) gives its right-hand side."""
+    try:
+        tree = ast.parse(f"[{text.strip()}]", mode="eval").body
+    except SyntaxError as e:
+        try:
+            [statement] = ast.parse(textwrap.dedent(text).strip()).body
+        except (SyntaxError, ValueError):
+            try:  # one entry of a dict of lists: 'val': transforms.Compose([...]),
+                return [ast.parse(f"{{{text.strip()}}}", mode="eval").body]
+            except SyntaxError:
+                raise TransformsRefused(f"--transforms is not a transform list ({e.msg}): {text!r}") from None
+        if not (isinstance(statement, ast.Assign | ast.AnnAssign) and statement.value is not None):
+            raise TransformsRefused(f"--transforms is not a transform list ({e.msg}): {text!r}") from None
+        return [statement.value]
+    assert isinstance(tree, ast.List)
+    return tree.elts
+
+
+def _inference_entry(node: ast.Dict) -> ast.expr:
+    """Of a dict of transform lists by dataset split (PyTorch's transfer-learning tutorial writes
+    `data_transforms = {'train': ..., 'val': ...}`), the inference one: its only entry, or the split's."""
+    keys = [k.value if isinstance(k, ast.Constant) else None for k in node.keys]
+    if len(keys) == 1:
+        return node.values[0]
+    for split in INFERENCE_SPLITS:
+        if split in keys:
+            return node.values[keys.index(split)]
+    raise TransformsRefused(
+        f"--transforms is a dict of transform lists ({', '.join(map(repr, keys))}): give the one your app or "
+        "validation set uses"
+    )
 
 
 def _name(node: ast.AST) -> str | None:
@@ -178,6 +213,8 @@ def to_preprocessing(steps: list[Step], model_channels: int | None) -> Preproces
                     raise TransformsRefused(
                         f"{step}: the model needs float tensors, e.g. ConvertImageDtype(torch.float)"
                     )
+                if floats:
+                    continue  # float to float (after ToTensor()): neither converts nor scales the values
                 floats = True
                 # ConvertImageDtype always scales uint8 to [0, 1]; v2's ToDtype only with scale=True.
                 scale = 1.0 if step.name == "ConvertImageDtype" or args.get("scale") else 255.0
@@ -257,6 +294,12 @@ def _bind(step: Step) -> dict:
         if key not in bound:
             raise TransformsRefused(f"{step}: {step.name} needs {key}")
     if "interpolation" in bound and bound["interpolation"] not in INTERPOLATIONS:
+        if isinstance(bound["interpolation"], int) and isinstance(bound.get("size"), int):  # Resize(224, 224)
+            size = (bound["size"], bound["interpolation"])
+            raise TransformsRefused(
+                f"{step}: Resize's second argument is the interpolation, not the width (torchvision refuses it "
+                f"too); for a {size[0]} x {size[1]} input write Resize({size})"
+            )
         raise TransformsRefused(f"{step}: interpolation must be one of {sorted(INTERPOLATIONS)}")
     return bound
 
