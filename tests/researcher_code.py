@@ -82,6 +82,25 @@ class Redness(nn.Module):
         return torch.sigmoid(logit) if self.ends_in_sigmoid else logit
 
 
+class Primaries(nn.Module):
+    """A multi-label classifier as written for BCEWithLogitsLoss: one bare logit per primary colour, each
+    present or not on its own. Fixed weights: 4 x (mean of the channel) - 2, so a red image is 'red' with
+    probability sigmoid(2) and 'green', 'blue' with sigmoid(-2). `ends_in_softmax`: one class per image."""
+
+    def __init__(self, ends_in_softmax: bool = False) -> None:
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(3, 3)
+        with torch.no_grad():
+            self.fc.weight.copy_(4 * torch.eye(3))
+            self.fc.bias.fill_(-2.0)
+        self.ends_in_softmax = ends_in_softmax
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.fc(self.pool(x).flatten(1))
+        return torch.softmax(logits, dim=1) if self.ends_in_softmax else logits
+
+
 class OneAtATime(nn.Module):
     """Written for one image: `x.view(1, -1)` fixes the batch at 1 (a beginner's flatten)."""
 

@@ -32,7 +32,7 @@ from tests.helpers import (
     run_import,
     sensitive,
 )
-from tests.researcher_code import At128, HeadFirst, Net, OneAtATime, Redness, SmallDenseNet, WithFeatures
+from tests.researcher_code import At128, HeadFirst, Net, OneAtATime, Primaries, Redness, SmallDenseNet, WithFeatures
 
 pytestmark = pytest.mark.model  # each test imports a real model, in a process of its own
 
@@ -176,6 +176,39 @@ def test_a_binary_classifier_with_one_output_answers_for_both_labels(tmp_path, e
     result = run_import(path, *arch, *unit, "--labels", labels, "--name", "redness")
     assert result.returncode == 2
     assert "has 1 labels but the model has one output: a binary classifier" in result.stderr
+
+
+def test_a_multi_label_model_gets_a_sigmoid_on_each_output_with_multi_label(tmp_path):
+    """Bare logits trained with BCEWithLogitsLoss look like a softmax's: --multi-label says they are each
+    a class's own, and each gets its sigmoid, as the researcher's app computes them; not a softmax."""
+    path = tmp_path / "primaries.pth"
+    torch.save(Primaries().state_dict(), path)
+    labels = tmp_path / "labels.txt"
+    labels.write_text("red\ngreen\nblue\n")
+    common = ["--arch", f"{CODE}:Primaries", "--labels", labels, "--mean", "0", "--std", "1", "--crop", "32"]
+    present, absent = 1 / (1 + math.exp(-2)), 1 / (1 + math.exp(2))  # 4 x 1 - 2 and 4 x 0 - 2
+
+    result = run_import(path, *common, "--name", "primaries", "--multi-label")
+    tag = imported_tag(result)
+    assert stored(tag).info.metadata["outputs"] == "multi-label logits"
+    assert "one logit per class (--multi-label): sigmoid added to each" in result.stderr
+    assert classify_stored(tag, image_bytes((255, 0, 0))) == [
+        {"label": "red", "score": pytest.approx(present, abs=1e-5)},
+        {"label": "green", "score": pytest.approx(absent, abs=1e-5)},
+        {"label": "blue", "score": pytest.approx(absent, abs=1e-5)},
+    ]
+    yellow = classify_stored(tag, image_bytes((255, 255, 0)))  # two classes present at once
+    assert [a["score"] for a in yellow[:2]] == [pytest.approx(present, abs=1e-5)] * 2
+
+    result = run_import(path, *common, "--name", "primaries-softmax")  # without it: one class per image
+    assert "softmax added (a multi-label model: --multi-label)" in result.stderr
+    softmax = math.exp(2) / (math.exp(2) + 2 * math.exp(-2))
+    assert classify_stored(imported_tag(result), image_bytes((255, 0, 0)))[0]["score"] == pytest.approx(softmax)
+
+    torch.save(Primaries(ends_in_softmax=True).state_dict(), path)
+    result = run_import(path, *common, "--arch-kwargs", '{"ends_in_softmax": true}', "--multi-label")
+    assert result.returncode == 2
+    assert "--multi-label, but the model's outputs are probabilities that sum to 1" in result.stderr
 
 
 def test_a_training_scripts_checkpoint_gives_its_architecture_and_class_names(tmp_path):

@@ -114,6 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="your own photos for the faithfulness check; with --quantize, the only ones it calibrates and judges on",
     )
     p.add_argument(
+        "--multi-label",
+        action="store_true",
+        help="the outputs are each class's own logit (several classes per image, trained with BCEWithLogitsLoss): "
+        "a sigmoid is added to each, not a softmax across them",
+    )
+    p.add_argument(
         "--accept-disagreement",
         action="store_true",
         help="store even if the served answers disagree with your transforms on the photos (not recommended)",
@@ -380,7 +386,7 @@ def import_model(args: argparse.Namespace) -> str:
     with torch.inference_mode():
         floats = as_is.normalize(torch.from_numpy(inputs))
     with loading.quiet_torch():
-        outputs = convert.read_outputs(loaded.module, floats)
+        outputs = convert.read_outputs(loaded.module, floats, args.multi_label)
     packaged = convert.Packaged(loaded.module, prep, outputs)
     with torch.inference_mode(), loading.quiet_torch():
         num_classes = int(packaged(torch.from_numpy(inputs[:1])).shape[1])

@@ -38,6 +38,7 @@ class Outputs(StrEnum):
     LOGITS = "logits"  # softmax added (to log-probabilities too: it gives back the probabilities)
     PROBABILITIES = "probabilities"  # the model ends in softmax: nothing added
     SIGMOIDS = "sigmoid probabilities"  # ends in sigmoid, several classes (multi-label): each class's own
+    MULTI_LOGITS = "multi-label logits"  # several classes, each its own logit (--multi-label): sigmoid added to each
     ONE_LOGIT = "one logit"  # a binary classifier's one score: sigmoid added, [1 - p, p]
     ONE_PROBABILITY = "one probability"  # the same ending in sigmoid: [1 - p, p]
 
@@ -45,9 +46,10 @@ class Outputs(StrEnum):
     def said(self) -> str:
         """In the import's summary."""
         return {
-            Outputs.LOGITS: "logits or log-probabilities: softmax added",
+            Outputs.LOGITS: "logits or log-probabilities: softmax added (a multi-label model: --multi-label)",
             Outputs.PROBABILITIES: "probabilities (the model ends in softmax)",
             Outputs.SIGMOIDS: "one probability per class (the model ends in sigmoid; multi-label): served as they are",
+            Outputs.MULTI_LOGITS: "one logit per class (--multi-label): sigmoid added to each, not a softmax across",
             Outputs.ONE_LOGIT: "one logit (a binary classifier): sigmoid added; it is the second label's probability",
             Outputs.ONE_PROBABILITY: "one probability (a binary classifier ending in sigmoid): the second label's",
         }[self]
@@ -56,10 +58,14 @@ class Outputs(StrEnum):
     def one_output(self) -> bool:
         return self in (Outputs.ONE_LOGIT, Outputs.ONE_PROBABILITY)
 
+    @property
+    def sigmoid_added(self) -> bool:
+        return self in (Outputs.ONE_LOGIT, Outputs.MULTI_LOGITS)
+
 
 def to_probabilities(out: torch.Tensor, outputs: Outputs) -> torch.Tensor:
     """The model's outputs as the probabilities served: (batch, classes), two classes for one output."""
-    return _probabilities(out, outputs is Outputs.LOGITS, outputs is Outputs.ONE_LOGIT, outputs.one_output)
+    return _probabilities(out, outputs is Outputs.LOGITS, outputs.sigmoid_added, outputs.one_output)
 
 
 def _probabilities(out: torch.Tensor, softmax: bool, sigmoid: bool, two_from_one: bool) -> torch.Tensor:
@@ -88,12 +94,13 @@ class _Sigmoids(TorchDispatchMode):
         return out
 
 
-def read_outputs(model: nn.Module, samples: torch.Tensor) -> Outputs:
+def read_outputs(model: nn.Module, samples: torch.Tensor, multi_label: bool = False) -> Outputs:
     """What the model's outputs are, from running it on real inputs (normalized, one at a time).
 
     Ends in softmax: every row is non-negative and sums to 1. Ends in sigmoid: its outputs are what
     a sigmoid computed last, seen by recording the sigmoids as the model runs (a value in [0, 1] is
-    no proof: a logit can be one).
+    no proof: a logit can be one). Several bare logits are a softmax's unless the user says they are
+    each a class's own (`multi_label`, trained with BCEWithLogitsLoss): nothing in a file tells them apart.
     """
     rows, ends_in_sigmoid = [], True
     for sample in samples:
@@ -110,8 +117,13 @@ def read_outputs(model: nn.Module, samples: torch.Tensor) -> Outputs:
     if ends_in_sigmoid:
         return Outputs.SIGMOIDS
     if bool((out >= 0).all() and torch.allclose(out.sum(dim=1), torch.ones(len(out)), atol=1e-3)):
+        if multi_label:
+            raise ImportRefused(
+                "--multi-label, but the model's outputs are probabilities that sum to 1 (it ends in softmax): "
+                "one class per image, not several; leave out --multi-label"
+            )
         return Outputs.PROBABILITIES
-    return Outputs.LOGITS
+    return Outputs.MULTI_LOGITS if multi_label else Outputs.LOGITS
 
 
 class Packaged(nn.Module):
@@ -127,7 +139,7 @@ class Packaged(nn.Module):
         self.register_buffer("shift", -mean / std)
         self.outputs = outputs
         self.softmax = outputs is Outputs.LOGITS
-        self.sigmoid = outputs is Outputs.ONE_LOGIT
+        self.sigmoid = outputs.sigmoid_added
         self.two_from_one = outputs.one_output
         self.training = False  # the wrapper only; `model` keeps its own mode (a torch.export module has none)
 
