@@ -18,7 +18,7 @@ from PIL import Image
 from torch import nn
 
 from imgserve import config
-from imgserve.importing import convert, loading
+from imgserve.importing import cli, convert, loading
 from imgserve.serving import predict, store
 from imgserve.serving.preprocess import Preprocessing, preprocess
 from tests.helpers import (
@@ -887,3 +887,26 @@ def test_torchscript_imports_without_torchs_deprecation_warnings(tmp_path, label
     result = run_import(path, "--labels", labels3, "--crop", "32")
     assert imported_tag(result).startswith("scripted:")
     assert "Warning" not in result.stderr and "deprecated" not in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("debug", [False, True], ids=["plain", "debug"])
+def test_an_unexpected_error_is_one_line_and_exit_1_its_traceback_only_with_debug(
+    tmp_path, labels3, monkeypatch, caplog, debug
+):
+    """A failure the import does not know (here made to happen: no real one is known) is named in one
+    line that asks for a report, not a refusal's exit 2 nor a bare traceback; nothing is stored."""
+    path = tmp_path / "net.pth"
+    torch.save(Net(num_classes=3).state_dict(), path)
+
+    def fails(*args, **kwargs):
+        raise KeyError("conv1.weight")
+
+    monkeypatch.setattr(loading, "load_model", fails)
+    argv = [str(path), "--arch", f"{CODE}:Net", "--labels", str(labels3), "--name", "unexpected"]
+    assert cli.main(argv + ["--debug"] * debug) == 1
+    [record] = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert record.getMessage().startswith("error: the import stopped on an unexpected KeyError ('conv1.weight')")
+    assert "please report it with the output of --debug" in record.getMessage()
+    assert bool(record.exc_info) is debug
+    with pytest.raises(bentoml.exceptions.NotFound):
+        bentoml.models.get("unexpected:latest")

@@ -127,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--if-missing", action="store_true", help="do nothing when NAME:latest is already stored")
     p.add_argument("--list-archs", action="store_true", help="list the torchvision architectures --arch accepts")
     p.add_argument("--quantize", choices=["int8"], help="also store NAME-int8, if its answers pass the gate")
+    p.add_argument("--debug", action="store_true", help="on an unexpected error, print where it happened (traceback)")
     return p
 
 
@@ -467,6 +468,18 @@ def main(argv: list[str] | None = None) -> int:
     except (ImportRefused, quantize.QuantizationRefused, ValueError) as e:
         log.error("error: %s", e)
         return 2
+    except KeyboardInterrupt:
+        log.error("interrupted: nothing was stored")
+        return 130  # the shell's code for Ctrl-C
+    except Exception as e:  # a case the import does not know: one line, the trace only when asked for
+        log.error(
+            "error: the import stopped on an unexpected %s (%s); nothing was stored. This is a gap in the "
+            "import, not in your model: please report it with the output of --debug",
+            type(e).__name__,
+            loading.error_line(e),
+            exc_info=args.debug,
+        )
+        return 1
     sys.stdout.write(f"{tag}\n")  # the last line is the tag, for scripts
     return 0
 
