@@ -97,6 +97,22 @@ def prep_of(text: str, channels: int | None = 3) -> Preprocessing:
             3,
             Preprocessing(resize=(64, 64), crop=(64, 64), mean=(0, 0, 0), std=(1, 1, 1)),
         ),
+        (
+            "Resize(256), CenterCrop(224), ToTensor(), Normalize(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)",
+            3,
+            Preprocessing(),
+        ),
+        (
+            "Resize(248), CenterCrop(224), ToTensor(), "
+            "Normalize(mean=timm.data.IMAGENET_INCEPTION_MEAN, std=timm.data.IMAGENET_INCEPTION_STD)",
+            3,
+            Preprocessing(resize=248, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),
+        ),
+        (
+            "Resize(32, interpolation=InterpolationMode.NEAREST_EXACT), CenterCrop(32), ToTensor()",
+            3,
+            Preprocessing(resize=32, crop=32, mean=(0, 0, 0), std=(1, 1, 1), interpolation="nearest"),
+        ),
     ],
     ids=[
         "imagenet",
@@ -111,6 +127,9 @@ def prep_of(text: str, channels: int | None = 3) -> Preprocessing:
         "the transfer-learning tutorial's dict: its 'val' list",
         "one entry of that dict",
         "float to float converts nothing",
+        "timm's named constants",
+        "timm's constants under their module",
+        "nearest-exact: Pillow's nearest on a PIL image",
     ],
 )
 def test_a_transform_list_reads_into_the_preprocessing_it_means(text, channels, expected):
@@ -167,6 +186,12 @@ def test_the_stored_recipe_reads_back_as_itself():
         ("Resize(256), CenterCrop(224), ToTensor(), Pad(4)", "Pad is not a transform the server can apply"),
         ("Resize(256, interpolation=InterpolationMode.BOX), CenterCrop(224), ToTensor()", "is not a value"),
         ("Resize(__import__('os').getcwd()), ToTensor()", "is not a value this reader takes"),
+        (
+            "Resize(256), CenterCrop(224), ToTensor(), Normalize(mean, std)",
+            "'mean' is a name from your code, whose value this text does not have: write the value itself, "
+            "e.g. Normalize([0.485",
+        ),
+        ("Resize(IMG_SIZE), CenterCrop(224), ToTensor()", "'IMG_SIZE' is a name from your code"),
         ("ToPILImage(), Resize(256), CenterCrop(224), ToTensor()", "ToPILImage makes the PIL image the server starts"),
         ("Resize(256", "is not a transform list"),
         ("Resize(224, 224), ToTensor()", "Resize's second argument is the interpolation, not the width"),
@@ -210,6 +235,20 @@ def test_the_served_pixels_are_torchvisions_on_a_real_photo(text):
     got = preprocess(data, prep).astype(np.int16)
     assert got.shape == expected.shape
     assert np.abs(got - expected).mean() < 2.0  # JPEG draft decoding: a level or two at small sizes
+
+
+def test_nearest_exact_is_stored_as_nearest_because_torchvision_runs_it_so_on_a_pil_image():
+    """torchvision resizes a PIL image with Pillow's filter for each mode: NEAREST_EXACT is NEAREST there."""
+    photo = Image.open(DATA / "cat.jpg").convert("RGB")
+    exact, nearest = (
+        faithful.reference_transform(parse(f"Resize(64, interpolation=InterpolationMode.{mode}), PILToTensor()"))(photo)
+        for mode in ("NEAREST_EXACT", "NEAREST")
+    )
+    assert torch.equal(exact, nearest)
+    assert (
+        prep_of("Resize(64, interpolation=InterpolationMode.NEAREST_EXACT), CenterCrop(64), ToTensor()").interpolation
+        == "nearest"
+    )
 
 
 def test_v2_only_transforms_are_built_from_torchvision_v2():

@@ -45,6 +45,22 @@ SUPPORTED = ("Resize", "CenterCrop", "Grayscale", "ToTensor", "PILToTensor", "Co
 FLOAT_DTYPES = {"float", "float32", "float16", "float64", "double", "half"}
 # PIL's numbers for its filters, which torchvision's Resize still reads (PIL.Image.Resampling).
 PIL_FILTERS = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic"}
+# Interpolations torchvision runs on a PIL image as Pillow's filter of another name (its pil_modes_mapping).
+SAME_ON_PIL = {"nearest_exact": "nearest"}
+# How a value is written in place of a name of the researcher's code, for the refusal.
+VALUE_EXAMPLES = {"Normalize": "Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])", "Resize": "Resize(256)",
+                  "CenterCrop": "CenterCrop(224)"}  # fmt: skip
+# Names code built on timm writes for its normalisation (timm.data.constants), with their values.
+NAMED_VALUES: dict[str, tuple[float, ...]] = {
+    "IMAGENET_DEFAULT_MEAN": (0.485, 0.456, 0.406),
+    "IMAGENET_DEFAULT_STD": (0.229, 0.224, 0.225),
+    "IMAGENET_INCEPTION_MEAN": (0.5, 0.5, 0.5),
+    "IMAGENET_INCEPTION_STD": (0.5, 0.5, 0.5),
+    "IMAGENET_DPN_MEAN": (124 / 255, 117 / 255, 104 / 255),
+    "IMAGENET_DPN_STD": (1 / (0.0167 * 255),) * 3,
+    "OPENAI_CLIP_MEAN": (0.48145466, 0.4578275, 0.40821073),
+    "OPENAI_CLIP_STD": (0.26862954, 0.26130258, 0.27577711),
+}
 
 
 class TransformsRefused(ValueError):
@@ -161,8 +177,16 @@ def _literal(node: ast.AST, where: str) -> object:
             return -value if isinstance(node.op, ast.USub) else value
     if isinstance(node, ast.Attribute | ast.Name):
         constant = node.attr if isinstance(node, ast.Attribute) else node.id
-        if constant.lower() in INTERPOLATIONS or constant.lower() in FLOAT_DTYPES | {"uint8"}:
+        if constant.lower() in INTERPOLATIONS.keys() | SAME_ON_PIL or constant.lower() in FLOAT_DTYPES | {"uint8"}:
             return constant.lower()  # InterpolationMode.BICUBIC, Image.BICUBIC, torch.float32 ...
+        if constant in NAMED_VALUES:  # timm's IMAGENET_DEFAULT_MEAN, also as timm.data.IMAGENET_DEFAULT_MEAN
+            return list(NAMED_VALUES[constant])
+        if isinstance(node, ast.Name):  # a variable of the researcher's code: its value is not in the text
+            example = VALUE_EXAMPLES.get(where)
+            raise TransformsRefused(
+                f"--transforms: in {where}(...), {node.id!r} is a name from your code, whose value this text does "
+                f"not have: write the value itself{f', e.g. {example}' if example else ''}"
+            )
     raise TransformsRefused(
         f"--transforms: in {where}(...), {ast.unparse(node)!r} is not a value this reader takes "
         "(numbers, lists, tuples, InterpolationMode.NAME, torch.float32)"
@@ -193,6 +217,7 @@ def to_preprocessing(steps: list[Step], model_channels: int | None) -> Preproces
                     raise TransformsRefused("Resize(max_size=...) makes the size depend on the photo; drop max_size")
                 resize = _size(args["size"], "Resize")
                 interpolation = str(args.get("interpolation") or "bilinear")
+                interpolation = SAME_ON_PIL.get(interpolation, interpolation)
             case "CenterCrop":
                 if crop is not None:
                     raise TransformsRefused("two CenterCrop steps: write the one the model's input gets")
@@ -293,7 +318,7 @@ def _bind(step: Step) -> dict:
     for key in required:
         if key not in bound:
             raise TransformsRefused(f"{step}: {step.name} needs {key}")
-    if "interpolation" in bound and bound["interpolation"] not in INTERPOLATIONS:
+    if "interpolation" in bound and bound["interpolation"] not in INTERPOLATIONS.keys() | SAME_ON_PIL:
         if isinstance(bound["interpolation"], int) and isinstance(bound.get("size"), int):  # Resize(224, 224)
             size = (bound["size"], bound["interpolation"])
             raise TransformsRefused(
