@@ -54,9 +54,12 @@ class Run:
         self.sender = s.Sender(self.client, self.rows.append, 1, retry_for, sleep=sleep, **options)
 
     def classify(self, paths: list[Path], concurrency: int = 2) -> dict[str, Row]:
+        return self.classify_batches([paths], concurrency)
+
+    def classify_batches(self, batches: list[list[Path]], concurrency: int = 2) -> dict[str, Row]:
         async def go() -> None:
             async with self.client:
-                await self.sender.send_all([paths], concurrency)
+                await self.sender.send_all(batches, concurrency)
 
         asyncio.run(go())
         assert len({r.path for r in self.rows}) == len(self.rows), "a path has two rows"
@@ -202,6 +205,29 @@ def test_a_request_refused_as_a_whole_is_sent_again_one_image_at_a_time(tmp_path
     rows = run.classify(folder(tmp_path, ["ok-1", "ok-2", "bad"]), concurrency=1)
     assert run.requests == [["ok-1", "ok-2", "bad"], ["ok-1"], ["ok-2"], ["bad"]]
     assert rows["bad"].error == "not an image" and rows["ok-2"].predictions[0]["label"] == "ok-2"
+
+
+def test_a_batch_larger_than_the_server_takes_is_halved_until_it_fits_and_later_batches_fit_at_once(tmp_path):
+    """--batch-size 8 against a server that takes 2 images a request (CLASSIFIER_MAX_IMAGES_PER_REQUEST):
+    sent one at a time after each refusal, a run took a request per image and a refused one per batch."""
+
+    def server(request: httpx.Request) -> httpx.Response:
+        names = images_in(request)
+        if len(names) > 2:
+            return httpx.Response(400, json={"error": f"too many images in one request: {len(names)}, limit is 2"})
+        return answers(names)
+
+    run = Run(server)
+    names = [f"ok-{i}" for i in range(12)]
+    paths = folder(tmp_path, names)
+    rows = run.classify_batches([paths[:8], paths[8:]], concurrency=1)
+    assert [len(r) for r in run.requests] == [8, 4, 2, 2, 2, 2, 2, 2]
+    assert sorted(rows) == sorted(names) and all(rows[n].predictions[0]["label"] == n for n in names)
+
+    run = Run(server)  # several requests at a time, each refused batch halved by the others' limit too
+    rows = run.classify_batches([paths[i : i + 3] for i in range(0, 12, 3)], concurrency=4)
+    assert sorted(rows) == sorted(names) and all(rows[n].predictions[0]["label"] == n for n in names)
+    assert all(len(r) <= 2 for r in run.requests[-6:])
 
 
 def test_when_the_first_requests_are_all_refused_the_run_stops_with_the_servers_message(tmp_path):

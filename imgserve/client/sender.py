@@ -12,6 +12,7 @@ import contextlib
 import email.utils
 import logging
 import random
+import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
@@ -139,6 +140,9 @@ class Sender:
         self.url = str(client.base_url).rstrip("/")
         self.fields = {TOP_K_FIELD: str(top_k)} | ({config.MODEL_FIELD: model} if model else {})  # else the default
         self.some_ok = False  # until one request succeeds, a refusal is taken as every request's fate
+        # Images per request: halved each time the server refuses a request as a whole (more images or
+        # bytes than its limits, which may be lower than this client's), so later requests fit at once.
+        self.max_batch = sys.maxsize
         self.retries = 0
         self.policy = AsyncRetrying(
             retry=retry_if_exception(retryable),
@@ -201,6 +205,10 @@ class Sender:
                 self.on_row(Row(str(path), error=local))
             else:
                 pending.append(path)
+        if len(pending) > (size := self.max_batch):  # `size` fixed: a refusal below lowers max_batch again
+            for start in range(0, len(pending), size):
+                await self.classify(pending[start : start + size])
+            return
         while pending:
             try:
                 answers = await self.post(pending)
@@ -209,9 +217,12 @@ class Sender:
                     # Servers before the `image` field was the only index also wrote it into the message.
                     self.on_row(Row(str(pending.pop(e.image - 1)), error=e.message.removeprefix(f"image {e.image}: ")))
                     continue
-                if len(pending) > 1:  # about the request, not one image (e.g. too many): one at a time
-                    for path in pending:
-                        await self.classify([path])
+                if len(pending) > 1:  # about the request, not one image (e.g. too many): in halves, and after
+                    if len(pending) // 2 < self.max_batch:
+                        self.max_batch = len(pending) // 2
+                        log.warning("the server refused %d images in one request (%s): sending at most %d "
+                                    "per request", len(pending), e.message, self.max_batch)  # fmt: skip
+                    await self.classify(pending)
                     return
                 if not self.some_ok and e.status not in FILE_STATUSES:  # every request would fail alike
                     raise Fatal(f"the server refused the first requests (HTTP {e.status}): {e.message}") from None
