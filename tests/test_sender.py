@@ -248,9 +248,14 @@ def test_a_file_over_the_servers_body_limit_gets_its_row_and_the_run_goes_on(tmp
 
     run = Run(server)
     rows = run.classify(folder(tmp_path, ["bad", "ok-1", "ok-2"]), concurrency=1)
-    assert run.requests == [["bad", "ok-1", "ok-2"], ["bad"], ["ok-1"], ["ok-2"]]
+    assert run.requests == [["bad", "ok-1", "ok-2"], ["bad", "ok-1"], ["bad"], ["ok-1"], ["ok-2"]]  # halves
     assert rows["bad"] == Row(str(tmp_path / "bad.png"), error=too_large)
     assert [rows[n].predictions[0]["label"] for n in ("ok-1", "ok-2")] == ["ok-1", "ok-2"]
+
+    run = Run(server)  # one file's bytes lower nothing: the next batch goes whole
+    more = folder(tmp_path, ["ok-3", "ok-4", "ok-5"])
+    run.classify_batches([folder(tmp_path, ["bad", "ok-1", "ok-2"]), more], concurrency=1)
+    assert run.requests[-1] == ["ok-3", "ok-4", "ok-5"]
 
 
 def test_files_that_cannot_be_sent_get_error_rows_without_a_request(tmp_path):

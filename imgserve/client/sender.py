@@ -217,12 +217,16 @@ class Sender:
                     # Servers before the `image` field was the only index also wrote it into the message.
                     self.on_row(Row(str(pending.pop(e.image - 1)), error=e.message.removeprefix(f"image {e.image}: ")))
                     continue
-                if len(pending) > 1:  # about the request, not one image (e.g. too many): in halves, and after
-                    if len(pending) // 2 < self.max_batch:
+                if len(pending) > 1:  # about the request, not one image (e.g. too many): sent again in halves
+                    # Too many images: later requests are kept to the half. Too many bytes (413) may be one
+                    # file's doing, found by the halving; it lowers nothing for the rest of the run.
+                    if e.status not in FILE_STATUSES and len(pending) // 2 < self.max_batch:
                         self.max_batch = len(pending) // 2
                         log.warning("the server refused %d images in one request (%s): sending at most %d "
                                     "per request", len(pending), e.message, self.max_batch)  # fmt: skip
-                    await self.classify(pending)
+                    size = min(self.max_batch, (len(pending) + 1) // 2)
+                    for start in range(0, len(pending), size):
+                        await self.classify(pending[start : start + size])
                     return
                 if not self.some_ok and e.status not in FILE_STATUSES:  # every request would fail alike
                     raise Fatal(f"the server refused the first requests (HTTP {e.status}): {e.message}") from None
