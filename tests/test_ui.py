@@ -394,6 +394,30 @@ def test_a_file_that_is_not_an_image_shows_the_apis_reason_not_a_stack_trace(bro
 
 @pytest.mark.serve
 @pytest.mark.browser
+def test_a_refused_photo_does_not_keep_the_last_photos_classes_and_the_next_photo_is_classified(browser_page, server):
+    """A visitor classifies a cat, then uploads a truncated copy of it: the page says why it was refused
+    and shows no classes, not the cat's beside the refused file (they outlast the message). The next
+    photo is classified as ever."""
+    from playwright.sync_api import expect
+
+    page = browser_page
+    open_ui(page, server)
+    photo = page.locator("#photo input[type=file]")
+    photo.set_input_files(DATA / "cat.jpg")
+    expect_top(page, *CAT_CLASSES)
+
+    cat = (DATA / "cat.jpg").read_bytes()
+    photo.set_input_files({"name": "cut.jpg", "mimeType": "image/jpeg", "buffer": cat[: len(cat) // 3]})
+    expect(page.get_by_test_id("toast-text")).to_have_text(re.compile("^image 1: image data is truncated or corrupt"))
+    expect(page.locator("#answer dl")).to_have_count(0)
+    expect(page.locator("#answer [data-testid=label-output-value]")).to_have_count(0)
+
+    photo.set_input_files(DATA / "coffee.jpg")
+    expect_top(page, "espresso")
+
+
+@pytest.mark.serve
+@pytest.mark.browser
 def test_a_user_model_by_drop_paste_and_webcam(browser_page, colour_server, colour_model):
     """The tiny colour model: its own title and labels from the store; exact answers."""
     from playwright.sync_api import expect

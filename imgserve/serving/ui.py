@@ -175,10 +175,14 @@ def page(cards: list[ModelCard], classify: Classify) -> gr.Blocks:
     by_tag = {c.tag: c for c in cards}
     card = cards[0]
 
-    async def on_image(image: dict | None, top_k: float, tag: str) -> dict[str, float] | None:
-        """The image as uploaded (see preprocess=False below) -> {label: probability}, best first."""
+    async def on_image(image: dict | None, top_k: float, tag: str) -> AsyncIterator[dict[str, float] | None]:
+        """The image as uploaded (see preprocess=False below) -> {label: probability}, best first.
+
+        The answer on the page is cleared first: a photo that is refused would otherwise sit beside the last
+        photo's classes, which outlast the message (a toast, gone after 10 s)."""
+        yield None
         if not image:
-            return None  # cleared: clear the answer too
+            return  # cleared: the answer is cleared too
         chosen = by_tag.get(tag)
         if chosen is None:  # a value the chooser never offered (Gradio's API can send anything)
             raise gr.Error(f"unknown model {tag!r}: choose one of {', '.join(by_tag)}", print_exception=False)
@@ -192,7 +196,7 @@ def page(cards: list[ModelCard], classify: Classify) -> gr.Blocks:
         except Exception:
             log.exception("the web page failed to classify %s", image.get("orig_name"))
             raise gr.Error("the server failed to classify this image; its log has the details") from None
-        return confidences(answer.predictions)
+        yield confidences(answer.predictions)
 
     with gr.Blocks(title=card.title, analytics_enabled=False, delete_cache=(config.UI_UPLOAD_TTL_S,) * 2) as blocks:
         if len(cards) > 1:
