@@ -236,6 +236,12 @@ def test_the_api_key_is_asked_of_everything_but_the_probes():
         }
         assert refused.headers["WWW-Authenticate"] == 'Bearer realm="imgserve"'
     assert page.status_code == 401 and page.headers["WWW-Authenticate"] == 'Basic realm="imgserve"'
+    # A visitor who cancels the browser's password prompt reads what to do, not only a program's header.
+    assert page.json() == {
+        "error": "missing or wrong API key: reload the page and enter the key as the password when the browser "
+        "asks (any user name; whoever shared this address has the key); programs send 'Authorization: Bearer "
+        "<CLASSIFIER_API_KEY>'"
+    }
     assert bearer.status_code == browser.status_code == probe.status_code == 200
 
 
