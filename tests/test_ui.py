@@ -23,6 +23,7 @@ import pytest
 
 from imgserve import config
 from imgserve.serving import docs, store
+from imgserve.serving.errors import TOO_MANY_UPLOADS
 from imgserve.serving.preprocess import Preprocessing
 from imgserve.serving.ui import about, confidences
 from imgserve.testing import start_server, stop_server
@@ -414,6 +415,43 @@ def test_a_refused_photo_does_not_keep_the_last_photos_classes_and_the_next_phot
 
     photo.set_input_files(DATA / "coffee.jpg")
     expect_top(page, "espresso")
+
+
+@pytest.mark.serve
+@pytest.mark.browser
+def test_a_busy_server_tells_the_visitor_in_words_and_the_next_upload_is_classified(
+    browser_page, default_model, tmp_path
+):
+    """Uploads in progress at their bound (here 1: another client's, stalled mid-body): the page's upload is
+    refused with 503, and the visitor reads the server's sentence, not its JSON. Once that client is gone,
+    the same page classifies the next photo."""
+    from playwright.sync_api import expect
+
+    server = start_server(default_model, tmp_path, {"CLASSIFIER_MAX_UPLOADS": "1", "CLASSIFIER_BODY_TIMEOUT_S": "60"})
+    try:
+        page = browser_page
+        open_ui(page, server)
+        stalled = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+        stalled.sendall(
+            f"POST {config.CLASSIFY_PATH} HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+            "Content-Length: 1000\r\nExpect: 100-continue\r\n\r\n".encode()
+        )
+        assert stalled.recv(100).startswith(b"HTTP/1.1 100 Continue")  # counted as an upload in progress
+        # Gradio follows an upload's progress; for one refused, that ends in a 404 (after 3 s).
+        with page.expect_response(lambda r: "/gradio_api/upload_progress" in r.url) as progress:
+            page.locator("#photo input[type=file]").set_input_files(DATA / "cat.jpg")
+            expect(page.get_by_test_id("toast-text")).to_have_text(f"HTTP 503: {TOO_MANY_UPLOADS}")
+        stalled.close()
+        page.locator("#photo input[type=file]").set_input_files(DATA / "coffee.jpg")
+        expect_top(page, "espresso")
+        upload_id = urlsplit(progress.value.url).query
+        assert page.http_errors == [
+            f"503 {server.url}{config.UI_PATH}/gradio_api/upload?{upload_id}",
+            f"404 {server.url}{config.UI_PATH}/gradio_api/upload_progress?{upload_id}",
+        ]
+        page.http_errors.clear()  # the refused upload's, expected
+    finally:
+        stop_server(server)
 
 
 @pytest.mark.serve
