@@ -40,8 +40,13 @@ log = logging.getLogger("bentoml.service")
 Classify = Callable[..., Awaitable[list[Any]]]
 
 # The About area's long words (a SHA-256, a transform list) break at the screen's edge: on a phone they
-# would run past it, cut off, and a visitor would copy or cite what they cannot see.
-CSS = "#about code { overflow-wrap: anywhere; }"
+# would run past it, cut off, and a visitor would copy or cite what they cannot see. So do a class name's
+# (a strain or specimen name with underscores for spaces): unbroken, the top class was cut off at both
+# ends and its bar's percentage pushed out of the answer's box, on any screen.
+CSS = (
+    "#about code { overflow-wrap: anywhere; }\n"
+    "#answer [data-testid=label-output-value], #answer dt { overflow-wrap: anywhere; min-width: 0; }"
+)
 
 
 def asgi_app() -> Starlette:
