@@ -49,6 +49,15 @@ CSS = (
 )
 
 
+# A refusal's message stays until the next classification starts (CLOSE_MESSAGES), not Gradio's 10 s: after
+# those, the answer's box shows a bare "Error", and a visitor who looked away no longer learns why.
+REFUSED: dict[str, Any] = {"duration": None, "print_exception": False}
+# In the browser, before each classification: close the messages of the last one, which is over.
+CLOSE_MESSAGES = (
+    "(...args) => { document.querySelectorAll('[data-testid=toast-close]').forEach(b => b.click()); return args; }"
+)
+
+
 def asgi_app() -> Starlette:
     """What service.py mounts at /ui, while importing: empty until `mount` puts the page in it.
 
@@ -190,17 +199,17 @@ def page(cards: list[ModelCard], classify: Classify) -> gr.Blocks:
             return  # cleared: the answer is cleared too
         chosen = by_tag.get(tag)
         if chosen is None:  # a value the chooser never offered (Gradio's API can send anything)
-            raise gr.Error(f"unknown model {tag!r}: choose one of {', '.join(by_tag)}", print_exception=False)
+            raise gr.Error(f"unknown model {tag!r}: choose one of {', '.join(by_tag)}", **REFUSED)
         k = int(top_k) if isinstance(top_k, int | float) else 0  # raw: the slider is not preprocessed either
         if not 1 <= k <= max_top_k(chosen):
-            raise gr.Error(f"top_k must be from 1 to {max_top_k(chosen)}, got {top_k!r}", print_exception=False)
+            raise gr.Error(f"top_k must be from 1 to {max_top_k(chosen)}, got {top_k!r}", **REFUSED)
         try:
             [answer] = await classify(images=[Path(image["path"])], top_k=k, model=chosen.tag)
         except ClientError as e:  # what /classify answers with a 4xx or 503
-            raise gr.Error(str(e), print_exception=False) from None
+            raise gr.Error(str(e), **REFUSED) from None
         except Exception:
             log.exception("the web page failed to classify %s", image.get("orig_name"))
-            raise gr.Error("the server failed to classify this image; its log has the details") from None
+            raise gr.Error("the server failed to classify this image; its log has the details", duration=None) from None
         yield confidences(answer.predictions)
 
     with gr.Blocks(title=card.title, analytics_enabled=False, delete_cache=(config.UI_UPLOAD_TTL_S,) * 2) as blocks:
@@ -260,6 +269,7 @@ def page(cards: list[ModelCard], classify: Classify) -> gr.Blocks:
             # A new photo while the last is being classified runs next, it is not dropped ("once"):
             # pasting fires a clearing event and then the photo, close together.
             "trigger_mode": "always_last",
+            "js": CLOSE_MESSAGES,
         }
         # Not image.change: Gradio 6.31 fires it twice when a new upload replaces a photo.
         image.input(**run, api_name="classify")  # upload, drop, paste, webcam, and clearing
