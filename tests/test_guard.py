@@ -14,6 +14,7 @@ import time
 import httpx
 import pytest
 
+from imgserve import config
 from imgserve.serving.errors import (
     INTERNAL_ERROR,
     MODEL_QUEUE_FULL,
@@ -236,6 +237,12 @@ def test_the_api_key_is_asked_of_everything_but_the_probes():
         }
         assert refused.headers["WWW-Authenticate"] == 'Bearer realm="imgserve"'
     assert page.status_code == 401 and page.headers["WWW-Authenticate"] == 'Basic realm="imgserve"'
+    # A visitor who cancels the browser's password prompt reads what to do, not only a program's header.
+    assert page.json() == {
+        "error": "missing or wrong API key: reload the page and enter the key as the password when the browser "
+        "asks (any user name; whoever shared this address has the key); programs send 'Authorization: Bearer "
+        "<CLASSIFIER_API_KEY>'"
+    }
     assert bearer.status_code == browser.status_code == probe.status_code == 200
 
 
@@ -288,6 +295,31 @@ def test_uploads_past_their_own_bound_get_503_before_sending():
     guard = Guard(App(), max_uploads=0, form=RULES)
     r = run(post(guard, files=cat()))
     assert (r.status_code, r.json()) == (503, {"error": TOO_MANY_UPLOADS})
+
+
+def test_the_pages_script_is_refused_in_a_sentence_it_shows_as_it_is():
+    """The web page shows a refused upload as "HTTP 503: " and the answer's text: the sentence, not JSON."""
+    app = App()
+    app.hold = True
+    guard = Guard(app, max_in_flight=1, max_uploads=1, form=RULES)
+    upload = f"{config.UI_PATH}/gradio_api/upload"
+
+    async def calls():
+        async with client(guard) as c:
+            first = asyncio.create_task(c.post("/classify", files=cat()))
+            await app.entered.wait()  # at work: the in-flight bound is reached
+            busy = await c.post(upload, files=cat())
+            app.release.set()
+            await first
+            guard.admission.uploading = 1  # another client still sending its body
+            return busy, await c.post(upload, files=cat()), await c.post("/classify", files=cat())
+
+    busy, uploading, api = run(calls())
+    assert (busy.status_code, busy.text) == (503, TOO_MANY_IN_FLIGHT)
+    assert (uploading.status_code, uploading.text) == (503, TOO_MANY_UPLOADS)
+    for r in (busy, uploading):
+        assert r.headers["content-type"] == "text/plain; charset=utf-8" and r.headers["Retry-After"] == "1"
+    assert (api.status_code, api.json()) == (503, {"error": TOO_MANY_UPLOADS})  # programs: the one shape
 
 
 @pytest.mark.parametrize(

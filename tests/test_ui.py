@@ -23,11 +23,23 @@ import pytest
 
 from imgserve import config
 from imgserve.serving import docs, store
+from imgserve.serving.errors import TOO_MANY_UPLOADS
 from imgserve.serving.preprocess import Preprocessing
 from imgserve.serving.ui import about, confidences
 from imgserve.testing import start_server, stop_server
-from tests.helpers import CAT_CLASSES, COLOURS, DATA, EXAMPLE_PHOTOS, ROOT, image_bytes
+from tests.helpers import (
+    CAT_CLASSES,
+    COLOURS,
+    DATA,
+    EXAMPLE_PHOTOS,
+    ROOT,
+    colour_module,
+    image_bytes,
+    imported_tag,
+    run_import,
+)
 
+PHONE = {"width": 360, "height": 740}  # a small phone's screen in CSS pixels
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's; a test tool's own browser download does not work here
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -336,9 +348,6 @@ def test_upload_a_photo_and_see_the_same_top_classes_as_the_api(browser_page, se
     assert page.hosts == {"127.0.0.1"}, "the page fetched from other hosts"
 
 
-PHONE = {"width": 360, "height": 740}  # a small phone's screen in CSS pixels
-
-
 @pytest.mark.serve
 @pytest.mark.browser
 def test_on_a_phone_the_page_fits_the_screen_and_the_about_area_shows_all_it_says(browser_page, server):
@@ -390,6 +399,113 @@ def test_a_file_that_is_not_an_image_shows_the_apis_reason_not_a_stack_trace(bro
     )
     assert "Traceback" not in page.content()
     expect(page.locator("#answer dl")).to_have_count(0)
+
+
+@pytest.mark.serve
+@pytest.mark.browser
+def test_a_refused_photo_does_not_keep_the_last_photos_classes_and_the_next_photo_is_classified(browser_page, server):
+    """A visitor classifies a cat, then uploads a truncated copy of it: the page says why it was refused
+    and shows no classes, not the cat's beside the refused file; the reason stays (Gradio's messages go
+    after 10 s, leaving a bare "Error"). The next photo is classified, and the message of the last closes."""
+    from playwright.sync_api import expect
+
+    page = browser_page
+    open_ui(page, server)
+    photo = page.locator("#photo input[type=file]")
+    photo.set_input_files(DATA / "cat.jpg")
+    expect_top(page, *CAT_CLASSES)
+
+    cat = (DATA / "cat.jpg").read_bytes()
+    photo.set_input_files({"name": "cut.jpg", "mimeType": "image/jpeg", "buffer": cat[: len(cat) // 3]})
+    expect(page.get_by_test_id("toast-text")).to_have_text(re.compile("^image 1: image data is truncated or corrupt"))
+    expect(page.locator("#answer dl")).to_have_count(0)
+    expect(page.locator("#answer [data-testid=label-output-value]")).to_have_count(0)
+    # It stays: nothing counts it down (Gradio's 10 s countdown is a bar under the message).
+    expect(page.locator("[data-testid=toast-body] .timer")).to_have_count(0)
+
+    photo.set_input_files(DATA / "coffee.jpg")
+    expect_top(page, "espresso")
+    expect(page.get_by_test_id("toast-text")).to_have_count(0)
+
+
+@pytest.mark.serve
+@pytest.mark.browser
+def test_a_busy_server_tells_the_visitor_in_words_and_the_next_upload_is_classified(
+    browser_page, default_model, tmp_path
+):
+    """Uploads in progress at their bound (here 1: another client's, stalled mid-body): the page's upload is
+    refused with 503, and the visitor reads the server's sentence, not its JSON. Once that client is gone,
+    the same page classifies the next photo."""
+    from playwright.sync_api import expect
+
+    server = start_server(default_model, tmp_path, {"CLASSIFIER_MAX_UPLOADS": "1", "CLASSIFIER_BODY_TIMEOUT_S": "60"})
+    try:
+        page = browser_page
+        open_ui(page, server)
+        stalled = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+        stalled.sendall(
+            f"POST {config.CLASSIFY_PATH} HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+            "Content-Length: 1000\r\nExpect: 100-continue\r\n\r\n".encode()
+        )
+        assert stalled.recv(100).startswith(b"HTTP/1.1 100 Continue")  # counted as an upload in progress
+        # Gradio follows an upload's progress; for one refused, that ends in a 404 (after 3 s).
+        with page.expect_response(lambda r: "/gradio_api/upload_progress" in r.url) as progress:
+            page.locator("#photo input[type=file]").set_input_files(DATA / "cat.jpg")
+            expect(page.get_by_test_id("toast-text")).to_have_text(f"HTTP 503: {TOO_MANY_UPLOADS}")
+        stalled.close()
+        page.locator("#photo input[type=file]").set_input_files(DATA / "coffee.jpg")
+        expect_top(page, "espresso")
+        upload_id = urlsplit(progress.value.url).query
+        assert page.http_errors == [
+            f"503 {server.url}{config.UI_PATH}/gradio_api/upload?{upload_id}",
+            f"404 {server.url}{config.UI_PATH}/gradio_api/upload_progress?{upload_id}",
+        ]
+        page.http_errors.clear()  # the refused upload's, expected
+    finally:
+        stop_server(server)
+
+
+LONG_LABEL = (  # a class name as a microbiology lab writes it: underscores for spaces, one long word
+    "Pseudomonas_aeruginosa_strain_PAO1_biofilm_stained_with_crystal_violet_under_brightfield_microscopy_"
+    "at_one_thousand_times_magnification_replicate_A"
+)
+
+
+@pytest.mark.serve
+@pytest.mark.browser
+@pytest.mark.model  # it imports one
+def test_a_long_class_name_is_shown_whole_with_its_percentage_on_a_wide_screen_and_a_phone(browser_page, tmp_path):
+    """The colour model, its "red" renamed to one long word: the top class and every bar's percentage
+    stay inside the answer's box, the name wrapped rather than cut off at both ends."""
+    import torch
+
+    torch.jit.script(colour_module()).save(str(tmp_path / "long.pt"))
+    (tmp_path / "labels.txt").write_text(f"{LONG_LABEL}\ngreen\nblue\n")
+    tag = imported_tag(
+        run_import(tmp_path / "long.pt", "--labels", tmp_path / "labels.txt", "--name", "long-names",
+                   "--mean", "0", "0", "0", "--std", "1", "1", "1", "--resize", "32", "--crop", "32")
+    )  # fmt: skip
+    server = start_server(tag, tmp_path)
+    try:
+        page = browser_page
+        open_ui(page, server)
+        page.locator("#photo input[type=file]").set_input_files(
+            {"name": "red.png", "mimeType": "image/png", "buffer": image_bytes((255, 0, 0))}
+        )
+        expect_top(page, LONG_LABEL)
+        assert shown(page)[0] == (LONG_LABEL, "100%")
+        for size in ({"width": 1100, "height": 760}, PHONE):
+            page.set_viewport_size(size)
+            outside = page.evaluate(
+                """() => { const box = document.querySelector('#answer').getBoundingClientRect();
+                    return [...document.querySelectorAll('#answer [data-testid=label-output-value], #answer dl *')]
+                        .filter(e => { const r = e.getBoundingClientRect(); return r.left < box.left
+                                       || r.right > box.right || e.scrollWidth > e.clientWidth; })
+                        .map(e => e.tagName + ': ' + e.textContent.trim().slice(0, 40)); }"""
+            )
+            assert outside == [], f"cut off at {size['width']} px"
+    finally:
+        stop_server(server)
 
 
 @pytest.mark.serve

@@ -32,7 +32,15 @@ def check_key(path: str, headers: Mapping[str, str], key: str) -> None:
     """Raise 401 unless no key is set, the path is open, or the request carries the key."""
     if not key or path in OPEN_PATHS or key_matches(headers.get("authorization", ""), key):
         return
-    # Browsers prompt for a password only when Basic is the challenge; programs expect Bearer.
-    challenge = 'Basic realm="imgserve"' if path.startswith(BROWSER_PATHS) else 'Bearer realm="imgserve"'
-    message = f"missing or wrong API key: send 'Authorization: Bearer <{config.ENV_API_KEY}>'"
-    raise ClientError(401, message, headers={"WWW-Authenticate": challenge})
+    bearer = f"send 'Authorization: Bearer <{config.ENV_API_KEY}>'"
+    if not path.startswith(BROWSER_PATHS):
+        raise ClientError(
+            401, f"missing or wrong API key: {bearer}", headers={"WWW-Authenticate": 'Bearer realm="imgserve"'}
+        )
+    # Browsers prompt for a password only when Basic is the challenge. A visitor who cancels the prompt
+    # reads this answer: it says what a person does, not only the header a program sends.
+    message = (
+        "missing or wrong API key: reload the page and enter the key as the password when the browser asks "
+        f"(any user name; whoever shared this address has the key); programs {bearer}"
+    )
+    raise ClientError(401, message, headers={"WWW-Authenticate": 'Basic realm="imgserve"'})

@@ -78,10 +78,12 @@ class ClientError(Exception):
 
         return Response(self.encoded(), self.status, self.headers, media_type="application/json")
 
-    async def send(self, send: Send) -> None:
-        """The answer through an ASGI `send`: what the guard answers before or instead of the app."""
-        body = self.encoded()
-        raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    async def send(self, send: Send, plain: bool = False) -> None:
+        """The answer through an ASGI `send`: what the guard answers before or instead of the app.
+        `plain`: the sentence alone, as text (for a reader that shows the body as it is)."""
+        body = str(self).encode() if plain else self.encoded()
+        kind = b"text/plain; charset=utf-8" if plain else b"application/json"
+        raw = [(b"content-type", kind), (b"content-length", str(len(body)).encode())]
         raw += [(k.lower().encode(), v.encode()) for k, v in self.headers.items()]
         await send({"type": "http.response.start", "status": self.status, "headers": raw})
         await send({"type": "http.response.body", "body": body})

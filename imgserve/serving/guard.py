@@ -10,7 +10,8 @@ after reading and dropping the rest of the body (up to config.DRAIN_BYTES; not a
 answer is not lost to a reset connection.
 On the way out, an error answer of the app that is not yet in the one shape is reworded (errors.py),
 Retry-After goes on every 429/503, and the OpenAPI document gets the real error answers. The web page
-under /ui keeps Gradio's own answers, which its page reads. Each client error is one INFO line in the log.
+under /ui keeps Gradio's own answers, which its page reads; the guard's own refusals of the page's script
+(PAGE_SCRIPT_PATH) are the sentence as text, which the page shows. Each client error is one INFO line in the log.
 """
 
 from __future__ import annotations
@@ -47,6 +48,9 @@ log = logging.getLogger("bentoml.service.guard")
 # so a keep-alive client does not send its next request behind a body the server will not read.
 CLOSE = {"Connection": "close"}
 OPENAPI_PATH = "/docs.json"  # BentoML's OpenAPI document: the guard adds the real error answers
+# The web page's script calls these (an upload, joining the queue). Where it shows a refusal itself, it shows
+# "HTTP <status>: " and the body as it is: a visitor would read JSON ('{"error": ...}'), so it gets the sentence.
+PAGE_SCRIPT_PATH = f"{config.UI_PATH}/gradio_api/"
 
 
 class Guard:
@@ -77,7 +81,7 @@ class Guard:
                 log.info("%s %s: %d %s", scope.get("method"), scope["path"], e.status, e)
             if e.status == 413 and not expects_continue(scope):  # from its Content-Length: the body is on its way
                 await drain(receive, self.body_timeout_s)
-            return await e.send(send)
+            return await e.send(send, plain=scope["path"].startswith(PAGE_SCRIPT_PATH))
         exchange = Exchange(self, scope, receive, send, form)
         try:
             await self.app(scope, exchange.receive, exchange.send)
@@ -190,7 +194,7 @@ class Exchange:
         self.started = True
         if 400 <= error.status < 500:
             log.info("%s %s: %d %s", self.method, self.path, error.status, error)
-        await error.send(self._send)
+        await error.send(self._send, plain=self.path.startswith(PAGE_SCRIPT_PATH))
 
     async def finish(self) -> None:
         """After the app: send the guard's refusal if it has one (the app's answer was dropped), after

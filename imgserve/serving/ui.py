@@ -40,8 +40,22 @@ log = logging.getLogger("bentoml.service")
 Classify = Callable[..., Awaitable[list[Any]]]
 
 # The About area's long words (a SHA-256, a transform list) break at the screen's edge: on a phone they
-# would run past it, cut off, and a visitor would copy or cite what they cannot see.
-CSS = "#about code { overflow-wrap: anywhere; }"
+# would run past it, cut off, and a visitor would copy or cite what they cannot see. So do a class name's
+# (a strain or specimen name with underscores for spaces): unbroken, the top class was cut off at both
+# ends and its bar's percentage pushed out of the answer's box, on any screen.
+CSS = (
+    "#about code { overflow-wrap: anywhere; }\n"
+    "#answer [data-testid=label-output-value], #answer dt { overflow-wrap: anywhere; min-width: 0; }"
+)
+
+
+# A refusal's message stays until the next classification starts (CLOSE_MESSAGES), not Gradio's 10 s: after
+# those, the answer's box shows a bare "Error", and a visitor who looked away no longer learns why.
+REFUSED: dict[str, Any] = {"duration": None, "print_exception": False}
+# In the browser, before each classification: close the messages of the last one, which is over.
+CLOSE_MESSAGES = (
+    "(...args) => { document.querySelectorAll('[data-testid=toast-close]').forEach(b => b.click()); return args; }"
+)
 
 
 def asgi_app() -> Starlette:
@@ -175,24 +189,28 @@ def page(cards: list[ModelCard], classify: Classify) -> gr.Blocks:
     by_tag = {c.tag: c for c in cards}
     card = cards[0]
 
-    async def on_image(image: dict | None, top_k: float, tag: str) -> dict[str, float] | None:
-        """The image as uploaded (see preprocess=False below) -> {label: probability}, best first."""
+    async def on_image(image: dict | None, top_k: float, tag: str) -> AsyncIterator[dict[str, float] | None]:
+        """The image as uploaded (see preprocess=False below) -> {label: probability}, best first.
+
+        The answer on the page is cleared first: a photo that is refused would otherwise sit beside the last
+        photo's classes, which outlast the message (a toast, gone after 10 s)."""
+        yield None
         if not image:
-            return None  # cleared: clear the answer too
+            return  # cleared: the answer is cleared too
         chosen = by_tag.get(tag)
         if chosen is None:  # a value the chooser never offered (Gradio's API can send anything)
-            raise gr.Error(f"unknown model {tag!r}: choose one of {', '.join(by_tag)}", print_exception=False)
+            raise gr.Error(f"unknown model {tag!r}: choose one of {', '.join(by_tag)}", **REFUSED)
         k = int(top_k) if isinstance(top_k, int | float) else 0  # raw: the slider is not preprocessed either
         if not 1 <= k <= max_top_k(chosen):
-            raise gr.Error(f"top_k must be from 1 to {max_top_k(chosen)}, got {top_k!r}", print_exception=False)
+            raise gr.Error(f"top_k must be from 1 to {max_top_k(chosen)}, got {top_k!r}", **REFUSED)
         try:
             [answer] = await classify(images=[Path(image["path"])], top_k=k, model=chosen.tag)
         except ClientError as e:  # what /classify answers with a 4xx or 503
-            raise gr.Error(str(e), print_exception=False) from None
+            raise gr.Error(str(e), **REFUSED) from None
         except Exception:
             log.exception("the web page failed to classify %s", image.get("orig_name"))
-            raise gr.Error("the server failed to classify this image; its log has the details") from None
-        return confidences(answer.predictions)
+            raise gr.Error("the server failed to classify this image; its log has the details", duration=None) from None
+        yield confidences(answer.predictions)
 
     with gr.Blocks(title=card.title, analytics_enabled=False, delete_cache=(config.UI_UPLOAD_TTL_S,) * 2) as blocks:
         if len(cards) > 1:
@@ -251,6 +269,7 @@ def page(cards: list[ModelCard], classify: Classify) -> gr.Blocks:
             # A new photo while the last is being classified runs next, it is not dropped ("once"):
             # pasting fires a clearing event and then the photo, close together.
             "trigger_mode": "always_last",
+            "js": CLOSE_MESSAGES,
         }
         # Not image.change: Gradio 6.31 fires it twice when a new upload replaces a photo.
         image.input(**run, api_name="classify")  # upload, drop, paste, webcam, and clearing
