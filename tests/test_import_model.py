@@ -18,7 +18,7 @@ from PIL import Image
 from torch import nn
 
 from imgserve import config
-from imgserve.importing import cli, convert, loading
+from imgserve.importing import cli, convert, loading, messages
 from imgserve.serving import predict, store
 from imgserve.serving.preprocess import Preprocessing, preprocess
 from tests.helpers import (
@@ -512,7 +512,7 @@ def test_parity_check_refuses_an_export_that_disagrees(tmp_path):
     other = colour_module()
     with torch.no_grad():
         other[2].weight.copy_(10 * torch.eye(3).flip(0))  # red <-> blue
-    with pytest.raises(loading.ImportRefused, match="does not answer like the torch model"):
+    with pytest.raises(messages.ImportRefused, match="does not answer like the torch model"):
         convert.check_parity(convert.Packaged(other, prep, convert.Outputs.LOGITS).eval(), onnx_path, inputs)
 
 
@@ -596,10 +596,10 @@ def test_a_model_traced_in_training_mode_is_told_to_trace_after_eval_and_the_siz
     torch.manual_seed(0)
     model = nn.Sequential(At128().conv, nn.BatchNorm2d(8), nn.Flatten(), nn.Dropout(0.2), At128().fc)
     path = tmp_path / "traced.pt"
-    with loading.quiet_torch():
+    with messages.quiet_torch():
         torch.jit.trace(model.train(), torch.randn(1, 3, 128, 128), check_trace=False).save(str(path))
     refused(run_import(path, "--crop", "128"), "traced.pt was traced in training mode: its batch norm and dropout")
-    with loading.quiet_torch():
+    with messages.quiet_torch():
         torch.jit.trace(model.eval(), torch.randn(1, 3, 128, 128)).save(str(path))
     result = run_import(path)  # served at 224 by default: the trace's own error, not TorchScript's preamble
     refused(result, "with: RuntimeError: mat1 and mat2 shapes cannot be multiplied (1x")

@@ -26,9 +26,9 @@ import numpy as np
 import torch
 
 from imgserve import config
-from imgserve.importing import convert, faithful, loading, quantize, transforms
+from imgserve.importing import archs, convert, faithful, loading, messages, probing, quantize, transforms
 from imgserve.importing.labels import in_output_order, read_labels
-from imgserve.importing.loading import ImportRefused
+from imgserve.importing.messages import ImportRefused
 from imgserve.serving import store
 from imgserve.serving.preprocess import INTERPOLATIONS, Preprocessing, preprocess
 
@@ -179,7 +179,7 @@ def check_args(args: argparse.Namespace) -> Plan:
     elif args.labels:
         labels = read_labels(args.labels)
     if args.arch:
-        loading.check_arch(args.arch)
+        archs.check_arch(args.arch)
     given = [f"--{flag}" for flag in SHORT_FORM if getattr(args, flag) is not None]
     steps = None
     if args.transforms:
@@ -201,7 +201,7 @@ def check_args(args: argparse.Namespace) -> Plan:
             raise ImportRefused(f"--photos {args.photos}: no image files in it ({', '.join(config.PHOTO_SUFFIXES)})")
         photos += mine
     examples = store.check_examples(args.examples) if args.examples else []  # the web page's photos
-    return Plan(name, labels, steps, loading.parse_arch_kwargs(args.arch_kwargs), photos, sources, examples)
+    return Plan(name, labels, steps, archs.parse_arch_kwargs(args.arch_kwargs), photos, sources, examples)
 
 
 def resolve_preprocessing(args: argparse.Namespace, plan: Plan, loaded: loading.LoadedModel) -> Preprocessing:
@@ -213,7 +213,7 @@ def resolve_preprocessing(args: argparse.Namespace, plan: Plan, loaded: loading.
         channels, size = loaded.input_shape[0], (loaded.input_shape[1], loaded.input_shape[2])
         plan.sources["channels"] = plan.sources["size"] = "read from the .pt2's input signature"
     else:
-        channels, size = loading.first_layer_input(loaded.module)
+        channels, size = probing.first_layer_input(loaded.module)
         if size and (plan.steps or args.crop):  # a flattened image is a guess: the size you give wins
             channels, size = None, None
         plan.sources["channels"] = "read from the weights (first layer)" if channels else "default (RGB)"
@@ -289,13 +289,13 @@ def _short_form(args: argparse.Namespace, channels: int, size: tuple[int, int] |
 def check_input_size(module: torch.nn.Module, prep: Preprocessing) -> None:
     """Exit with a message, not a traceback, when the model refuses the size it is to be served at."""
     h, w = prep.input_size
-    refusal = loading.probe(module, prep.channels, (h, w))
+    refusal = probing.probe(module, prep.channels, (h, w))
     if refusal is None:
         return
     if refusal.ran:  # the size is fine; what it returns is not
         raise ImportRefused(refusal.message)
     error = refusal.message
-    runs_at = loading.accepted_sizes(module, prep.channels)
+    runs_at = probing.accepted_sizes(module, prep.channels)
     hint = f" It does run at {', '.join(f'{s} x {s}' for s in runs_at)}." if runs_at else ""
     raise ImportRefused(
         f"the model refused an input of {prep.channels} x {h} x {w} (channels x height x width) with: {error}.{hint} "
@@ -386,10 +386,10 @@ def import_model(args: argparse.Namespace) -> str:
     as_is = convert.Packaged(loaded.module, prep, convert.Outputs.PROBABILITIES)  # nothing added to the outputs
     with torch.inference_mode():
         floats = as_is.normalize(torch.from_numpy(inputs))
-    with loading.quiet_torch():
+    with messages.quiet_torch():
         outputs = convert.read_outputs(loaded.module, floats, args.multi_label)
     packaged = convert.Packaged(loaded.module, prep, outputs)
-    with torch.inference_mode(), loading.quiet_torch():
+    with torch.inference_mode(), messages.quiet_torch():
         num_classes = int(packaged(torch.from_numpy(inputs[:1])).shape[1])
 
     labels = resolve_labels(args, plan, loaded, num_classes, outputs)
@@ -459,7 +459,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = parse_args(sys.argv[1:] if argv is None else argv)
     if args.list_archs:
-        sys.stdout.write("\n".join(loading.classification_archs()) + "\n")
+        sys.stdout.write("\n".join(archs.classification_archs()) + "\n")
         return 0
     try:
         tag = import_model(args)
@@ -476,7 +476,7 @@ def main(argv: list[str] | None = None) -> int:
             "error: the import stopped on an unexpected %s (%s); nothing was stored. This is a gap in the "
             "import, not in your model: please report it with the output of --debug",
             type(e).__name__,
-            loading.error_line(e),
+            messages.error_line(e),
             exc_info=args.debug,
         )
         return 1

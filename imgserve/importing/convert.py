@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode  # public API, documented under 'Extending PyTorch'
 
 from imgserve import config
-from imgserve.importing.loading import ImportRefused, error_line, quiet_torch
+from imgserve.importing.messages import ImportRefused, error_line, quiet_torch
 from imgserve.serving.predict import INPUT_NAME, OUTPUT_NAME, open_session, run
 from imgserve.serving.preprocess import Preprocessing
 

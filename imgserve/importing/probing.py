@@ -1,0 +1,97 @@
+"""What a model takes, asked of the model itself: its input channels (and a flattened MLP's size) from
+its first layer, whether it runs at a size, and the sizes it does run at, for the refusal that names
+them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from imgserve.importing.messages import SHOWN_KEYS, error_line, quiet_torch
+
+# Where a layer's weight is kept, whole, once torch.nn.utils has reparametrized it: as it is, pruned
+# (weight_orig, with weight_mask beside it), weight_norm's direction (parametrizations.weight.original1,
+# or weight_v before torch 2.1).
+REPARAMETRIZED_WEIGHTS = ("weight", "weight_orig", "parametrizations.weight.original1", "weight_v")
+
+
+def first_conv(module: nn.Module) -> tuple[str, nn.Conv2d | None]:
+    """The model's first convolution and its name, as the class declares its modules ("", None: none)."""
+    return next(((n, m) for n, m in module.named_modules() if isinstance(m, nn.Conv2d)), ("", None))
+
+
+def first_layer_input(module: nn.Module) -> tuple[int | None, tuple[int, int] | None]:
+    """(channels, size) the model's weights imply. Its first convolution gives the channels (wherever
+    the class declares it: a head declared first is not the first layer); a model with no convolution
+    whose first Linear layer takes a square gray or RGB image, flattened, gives both (an MLP on 28 x 28
+    digits), as a guess that --crop or --transforms overrides. The layers' own sizes when they are torch's
+    layers (a pruned or weight-normed layer keeps its weight under another name); TorchScript's, from
+    their parameters."""
+    _, conv = first_conv(module)
+    if conv is not None:
+        return conv.in_channels, None
+    weights = [p for name, p in module.named_parameters() if name.endswith(REPARAMETRIZED_WEIGHTS)]
+    convs = [p for p in weights if p.ndim == 4]
+    if convs:
+        return int(convs[0].shape[1]), None
+    linear = next((p for p in weights if p.ndim == 2), None)
+    if linear is None:
+        return None, None
+    n = int(linear.shape[1])
+    for channels in (1, 3):
+        side = round((n / channels) ** 0.5)
+        if side * side * channels == n and side >= 8:
+            return channels, (side, side)
+    return None, None
+
+
+INPUT_SIZES_TRIED = (224, 256, 299, 384, 128, 96, 64, 32, 28)  # common training sizes, probed on refusal
+
+
+@dataclass
+class Refusal:
+    """Why the model would not be served at a size: it failed on the input, or it ran (`ran`) and
+    returned something other than one row of class scores per image."""
+
+    message: str
+    ran: bool = False
+
+
+def probe(module: nn.Module, channels: int, size: tuple[int, int]) -> Refusal | None:
+    """None if the model runs on a (1, channels, *size) input and gives one row of scores, else why not."""
+    try:
+        with torch.inference_mode(), quiet_torch():
+            out = module(torch.zeros(1, channels, *size))
+    except Exception as e:  # any failure in the model's own code means: not this input
+        return Refusal(error_line(e))
+    if isinstance(out, torch.Tensor) and out.ndim == 2 and out.shape[0] == 1:
+        return None
+    return Refusal(_not_one_row(out, type(module).__name__), ran=True)
+
+
+def _not_one_row(out: object, model_class: str) -> str:
+    """What the model returned instead of (1, classes), and the change to its forward that serves it."""
+    subclass = (
+        f"write a subclass in your model file, e.g.\n    class Scores({model_class}):\n        def forward(self, x):\n"
+        "            return super().forward(x){pick}\nand pass --arch yourfile.py:Scores (the weights are the same)"
+    )
+    if isinstance(out, tuple | list):
+        what, fix = f"a {type(out).__name__} of {len(out)} values", subclass.format(pick="[0]  # the class scores")
+    elif isinstance(out, dict):
+        what, fix = f"a dict with keys {sorted(map(str, out))[:SHOWN_KEYS]}", subclass.format(pick='["logits"]')
+    elif isinstance(out, torch.Tensor) and out.ndim == 1:
+        what, fix = f"a tensor of shape {list(out.shape)}", "keep the batch dimension: x.flatten(1), not x.squeeze()"
+    elif isinstance(out, torch.Tensor):
+        what, fix = f"a tensor of shape {list(out.shape)}", "return (batch, classes): e.g. x.flatten(1) at the end"
+    else:
+        what, fix = f"a {type(out).__name__}", subclass.format(pick=".logits")
+    return (
+        f"for one image the model returns {what}; the server needs one row of class scores per image, a "
+        f"tensor of shape (1, classes). To serve it, {fix}"
+    )
+
+
+def accepted_sizes(module: nn.Module, channels: int) -> list[int]:
+    return [s for s in INPUT_SIZES_TRIED if probe(module, channels, (s, s)) is None]
