@@ -81,7 +81,8 @@ class Results:
                 rows = [row for row in reader if row]
                 paths = [row[0] for row in rows]
                 # The top-k is the header's (checked above); a row's predictions are counted for JSONL only.
-                self.models |= {row[-2]: self.top_k for row in rows if len(row) == len(header) and row[-2]}
+                at = header.index("model")
+                self.models |= {row[at]: self.top_k for row in rows if len(row) == len(header) and row[at]}
         return {file_key(Path(p)) for p in paths}
 
     def is_done(self, path: Path) -> bool:

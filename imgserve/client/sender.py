@@ -205,10 +205,8 @@ class Sender:
                 self.on_row(Row(str(path), error=local))
             else:
                 pending.append(path)
-        if len(pending) > (size := self.max_batch):  # `size` fixed: a refusal below lowers max_batch again
-            for start in range(0, len(pending), size):
-                await self.classify(pending[start : start + size])
-            return
+        if len(pending) > self.max_batch:
+            return await self.classify_in_parts(pending, self.max_batch)
         while pending:
             try:
                 answers = await self.post(pending)
@@ -224,10 +222,7 @@ class Sender:
                         self.max_batch = len(pending) // 2
                         log.warning("the server refused %d images in one request (%s): sending at most %d "
                                     "per request", len(pending), e.message, self.max_batch)  # fmt: skip
-                    size = min(self.max_batch, (len(pending) + 1) // 2)
-                    for start in range(0, len(pending), size):
-                        await self.classify(pending[start : start + size])
-                    return
+                    return await self.classify_in_parts(pending, min(self.max_batch, (len(pending) + 1) // 2))
                 if not self.some_ok and e.status not in FILE_STATUSES:  # every request would fail alike
                     raise Fatal(f"the server refused the first requests (HTTP {e.status}): {e.message}") from None
                 self.on_row(Row(str(pending[0]), error=e.message))
@@ -243,6 +238,11 @@ class Sender:
             for path, answer in zip(pending, answers, strict=True):
                 self.on_row(Row(str(path), model=answer["model"], predictions=answer["predictions"]))
             return
+
+    async def classify_in_parts(self, paths: list[Path], size: int) -> None:
+        """`paths` in requests of `size` (fixed here: a refusal of one part lowers max_batch for the next)."""
+        for start in range(0, len(paths), size):
+            await self.classify(paths[start : start + size])
 
     async def post(self, paths: list[Path]) -> list[dict[str, Any]]:
         """One /classify request for `paths`, sent again after overload or a dropped connection."""
