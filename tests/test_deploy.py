@@ -95,6 +95,16 @@ def test_the_pod_runs_as_the_images_non_root_user():
     assert CONTAINER["securityContext"]["allowPrivilegeEscalation"] is False
 
 
+def test_the_root_is_read_only_and_tmp_the_one_writable_folder_the_image_writes_to():
+    """As the image test runs the image (`--read-only --tmpfs /tmp`): BentoML's home is under /tmp."""
+    assert CONTAINER["securityContext"]["readOnlyRootFilesystem"] is True
+    volumes = {v["name"]: v for v in POD["volumes"]}
+    mounts = {m["mountPath"]: volumes[m["name"]] for m in CONTAINER["volumeMounts"]}
+    assert set(mounts) == {"/tmp"} and "emptyDir" in mounts["/tmp"]
+    template = (ROOT / "Dockerfile.template").read_text()
+    assert re.search(r"^ENV BENTOML_HOME=/tmp/\S+$", template, flags=re.M), "BentoML's home must be writable"
+
+
 def test_the_image_placeholder_is_make_images_name_and_the_readme_pushes_the_image_set_here():
     default_image = re.search(r"^IMAGE \?= (\S+)", (ROOT / "Makefile").read_text(), flags=re.M).group(1)
     assert CONTAINER["image"] == default_image.rsplit(":", 1)[0]
