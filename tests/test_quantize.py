@@ -103,24 +103,79 @@ def test_calibration_and_held_back_photos_do_not_overlap():
     assert not {p.name for p in split.calibration} & {p.name for p in split.held_back}
 
 
-def test_the_gate_refuses_the_default_model_quantized_whole(default_model, tmp_path):
-    """Every layer of EfficientNet-Lite0 in int8 changes too many answers on photos it was not calibrated on."""
+def prepared(fp32: Path, tmp_path: Path) -> Path:
+    """The graph that quantization works on, as `quantize.quantize` prepares it."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    source = tmp_path / "fp32.onnx"
+    quant_pre_process(str(fp32), str(source), skip_symbolic_shape=True)
+    return source
+
+
+def test_bias_correction_brings_the_default_models_int8_closer_but_the_gate_refuses_it(default_model, tmp_path):
+    """Every layer of EfficientNet-Lite0 in int8 changes too many answers on photos it was not calibrated
+    on (83% agree); corrected biases take back most of that (94%), still under the gate's 99%. What stays
+    is mostly where fp32 itself has no stable answer: on the decided views the agreement is higher."""
+    import onnx
+
     entry = bentoml.models.get(default_model)
     prep = store.ModelCard.from_stored(entry).preprocessing
     split = quantize.split_photos(quantize.load_photos(sorted(DATA.glob("*.jpg")) + quantize.package_photos()))
-    source = tmp_path / "fp32.onnx"
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    quant_pre_process(entry.path_of(store.ONNX_FILE), str(source), skip_symbolic_shape=True)
-    import onnx
-
+    source = prepared(Path(entry.path_of(store.ONNX_FILE)), tmp_path)
     int8 = tmp_path / "int8.onnx"
-    calibration = quantize.photo_views(split.calibration, prep)
+    calibration, held_back = (quantize.photo_views(photos, prep) for photos in (split.calibration, split.held_back))
     floats = quantize.float_nodes(onnx.load(str(source)))  # the prologue, softmax and head only
     quantize.quantize_graph(source, int8, calibration, floats)
-    with pytest.raises(quantize.QuantizationRefused, match="Nothing int8 was stored") as refused:
-        quantize.gate(source, int8, quantize.photo_views(split.held_back, prep))
-    assert "the int8 model's top-1 agrees with the fp32 model's on " in str(refused.value)
+    before, refused = quantize.agreement(source, int8, held_back)
+    assert refused and before["top1_agreement"] < 0.9
+    assert quantize.correct_biases(source, int8, calibration) == 49  # every convolution
+    after, refused = quantize.agreement(source, int8, held_back)
+    assert after["top1_agreement"] > before["top1_agreement"] + 0.05
+    assert after["max_prob_diff"] < before["max_prob_diff"]
+    assert after["top1_agreement"] < config.QUANT_MIN_AGREEMENT
+    assert refused and refused.startswith("the int8 model's top-1 agrees with the fp32 model's on ")
+    assert refused.endswith("Nothing int8 was stored") and f"on the {after['decided_views']} views whose" in refused
+    assert 0 < after["decided_views"] < after["images"]
+    assert after["decided_top1_agreement"] > after["top1_agreement"]
+
+
+def test_bias_correction_takes_back_the_shift_that_rounding_the_weights_gives(tmp_path):
+    """A depthwise 3x3 filter whose 8 small weights all lie 0.4 of an int8 step above one: rounded, all go
+    down, and the layer's output mean per channel moves. Corrected, it is the fp32 layer's again, on photos
+    that the correction never saw."""
+    import onnx
+
+    from imgserve.importing import convert
+    from imgserve.serving.preprocess import Preprocessing
+
+    conv = nn.Conv2d(3, 3, 3, groups=3, padding=1)
+    with torch.no_grad():
+        weights = torch.full((3, 1, 3, 3), 30.4 / 127)
+        weights[:, 0, 1, 1] = 1.0  # each filter's largest weight: its int8 step is 1 / 127
+        conv.weight.copy_(weights)
+        conv.bias.zero_()
+    model = nn.Sequential(conv, nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 3)).eval()
+    prep = Preprocessing(resize=32, crop=32, mean=(0, 0, 0), std=(1, 1, 1))
+    fp32 = tmp_path / "model.onnx"
+    convert.export_onnx(convert.Packaged(model, prep, convert.Outputs.LOGITS), prep, fp32)
+    source, int8 = prepared(fp32, tmp_path), tmp_path / "int8.onnx"
+    split = quantize.split_photos(quantize.load_photos(sorted(DATA.glob("*.jpg")) + quantize.package_photos()))
+    calibration, unseen = (quantize.photo_views(photos, prep) for photos in (split.calibration, split.held_back))
+    quantize.quantize_graph(source, int8, calibration, quantize.float_nodes(onnx.load(str(source))))
+
+    def shift() -> float:
+        """The int8 layer's output mean per channel less the fp32 one's, on the unseen views (largest)."""
+        [name] = [n.name for n in onnx.load(str(source)).graph.node if n.op_type == "Conv"]
+        means = []
+        for graph in (onnx.load(str(int8)), onnx.load(str(source))):
+            [node] = [n for n in graph.graph.node if n.name == name]
+            means += quantize.channel_means(graph, [node.output[0]], unseen)
+        return float(np.abs(means[0] - means[1]).max())
+
+    rounded = shift()
+    assert rounded > 0.005  # 8 weights x 0.4 / 127 x a mean pixel near 0.45: ~0.011
+    assert quantize.correct_biases(source, int8, calibration) == 1
+    assert shift() < rounded / 5
 
 
 def test_an_int8_model_that_loses_the_answers_is_not_stored():

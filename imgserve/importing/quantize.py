@@ -256,17 +256,98 @@ def quantize_graph(source: Path, destination: Path, calibration: np.ndarray, kee
         )
 
 
+# --- Bias correction
+
+
+def _with_outputs(model, names: list[str]) -> bytes:
+    """`model` with the tensors `names` as outputs too, serialized, to read what its layers give."""
+    from onnx import TensorProto, helper
+
+    copy = type(model)()
+    copy.CopyFrom(model)
+    copy.graph.output.extend(helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in names)
+    return copy.SerializeToString()
+
+
+def channel_means(model, names: list[str], inputs: np.ndarray) -> list[np.ndarray]:
+    """Each named tensor's mean per channel (axis 1) over `inputs`, in served batches."""
+    with quiet(predict.log):
+        session = predict.open_session(_with_outputs(model, names))
+    sums: list[np.ndarray | float] = [0.0] * len(names)
+    counts = [0] * len(names)
+    for i in range(0, len(inputs), config.MAX_BATCH_SIZE):
+        outputs = session.run(names, {predict.INPUT_NAME: inputs[i : i + config.MAX_BATCH_SIZE]})
+        for k, x in enumerate(outputs):
+            sums[k] = sums[k] + x.sum(axis=tuple(a for a in range(x.ndim) if a != 1), dtype=np.float64)
+            counts[k] += x.size // x.shape[1]
+    return [np.asarray(total) / count for total, count in zip(sums, counts, strict=True)]
+
+
+def correct_biases(fp32: Path, int8: Path, calibration: np.ndarray) -> int:
+    """Empirical bias correction (Nagel et al. 2019, "Data-Free Quantization", 4.2), layer by layer in
+    graph order: each int8 convolution's bias takes back the shift of its output's mean per channel
+    from the fp32 layer's, measured on calibration views after the layers before it were corrected.
+    Rounding the 9 weights of a depthwise filter moves its output's mean, and the moves add up over
+    the layers: on EfficientNet-Lite0 top-1 agreement goes from 83.3% to 94.1% (README "An int8
+    model"; on a third of the calibration views, 93.4%). One pass over the calibration views per
+    convolution. Rewrites `int8`; returns how many convolutions it corrected."""
+    import onnx
+    from onnx import numpy_helper
+
+    reference, model = onnx.load(str(fp32)), onnx.load(str(int8))
+    initializers = {i.name: i for i in model.graph.initializer}
+    made_by = {out: node for node in model.graph.node for out in node.output}
+    convs = {node.name: node for node in model.graph.node if node.op_type == "Conv"}
+    layers = []  # (the fp32 convolution's output, the int8 one's, its int32 bias, the bias's scale)
+    for node in reference.graph.node:
+        conv = convs.get(node.name) if node.op_type == "Conv" else None
+        if conv is None or len(conv.input) < 3:
+            continue  # not a convolution, or one without a bias
+        bias = made_by.get(conv.input[2])
+        if bias is not None and bias.op_type == "DequantizeLinear" and bias.input[0] in initializers:
+            scale = numpy_helper.to_array(initializers[bias.input[1]])
+            layers.append((node.output[0], conv.output[0], initializers[bias.input[0]], scale))
+    targets = channel_means(reference, [fp32_out for fp32_out, *_ in layers], calibration)
+    for (_, output, bias, scale), target in zip(layers, targets, strict=True):
+        [mean] = channel_means(model, [output], calibration)
+        values = numpy_helper.to_array(bias).astype(np.int64) - np.round((mean - target) / scale).astype(np.int64)
+        info = np.iinfo(np.int32)
+        bias.CopyFrom(numpy_helper.from_array(np.clip(values, info.min, info.max).astype(np.int32), bias.name))
+    onnx.save(model, str(int8))
+    return len(layers)
+
+
 # --- From a stored fp32 model to a stored int8 one
+
+
+def decided(fp32: Path, views: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Which views' fp32 top-1 survives every one of `config.QUANT_NOISE_DRAWS` draws of noise of
+    one grey level (-1, 0 or +1 on each pixel value, less than a JPEG's own): on the others the fp32
+    model has no answer for int8 to keep (a texture or a telescope image for an ImageNet model)."""
+    rng = np.random.default_rng(SEED)
+    top1 = reference.argmax(1)
+    kept = np.ones(len(views), bool)
+    for _ in range(config.QUANT_NOISE_DRAWS):
+        noisy = np.clip(views + rng.integers(-1, 2, views.shape, dtype=np.int16), 0, 255).astype(np.uint8)
+        kept &= probabilities(fp32, noisy).argmax(1) == top1
+    return kept
 
 
 def agreement(fp32: Path, int8: Path, held_back: np.ndarray) -> tuple[dict, str | None]:
     """The int8 model's answers on the held-back views against the fp32 model's: the numbers its
-    metadata keeps, and why the gate refuses it (None: it passes)."""
-    result = faithful.Agreement.between(probabilities(fp32, held_back), probabilities(int8, held_back))
+    metadata keeps, and why the gate refuses it (None: it passes). The gate is on all the views; the
+    agreement on the decided ones (`decided`) says whether the disagreements are where fp32 itself
+    has no stable answer."""
+    reference, probs = probabilities(fp32, held_back), probabilities(int8, held_back)
+    result = faithful.Agreement.between(reference, probs)
+    stable = decided(fp32, held_back, reference)
+    same = reference.argmax(1) == probs.argmax(1)
     shown = {
         "images": result.photos,
         "top1_agreement": round(result.fraction, 4),
         "max_prob_diff": round(result.max_prob_diff, 4),
+        "decided_views": int(stable.sum()),
+        "decided_top1_agreement": round(float(same[stable].mean()) if stable.any() else 0.0, 4),
     }
     log.info("int8 on the held-back views: %s", shown)
     if result.fraction >= config.QUANT_MIN_AGREEMENT:
@@ -274,7 +355,8 @@ def agreement(fp32: Path, int8: Path, held_back: np.ndarray) -> tuple[dict, str 
     return shown, (
         f"the int8 model's top-1 agrees with the fp32 model's on {result.top1_agree} of {result.photos} "
         f"held-back views ({result.fraction:.2%}), {config.QUANT_MIN_AGREEMENT:.0%} required; largest probability "
-        f"difference {result.max_prob_diff:.3f}. Nothing int8 was stored"
+        f"difference {result.max_prob_diff:.3f}; on the {shown['decided_views']} views whose fp32 top-1 survives "
+        f"one grey level of noise, {shown['decided_top1_agreement']:.2%}. Nothing int8 was stored"
     )
 
 
@@ -320,6 +402,7 @@ def quantize(fp32_tag: str, work: Path, photo_dirs: Sequence[Path] = ()) -> Quan
     model = onnx.load(str(source))
     keep_float = float_nodes(model)
     quantize_graph(source, int8, calibration, keep_float)
+    corrected = correct_biases(source, int8, calibration)
     layers, of_layers = conv_layers(model, keep_float)
     result, refusal = agreement(Path(entry.path_of(store.ONNX_FILE)), int8, held_back)
     metadata = {
@@ -328,7 +411,9 @@ def quantize(fp32_tag: str, work: Path, photo_dirs: Sequence[Path] = ()) -> Quan
         "quantization": {
             "dtype": "int8",
             "fp32_model": card.tag,
-            "method": "ONNX Runtime static QDQ: int8 weights per channel, uint8 activations, MinMax",
+            "method": "ONNX Runtime static QDQ: int8 weights per channel, uint8 activations, MinMax; "
+            "biases corrected layer by layer",
+            "bias_corrected_layers": corrected,
             "int8_layers": layers,
             "of_layers": of_layers,
             "calibration_photos": [p.name for p in split.calibration],

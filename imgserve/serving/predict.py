@@ -25,7 +25,8 @@ def providers() -> list[str]:
     return chosen or ["CPUExecutionProvider"]
 
 
-def open_session(onnx_path: str, threads: int = config.MODEL_THREADS) -> ort.InferenceSession:
+def open_session(onnx_path: str | bytes, threads: int = config.MODEL_THREADS) -> ort.InferenceSession:
+    """A session with the served options, of a stored model's file (or a graph's bytes, at import)."""
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1  # a CNN is one chain of ops: nothing to run side by side

@@ -48,10 +48,16 @@ class ModelCard:
         if not q:
             return ""
         held = q["held_back"]
+        decided = (  # stored by imports since the field came; earlier int8 models lack it
+            f" (on the {held['decided_views']} whose fp32 top-1 survives one grey level of noise, "
+            f"{held['decided_top1_agreement']:.1%})"
+            if "decided_views" in held
+            else ""
+        )
         return (
             f"int8 version of `{q['fp32_model']}` ({q['int8_layers']} of {q['of_layers']} layers in int8). "
             f"On {held['images']} views of {len(q['held_back_photos'])} photos that its calibration never saw, "
-            f"its top-1 agrees with the fp32 model's on {held['top1_agreement']:.1%}; "
+            f"its top-1 agrees with the fp32 model's on {held['top1_agreement']:.1%}{decided}; "
             f"largest probability difference {held['max_prob_diff']}."
         )
 
