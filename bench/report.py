@@ -46,12 +46,17 @@ def int8_lines(m: dict) -> list[str]:
         return ["", f"int8: the import refused it, nothing to serve: {int8['refused']}"]
     rows = {r["clients"]: r for r in m["servers"]["bentoml_int8"]["levels"]}
     held = int8["held_back"]
+    decided = (  # runs before the decided views were measured have none
+        f" (on the {held['decided_views']} decided ones, {held['decided_top1_agreement']:.2%})"
+        if "decided_views" in held
+        else ""
+    )
     refused = (
         f"**refused by the import's gate**: top-1 the same as fp32's on {held['top1_agreement']:.2%} of "
-        f"{held['images']} held-back views, {int8['min_agreement']:.0%} required; served anyway from the "
+        f"{held['images']} held-back views{decided}, {int8['min_agreement']:.0%} required; served anyway from the "
         "benchmark's scratch store, to measure what int8 would gain. "
         if "refused" in int8
-        else f"top-1 the same as fp32's on {held['top1_agreement']:.2%} of {held['images']} held-back views. "
+        else f"top-1 the same as fp32's on {held['top1_agreement']:.2%} of {held['images']} held-back views{decided}. "
     )
     return [
         "",
