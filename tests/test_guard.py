@@ -353,6 +353,15 @@ def test_every_error_of_the_app_leaves_in_the_one_shape(status, body, expected):
     assert r.headers["content-type"] == "application/json"
 
 
+def test_a_405_keeps_the_apps_allow_header():
+    """RFC 9110: a 405 names the methods the endpoint takes; the reworded answer dropped the header."""
+    app = App()
+    app.answer = (405, b"Method Not Allowed", [(b"allow", b"POST"), (b"content-type", b"text/plain")])
+    r = run(post(Guard(app, form=RULES), files=cat()))
+    assert (r.status_code, r.json()) == (405, {"error": "method not allowed: POST /classify"})
+    assert r.headers["Allow"] == "POST"
+
+
 def test_the_services_503_keeps_its_words_and_gets_retry_after():
     app = App()
     app.answer = (503, ClientError(503, MODEL_QUEUE_FULL).encoded(), [])

@@ -387,6 +387,8 @@ def test_wrong_method_or_path_is_one_error_object(server, method, path, status, 
     r = httpx.request(method, f"{server.url}{path}", timeout=30)
     assert r.status_code == status, r.text
     assert the_error(r) == answer
+    if status == 405:  # RFC 9110: it names the method the endpoint takes
+        assert r.headers["allow"] == "POST"
 
 
 def test_the_api_docs_list_the_real_error_answers(server):

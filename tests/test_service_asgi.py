@@ -159,3 +159,13 @@ def test_the_openapi_document_lists_the_error_answers(app):
     responses = client.get("/docs.json").json()["paths"][config.CLASSIFY_PATH]["post"]["responses"]
     assert {"400", "413", "415", "503", "504"} <= set(responses)
     assert json.loads(json.dumps(responses["400"]))["content"]["application/json"]["schema"]["$ref"].endswith("Error")
+
+
+def test_a_wrong_method_is_a_405_that_names_the_allowed_ones(app):
+    """RFC 9110: a 405 carries Allow; the guard's rewording into the one shape dropped it."""
+    client, _ = app
+    for method, path, allowed in [("GET", config.CLASSIFY_PATH, "POST"), ("DELETE", config.MODELS_PATH, "GET")]:
+        r = client.request(method, path)
+        assert (r.status_code, r.json()) == (405, {"error": f"method not allowed: {method} {path}"})
+        assert r.headers["allow"] == allowed
+

@@ -234,7 +234,10 @@ class Exchange:
             if status in (429, 503):
                 start["headers"] = with_retry_after(start.get("headers", []))
             return await send_json(self._send, start, body)
-        await self.answer(from_app(status, body, self.method, self.path))
+        error = from_app(status, body, self.method, self.path)
+        if allow := header(start, b"allow"):  # a 405 names the methods the endpoint takes (RFC 9110)
+            error.headers["Allow"] = allow
+        await self.answer(error)
 
 
 def expects_continue(scope: Scope) -> bool:
@@ -254,6 +257,11 @@ async def drain(receive: Receive, timeout_s: float, limit: int = config.DRAIN_BY
                 if message["type"] != "http.request" or not message.get("more_body", False):
                     return
                 read += len(message.get("body", b""))
+
+
+def header(message: Message, name: bytes) -> str:
+    """A header of an answer's start, or ''."""
+    return next((v.decode("latin-1") for k, v in message.get("headers", []) if k.lower() == name), "")
 
 
 def with_retry_after(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
