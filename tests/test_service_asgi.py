@@ -169,3 +169,10 @@ def test_a_wrong_method_is_a_405_that_names_the_allowed_ones(app):
         assert (r.status_code, r.json()) == (405, {"error": f"method not allowed: {method} {path}"})
         assert r.headers["allow"] == allowed
 
+def test_head_is_answered_wherever_get_is(app):
+    """A monitor's HEAD /models was a 405 (FastAPI's GET routes take no HEAD); it is not in the API docs."""
+    client, _ = app
+    for path in (config.MODELS_PATH, "/readyz", "/livez", "/docs.json"):  # /metrics needs a real server
+        r = client.head(path)
+        assert r.status_code == 200, (path, r.status_code, r.text)
+    assert set(client.get("/docs.json").json()["paths"][config.MODELS_PATH]) == {"get"}

@@ -169,4 +169,6 @@ def models_api(registry: Registry):
         """The models this server serves, the default first; `/classify` takes one in its `model` field."""
         return [info(m) for m in registry]
 
+    # HEAD too, as for every GET (RFC 9110; a monitor's check): FastAPI's GET routes refuse it with 405.
+    app.add_api_route(config.MODELS_PATH, models, methods=["HEAD"], include_in_schema=False)
     return app
