@@ -135,6 +135,9 @@ def model_tag() -> str:
 # --- The API's route (service.py) and the paths the guard treats as work (imgserve/serving/guard.py).
 CLASSIFY_PATH = "/classify"
 MODELS_PATH = "/models"  # GET: the served models (imgserve/serving/registry.py)
+# Every endpoint at an exact path, ours and BentoML's (probes, metrics, the OpenAPI document): each has
+# its own label in /metrics, and a trailing slash on one (`/classify/`) is read as without (guard.py).
+ENDPOINT_PATHS = (CLASSIFY_PATH, MODELS_PATH, "/docs.json", "/livez", "/readyz", "/healthz", "/metrics")
 
 # --- Access: when set, every endpoint but /livez and /readyz needs "Authorization: Bearer <key>".
 ENV_API_KEY = "CLASSIFIER_API_KEY"

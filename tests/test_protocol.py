@@ -391,6 +391,15 @@ def test_wrong_method_or_path_is_one_error_object(server, method, path, status, 
         assert r.headers["allow"] == "POST"
 
 
+def test_an_endpoint_with_a_trailing_slash_answers_as_the_endpoint_not_an_empty_redirect(server):
+    """`curl -F images=@cat.jpg .../classify/` got an empty 307 to a URL built from the Host header."""
+    with server.client() as c:
+        r = c.post("/classify/", files=[("images", ("cat.jpg", CAT, "image/jpeg"))], headers={"Host": "pod:3000"})
+        assert r.status_code == 200, (r.status_code, r.headers)
+        assert r.json()[0]["predictions"][0]["label"] in CAT_CLASSES
+        assert c.get("/readyz/").status_code == 200
+
+
 def test_the_api_docs_list_the_real_error_answers(server):
     """/docs.json lists every error status the endpoint answers, each with the one error shape."""
     document = httpx.get(f"{server.url}/docs.json", timeout=30).json()

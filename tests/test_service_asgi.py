@@ -161,6 +161,22 @@ def test_the_openapi_document_lists_the_error_answers(app):
     assert json.loads(json.dumps(responses["400"]))["content"]["application/json"]["schema"]["$ref"].endswith("Error")
 
 
+def test_an_endpoints_path_with_a_trailing_slash_is_the_endpoint(app):
+    """Starlette answered `/classify/` with an empty 307 to a URL built from the Host header: curl's
+    POST printed nothing, and behind a proxy the redirect could lead to the pod's own address."""
+    client, tag = app
+    files = [("images", ("b.png", png("blue"), "image/png"))]
+    for path in (f"{config.CLASSIFY_PATH}/", f"{config.CLASSIFY_PATH}//"):
+        r = client.post(path, files=files, data={"top_k": "1"}, follow_redirects=False)
+        assert r.status_code == 200, (path, r.status_code, r.headers)
+        assert [p["label"] for p in r.json()[0]["predictions"]] == ["blue"]
+    r = client.get(f"{config.MODELS_PATH}/", follow_redirects=False)
+    assert r.status_code == 200 and [m["tag"] for m in r.json()] == [tag]
+    assert client.get("/readyz/", follow_redirects=False).status_code == 200
+    r = client.get(f"{config.CLASSIFY_PATH}/", follow_redirects=False)
+    assert (r.status_code, r.json()) == (405, {"error": "method not allowed: GET /classify"})
+
+
 def test_a_wrong_method_is_a_405_that_names_the_allowed_ones(app):
     """RFC 9110: a 405 carries Allow; the guard's rewording into the one shape dropped it."""
     client, _ = app
@@ -168,6 +184,7 @@ def test_a_wrong_method_is_a_405_that_names_the_allowed_ones(app):
         r = client.request(method, path)
         assert (r.status_code, r.json()) == (405, {"error": f"method not allowed: {method} {path}"})
         assert r.headers["allow"] == allowed
+
 
 def test_head_is_answered_wherever_get_is(app):
     """A monitor's HEAD /models was a 405 (FastAPI's GET routes take no HEAD); it is not in the API docs."""

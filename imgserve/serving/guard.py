@@ -1,8 +1,9 @@
 """The HTTP boundary: one ASGI middleware in front of BentoML that lets out only the one error shape.
 
-For each request, from its headers: 431 for headers over MAX_HEADER_BYTES; 401 without the API key
-(access.py); 413 for a declared body over the limit; 503 when no more work can be held (admission.py);
-for POST /classify, how its body will be checked (form.py). Then, as the body streams in: 413 the moment
+For each request, from its headers: a trailing slash on an endpoint's path dropped (`/classify/`); 431
+for headers over MAX_HEADER_BYTES; 401 without the API key (access.py); 413 for a declared body over the
+limit; 503 when no more work can be held (admission.py); for POST /classify, how its body will be
+checked (form.py). Then, as the body streams in: 413 the moment
 it passes the limit (an oversized upload is never read whole), 408 when it makes no progress for
 BODY_TIMEOUT_S (a stalled client frees its place), the form's 400s, and admission once it has arrived.
 A request refused mid-body looks to the app like a client that left; the guard answers in its place,
@@ -74,6 +75,7 @@ class Guard:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        scope = endpoint_path(scope)
         try:
             scope, receive, form = self.admit_headers(scope, receive)
         except ClientError as e:
@@ -238,6 +240,16 @@ class Exchange:
         if allow := header(start, b"allow"):  # a 405 names the methods the endpoint takes (RFC 9110)
             error.headers["Allow"] = allow
         await self.answer(error)
+
+
+def endpoint_path(scope: Scope) -> Scope:
+    """An endpoint's path with a trailing slash (`/classify/`) as the endpoint's. Starlette would answer
+    307 to a URL built from the Host header: curl's POST printed nothing, and behind a proxy the
+    redirect could lead to the pod's own address."""
+    path: str = scope["path"]
+    if path.endswith("/") and (bare := path.rstrip("/")) in config.ENDPOINT_PATHS:
+        return {**scope, "path": bare, "raw_path": bare.encode()}
+    return scope
 
 
 def expects_continue(scope: Scope) -> bool:
