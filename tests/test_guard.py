@@ -23,7 +23,7 @@ from imgserve.serving.errors import (
     TOO_MANY_UPLOADS,
     ClientError,
 )
-from imgserve.serving.form import HOW_TO_SEND, SEND_AS_THEY_ARE, FormRules
+from imgserve.serving.form import HOW_TO_SEND, LF_ALONE, SEND_AS_THEY_ARE, FormCheck, FormRules
 from imgserve.serving.guard import Guard, drain
 
 KEY = "s3cret"
@@ -175,6 +175,34 @@ def test_a_form_part_in_a_transfer_encoding_is_a_400_naming_it(coding, status):
     if status == 400:
         error = f"field 'images' has Content-Transfer-Encoding {coding.decode()!r}: {SEND_AS_THEY_ARE}"
         assert r.json() == {"error": error} and app.bodies == []
+
+
+PART = b'--b\r\nContent-Disposition: form-data; name="images"; filename="cat.jpg"\r\n\r\n'
+JPEG = b"\xff\xd8 pretend\njpeg\n" * 50  # image bytes hold LFs of their own
+
+
+@pytest.mark.parametrize(
+    ("body", "error"),
+    [
+        (PART.replace(b"\r\n", b"\n") + JPEG + b"\n--b--\n", LF_ALONE),  # a form written by hand
+        (PART + JPEG + b"\n--b--\n", LF_ALONE),  # its closing boundary
+        (PART + JPEG, "multipart body ends before its closing boundary '--b--'"),  # cut short: not LF
+        (
+            b"notes\n" + PART + JPEG + b"\r\n--b--\r\n",
+            "multipart body does not start with the boundary its Content-Type names ('--b')",
+        ),
+    ],
+    ids=["all LF", "closing boundary after LF", "truncated", "preamble"],
+)
+@pytest.mark.parametrize("chunk", [7, 100, 1 << 20], ids=["7 B", "100 B", "whole"])
+def test_a_form_with_lines_ending_in_lf_alone_is_told_so_however_it_arrives(body, error, chunk):
+    """It was told "does not start with the boundary" (it did) or "ends before its closing boundary" (it was there)."""
+    check = FormCheck(RULES, b"b")
+    pieces = [body[i : i + chunk] for i in range(0, len(body), chunk)]
+    with pytest.raises(ClientError) as refused:
+        for i, piece in enumerate(pieces):
+            check.feed(piece, final=i == len(pieces) - 1)
+    assert (refused.value.status, str(refused.value)) == (400, error)
 
 
 def test_a_raw_image_body_becomes_a_one_image_form_with_top_k_from_the_query():

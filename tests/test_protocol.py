@@ -22,7 +22,7 @@ import pytest
 from imgserve import config
 from imgserve.serving.bentoml_compat import OTHER_ENDPOINT
 from imgserve.serving.errors import ERROR_ANSWERS, ERROR_SCHEMA, MODEL_QUEUE_FULL, TOO_MANY_IN_FLIGHT
-from imgserve.serving.form import HOW_TO_SEND
+from imgserve.serving.form import HOW_TO_SEND, LF_ALONE
 from imgserve.testing import running, tree_rss_bytes
 from tests.helpers import CAT_CLASSES, DATA, image_bytes
 
@@ -107,6 +107,7 @@ REFUSED = [
         400,
         err("multipart body ends before its closing boundary '--b0undary--'"),
     ),
+    ("lines ending in LF alone", FORM, form(IMAGE).replace(b"\r\n", b"\n"), {}, 400, err(LF_ALONE)),
     ("empty body", FORM, b"", {}, 400, err("no images: send one or more files in the 'images' field")),
     (
         "only the closing boundary",

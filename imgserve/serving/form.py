@@ -10,6 +10,7 @@ Each answer says how to send.
 
 from __future__ import annotations
 
+import re
 import secrets
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
@@ -36,6 +37,10 @@ IDENTITY = ("", "identity")  # the only Content-Encoding read: images are compre
 # Content-Transfer-Encoding of a form part (RFC 7578 deprecates it): these leave the bytes as they are.
 AS_SENT = (b"", b"binary", b"8bit", b"7bit")
 SEND_AS_THEY_ARE = f"send the bytes as they are; {HOW_TO_SEND}"
+LF_ALONE = (
+    "multipart body with lines that end in LF alone: its boundary and header lines end in CRLF ('\\r\\n'); "
+    "let the HTTP library write the form (curl -F images=@photo.jpg)"
+)
 
 
 @dataclass(frozen=True)
@@ -146,6 +151,10 @@ class FormCheck:
         self.field: str | None = None  # the text field being read, and its value so far
         self.value = b""
         self.ended = False
+        # A form whose lines end in LF alone (written by hand, or by a tool that changed CRLF to LF) is
+        # told so: seen at its first boundary line, or at its closing one, in the body's last bytes.
+        self.boundary_lf = b"--" + boundary + b"\n"
+        self.recent = b""  # the last bytes: "\r\n--BOUNDARY--\r\n" and one before
         callbacks = {
             "on_part_begin": self.part_begin,
             "on_header_field": self.header_field_data,
@@ -171,6 +180,8 @@ class FormCheck:
             if self.problem is None and str(e).startswith("Maximum header"):  # python-multipart: 4 kB, 8 headers
                 fix = "send fewer headers per part" if "count" in str(e) else "shorten the file name"
                 raise refuse(f"a form part's headers are too large ({e}): {fix}") from None
+            if self.problem is None and (self.recent + chunk[: max(e.offset, 0) + 1]).endswith(self.boundary_lf):
+                raise refuse(LF_ALONE) from None  # the parser stopped at a boundary line's LF
             if self.problem is None and not self.parts:
                 declared = f"'--{self.boundary.decode('latin-1')}'"
                 raise refuse(
@@ -180,9 +191,13 @@ class FormCheck:
                 raise refuse(f"malformed multipart body in part {self.parts} ({e}): {HOW_TO_SEND}") from None
         if self.problem is not None:  # raised inside a callback, which the parser wraps
             raise self.problem
+        keep = len(self.boundary) + 9
+        self.recent = (self.recent + chunk[-keep:])[-keep:]
         if final:
             if self.counting:
                 raise refuse(too_many_images(self.images, self.rules.max_images))
+            if not self.ended and self.parts and re.search(rb"(?<!\r)\n--" + re.escape(self.boundary), self.recent):
+                raise refuse(LF_ALONE)
             if not self.ended and self.parts:
                 raise refuse(f"multipart body ends before its closing boundary '--{self.boundary.decode()}--'")
             if not self.images:
