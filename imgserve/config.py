@@ -172,6 +172,8 @@ ENV_MAX_UPLOADS = "CLASSIFIER_MAX_UPLOADS"
 MAX_HEADER_BYTES = 16 * 1024
 # One text form field's value (top_k): a number, a few bytes. Longer is not a number.
 MAX_FIELD_BYTES = 1000
+# What a client sent, quoted in an error message, is cut here: a name in a URL or a header may be kilobytes.
+MAX_QUOTED_CHARS = 100
 # The rest of a refused body read and dropped before the answer (a 413, a malformed form): a server that
 # closes with a body unread resets the connection, and the client's TCP stack drops the refusal unread
 # (httpx: ReadError), which a client that retries dropped connections takes for a lost server. A 1 MB

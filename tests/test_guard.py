@@ -220,6 +220,37 @@ def test_an_unknown_query_parameter_on_a_raw_image_is_a_400():
     assert (r.status_code, r.json()) == (400, {"error": "unknown query parameter 'topk': the fields are top_k"})
 
 
+def test_a_query_parameter_sent_twice_on_a_raw_image_is_named_as_one():
+    """It was told "field 'top_k' sent 2 times", a field of a form the client never sent."""
+    r = run(
+        post(Guard(App(), form=RULES), "/classify?top_k=2&top_k=3", content=b"x", headers={"Content-Type": "image/png"})
+    )
+    assert (r.status_code, r.json()) == (400, {"error": "query parameter 'top_k' sent 2 times: send it once"})
+
+
+LONG = "a" * 60_000
+
+
+@pytest.mark.parametrize(
+    ("path", "content_type", "body", "error"),
+    [
+        (f"/classify?{LONG}=1", "image/png", b"x", "unknown query parameter 'AAA...': the fields are top_k"),
+        (
+            f"/classify?{LONG}=1",
+            "multipart/form-data; boundary=b",
+            b"",
+            "query parameter 'AAA...' with a form: send it as a form field (curl -F AAA...=...)",
+        ),
+        ("/classify", f"text/{LONG[:10_000]}", b"x", f"unsupported Content-Type 'text/{LONG[:95]}...': {HOW_TO_SEND}"),
+    ],
+    ids=["query name, raw image", "query name, form", "Content-Type"],
+)
+def test_what_the_client_sent_is_quoted_cut_short(path, content_type, body, error):
+    """A name of 60 kB in the URL came back whole in the answer, twice, and in the log line."""
+    r = run(post(Guard(App(), form=RULES), path, content=body, headers={"Content-Type": content_type}))
+    assert (r.status_code // 100, r.json()) == (4, {"error": error.replace("AAA", "a" * 100)})
+
+
 def test_bodies_over_the_limit_are_413_from_the_header_or_as_they_stream():
     app = App()
     guard = Guard(app, max_request_bytes=1000, form=RULES)

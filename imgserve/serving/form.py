@@ -21,7 +21,7 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from imgserve import config
-from imgserve.serving.errors import NO_IMAGES, ClientError, too_many_images
+from imgserve.serving.errors import NO_IMAGES, ClientError, quoted, too_many_images
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -64,15 +64,15 @@ def body_check(scope: Scope, receive: Receive, rules: FormRules) -> tuple[Scope,
         # Read as it is, a gzip'ed form or image would be refused as a malformed form or "not an image".
         raise ClientError(
             415,
-            f"Content-Encoding {coding!r} is not accepted: send the body uncompressed; {HOW_TO_SEND}",
+            f"Content-Encoding {quoted(coding)} is not accepted: send the body uncompressed; {HOW_TO_SEND}",
             headers={"Accept-Encoding": "identity"},  # RFC 7694: the codings the server takes
         )
     raw_kind, options = parse_options_header(headers.get("content-type", ""))
     kind = raw_kind.decode("latin-1").lower()
     if kind == "multipart/form-data":
         if query := parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True):
-            name = next(iter(query))
-            raise refuse(f"query parameter {name!r} with a form: send it as a form field (curl -F {name}=...)")
+            name = quoted(next(iter(query)))
+            raise refuse(f"query parameter {name} with a form: send it as a form field (curl -F {name[1:-1]}=...)")
         boundary = options.get(b"boundary", b"")
         if not boundary:
             raise refuse(
@@ -87,7 +87,7 @@ def body_check(scope: Scope, receive: Receive, rules: FormRules) -> tuple[Scope,
         return raw_image(scope, receive, kind, rules)
     if kind == URLENCODED:  # BentoML's Python client sends its form so when given no files (images=[])
         raise refuse(f"no images: a url-encoded form ({URLENCODED}) carries no files; {HOW_TO_SEND}")
-    raise ClientError(415, f"unsupported Content-Type {kind or 'none'!r}: {HOW_TO_SEND}")
+    raise ClientError(415, f"unsupported Content-Type {quoted(kind or 'none')}: {HOW_TO_SEND}")
 
 
 def raw_image(scope: Scope, receive: Receive, kind: str, rules: FormRules) -> tuple[Scope, Receive, FormCheck]:
@@ -97,13 +97,14 @@ def raw_image(scope: Scope, receive: Receive, kind: str, rules: FormRules) -> tu
     head = b""
     for name, values in query.items():
         if name not in rules.field_checks:
-            raise refuse(f"unknown query parameter {name!r}: the fields are {', '.join(rules.field_checks)}")
-        for value in values:
-            head += b'--%s\r\nContent-Disposition: form-data; name="%s"\r\n\r\n%s\r\n' % (
-                boundary,
-                name.encode(),
-                value.encode(),
-            )
+            raise refuse(f"unknown query parameter {quoted(name)}: the fields are {', '.join(rules.field_checks)}")
+        if len(values) > 1:
+            raise refuse(f"query parameter {name!r} sent {len(values)} times: send it once")
+        head += b'--%s\r\nContent-Disposition: form-data; name="%s"\r\n\r\n%s\r\n' % (
+            boundary,
+            name.encode(),
+            values[0].encode(),
+        )
     head += b'--%s\r\nContent-Disposition: form-data; name="%s"; filename="%s"\r\nContent-Type: %s\r\n\r\n' % (
         boundary,
         rules.file_field.encode(),
@@ -232,7 +233,7 @@ class FormCheck:
             self.fail(f"a form part without a field name: name each part, e.g. {HOW_TO_SEND}")
         if name not in known:
             fields = ", ".join(repr(k) for k in known)
-            self.fail(f"unknown field {name!r}: send the images in the {known[0]!r} field (fields: {fields})")
+            self.fail(f"unknown field {quoted(name)}: send the images in the {known[0]!r} field (fields: {fields})")
         if self.transfer_encoding not in AS_SENT:  # a base64 part would be read as its text: "not an image"
             coding = self.transfer_encoding.decode("latin-1")
             self.fail(f"field {name!r} has Content-Transfer-Encoding {coding!r}: {SEND_AS_THEY_ARE}")

@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field
 from imgserve import config
 from imgserve.serving import predict, store
 from imgserve.serving.batcher import Batcher
+from imgserve.serving.errors import quoted
 from imgserve.serving.store import ModelCard
 
 LATEST = "latest"
@@ -101,9 +102,7 @@ class Registry:
         for m in self.models:
             if m.name == name and version in ("", LATEST):
                 return m
-        asked = requested or ""
-        shown = asked if len(asked) <= 100 else asked[:100] + "..."  # a form field may be long
-        raise UnknownModel(f"unknown model {shown!r}: this server serves {self.served()}")
+        raise UnknownModel(f"unknown model {quoted(requested or '')}: this server serves {self.served()}")
 
     def served(self) -> str:
         return ", ".join(f"{m.card.tag}{' (default)' if m.default else ''}" for m in self.models)
