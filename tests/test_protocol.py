@@ -13,6 +13,7 @@ import gzip
 import json
 import re
 import socket
+import struct
 import time
 from pathlib import Path
 
@@ -641,4 +642,21 @@ def test_a_client_that_leaves_mid_upload_is_one_log_line(slow_server):
         wait_in_progress(slow_server, 1)
     text = wait_for_log(slow_server.log, offset, "the client left before its body was read", 1)
     assert "Traceback" not in text and "[ERROR]" not in text, text
+    assert_red(slow_server)
+
+
+def test_clients_that_leave_are_not_held_in_progress(slow_server):
+    """Mid-upload or after the whole body, then a reset: BentoML's request timeout waited for an answer
+    that never came, holding each such request (in progress in /metrics, its memory kept) for 60 s."""
+    body = red_form()
+    before = in_progress(slow_server)
+    for cut in [100, len(body)] * 10:
+        s = connect(slow_server)
+        s.sendall(head(len(body)) + body[:cut])
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close with a reset
+        s.close()
+    deadline = time.monotonic() + 10
+    while (now := in_progress(slow_server)) > before:
+        assert time.monotonic() < deadline, f"{now - before:g} requests of clients gone still in progress after 10 s"
+        time.sleep(0.1)
     assert_red(slow_server)
