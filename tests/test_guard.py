@@ -490,3 +490,39 @@ def test_the_rest_of_a_refused_body_is_read_within_its_bounds_of_bytes_and_time(
     started = time.monotonic()
     run(drain(body(0.01, 1), timeout_s=0.2, limit=1000))
     assert time.monotonic() - started < 1 and len(chunks) < 30  # a trickle: the time bound
+
+
+def test_a_client_that_leaves_after_its_body_cancels_its_work_and_frees_its_place(caplog):
+    """The work went on for nobody: its images kept their place in the model's queue, and fire-and-forget
+    clients filled it (good clients were shed with 503 while the model computed answers no one read)."""
+    app = App()
+    app.hold = True  # at work (in the model's queue) until cancelled
+    guard = Guard(app, form=RULES)
+    body = b'--b\r\nContent-Disposition: form-data; name="images"; filename="c.jpg"\r\n\r\n\xff\xd8 jpeg\r\n--b--\r\n'
+    scope = {
+        "type": "http", "method": "POST", "path": "/classify", "query_string": b"",
+        "headers": [(b"content-type", b"multipart/form-data; boundary=b"), (b"content-length", b"%d" % len(body))],
+    }  # fmt: skip
+    sent: list[dict] = []
+
+    async def go() -> None:
+        messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+        async def receive() -> dict:
+            if messages:
+                return messages.pop(0)
+            await app.entered.wait()  # the work has begun: then the client goes
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        async with asyncio.timeout(5):  # held until released, which no one does
+            await guard(scope, receive, send)
+
+    with caplog.at_level("INFO", logger="bentoml.service.guard"):
+        run(go())
+    assert sent == [] and guard.admission.in_flight == 0
+    assert "POST /classify: the client left before its answer; its work was dropped" in caplog.text
+    app.hold = False
+    assert run(post(guard, files=cat())).status_code == 200  # the next is served

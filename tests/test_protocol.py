@@ -660,3 +660,30 @@ def test_clients_that_leave_are_not_held_in_progress(slow_server):
         assert time.monotonic() < deadline, f"{now - before:g} requests of clients gone still in progress after 10 s"
         time.sleep(0.1)
     assert_red(slow_server)
+
+
+def test_the_work_of_clients_that_leave_before_their_answer_is_dropped(server):
+    """Fire and forget: 16 requests of 8 photos each, all bodies sent, then every client resets. Their
+    work was done for nobody, filling the model's queue (others were shed with 503 meanwhile); now
+    only what the model had begun is computed."""
+    name = f"{config.METRIC_BATCH_SIZE}_sum"
+    before, busy = server.metric(name), in_progress(server)
+    body = form(*[IMAGE] * 8)
+    sockets = []
+    for _ in range(16):
+        s = connect(server)
+        s.sendall(head(len(body)) + body)
+        sockets.append(s)
+    wait_in_progress(server, busy + 16)
+    time.sleep(0.2)  # decoded and queued
+    for s in sockets:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.close()
+    deadline = time.monotonic() + 30
+    while in_progress(server) > busy:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    computed = server.metric(name) - before
+    assert computed <= 64, f"{computed:g} of 128 photos computed for clients that had left"
+    with server.client() as c:
+        assert_still_answers(c)

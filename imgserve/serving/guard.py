@@ -86,7 +86,7 @@ class Guard:
             return await e.send(send, plain=scope["path"].startswith(PAGE_SCRIPT_PATH))
         exchange = Exchange(self, scope, receive, send, form)
         try:
-            await self.app(scope, exchange.receive, exchange.send)
+            await exchange.run(self.app, scope)
             await exchange.finish()
         except Exception:
             if exchange.started:
@@ -97,6 +97,8 @@ class Guard:
             await exchange.answer(ClientError(500, INTERNAL_ERROR))
         finally:
             exchange.upload_ended()
+            if exchange.watcher is not None:
+                exchange.watcher.cancel()
             self.admission.in_flight -= exchange.admitted
 
     def admit_headers(self, scope: Scope, receive: Receive) -> tuple[Scope, Receive, FormCheck | None]:
@@ -140,6 +142,32 @@ class Exchange:
         self.started = False  # the answer (the app's or ours) has begun
         self.held: Message | None = None  # the app's answer start, while its body is read to be reworded
         self.held_body = b""
+        self.task: asyncio.Future | None = None  # the app on a form, in a task of its own
+        self.watcher: asyncio.Future | None = None  # after the form's body: listens for the client leaving
+        self.left = False  # the client left after its body, before its answer: the work was cancelled
+
+    async def run(self, app: ASGIApp, scope: Scope) -> None:
+        """The app on this request. A form (POST /classify) runs in a task of its own, cancelled if its
+        client leaves after the body and before the answer: its images leave the model's queue
+        (batcher.py drops a cancelled request's) instead of being computed for nobody."""
+        if self.form is None:
+            return await app(scope, self.receive, self.send)
+        self.task = asyncio.ensure_future(app(scope, self.receive, self.send))
+        try:
+            await self.task
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if not self.left or (current is not None and current.cancelling()):
+                raise  # the server's own cancelling (a shutdown), not ours
+            log.info("%s %s: the client left before its answer; its work was dropped", self.method, self.path)
+
+    async def watch(self) -> None:
+        """After the whole body, until the answer: the client leaving cancels the work."""
+        while (await self._receive())["type"] == "http.request":
+            pass  # the body's end, told again
+        if not self.started and self.held is None and self.task is not None:
+            self.left = self.gone = True
+            self.task.cancel()
 
     def upload_ended(self) -> None:
         self.guard.admission.uploading -= self.uploading
@@ -184,6 +212,8 @@ class Exchange:
             if not more:
                 self.body_done = True
                 self.upload_ended()
+                if self.form is not None:
+                    self.watcher = asyncio.ensure_future(self.watch())
                 if self.work:
                     try:
                         self.guard.admission.admit()
