@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from imgserve import config
-from imgserve.serving.bentoml_compat import OTHER_ENDPOINT
+from imgserve.serving.bentoml_compat import OTHER_ENDPOINT, TEXT_FOR_FILE
 from imgserve.serving.errors import ERROR_ANSWERS, ERROR_SCHEMA, MODEL_QUEUE_FULL, TOO_MANY_IN_FLIGHT
 from imgserve.serving.form import HOW_TO_SEND, LF_ALONE
 from imgserve.testing import running, tree_rss_bytes
@@ -189,8 +189,9 @@ REFUSED = [
         form(part("images", b"/etc/passwd", filename=None, ctype=None)),
         {},
         400,
-        err("images must be uploaded files (curl -F images=@photo.jpg), not text or URLs"),
+        err(TEXT_FOR_FILE),
     ),
+    ("an image part without a filename", FORM, form(part("images", CAT, filename=None)), {}, 400, err(TEXT_FOR_FILE)),
     (
         "a base64 image part (an old client's)",
         FORM,

@@ -43,6 +43,14 @@ def _changed(what: str) -> BentoMLChanged:
     )
 
 
+# A part without a filename is text to Starlette: text typed where a file belongs, or a file's bytes sent
+# without one (Node's form-data given a Buffer, requests given (None, data)): the answer fits both.
+TEXT_FOR_FILE = (
+    "images must be uploaded files: each 'images' part needs a filename, as curl -F images=@photo.jpg sends "
+    "(a part without one is text, and text or a URL is never read as an image)"
+)
+
+
 def refuse_text_for_files() -> None:
     """Make a text field where a file is expected a 400, not a fetch.
 
@@ -61,7 +69,7 @@ def refuse_text_for_files() -> None:
 
     async def ensure_file(obj: object) -> UploadFile:
         if not isinstance(obj, UploadFile):
-            raise BadInput("images must be uploaded files (curl -F images=@photo.jpg), not text or URLs")
+            raise BadInput(TEXT_FOR_FILE)
         return obj
 
     MultipartSerde.ensure_file = staticmethod(ensure_file)
