@@ -146,6 +146,9 @@ ENV_API_KEY = "CLASSIFIER_API_KEY"
 DEFAULT_TOP_K = 5
 ENV_MAX_IMAGES = "CLASSIFIER_MAX_IMAGES_PER_REQUEST"
 # MAX_IMAGES_PER_REQUEST: Settings.max_images_per_request  # one page of a folder
+# Past the limit, image parts are counted for the refusal's message up to this many, then it says "more than":
+# counting is parsing, and 100 MB of empty parts (1.4 million) held the event loop for ~20 s.
+MAX_IMAGES_COUNTED = 1000
 ENV_MAX_PIXELS = "CLASSIFIER_MAX_IMAGE_PIXELS"
 # 50 MP admits every phone photo in common use (48 MP sensors) and refuses
 # decompression bombs from the header, before a byte of pixel data is decoded.

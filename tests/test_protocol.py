@@ -120,12 +120,20 @@ REFUSED = [
     ),
     ("only top_k", FORM, form(TOP_K_1), {}, 400, err("no images: send one or more files in the 'images' field")),
     (
+        "hundreds of image parts",
+        FORM,
+        form(*[part("images", b"x")] * 300),
+        {},
+        400,
+        err(f"too many images in one request: 300, limit is {LIMIT} (CLASSIFIER_MAX_IMAGES_PER_REQUEST)"),
+    ),
+    (
         "thousands of image parts",
         FORM,
         form(*[part("images", b"x")] * 3000),
         {},
         400,
-        err(f"too many images in one request: 3000, limit is {LIMIT} (CLASSIFIER_MAX_IMAGES_PER_REQUEST)"),
+        err(f"too many images in one request: more than 1000, limit is {LIMIT} (CLASSIFIER_MAX_IMAGES_PER_REQUEST)"),
     ),
     (
         "thousands of top_k parts",

@@ -97,7 +97,7 @@ def quoted(text: str) -> str:
     return repr(text if len(text) <= config.MAX_QUOTED_CHARS else text[: config.MAX_QUOTED_CHARS] + "...")
 
 
-def too_many_images(count: int, limit: int) -> str:
+def too_many_images(count: int | str, limit: int) -> str:
     return f"too many images in one request: {count}, limit is {limit} ({config.ENV_MAX_IMAGES})"
 
 

@@ -240,6 +240,8 @@ class FormCheck:
         if name == self.rules.file_field:
             self.images += 1
             self.field = None
+            if self.images > (counted := max(config.MAX_IMAGES_COUNTED, self.rules.max_images)):
+                self.fail(too_many_images(f"more than {counted}", self.rules.max_images))  # parse no further
             return
         self.seen_fields[name] = self.seen_fields.get(name, 0) + 1
         if self.seen_fields[name] > 1:
