@@ -3,12 +3,13 @@
 For each request, from its headers: a trailing slash on an endpoint's path dropped (`/classify/`); 431
 for headers over MAX_HEADER_BYTES; 401 without the API key (access.py); 413 for a declared body over the
 limit; 503 when no more work can be held (admission.py); for POST /classify, how its body will be
-checked (form.py). Then, as the body streams in: 413 the moment
-it passes the limit (an oversized upload is never read whole), 408 when it makes no progress for
-BODY_TIMEOUT_S (a stalled client frees its place), the form's 400s, and admission once it has arrived.
+checked (form.py). Then, as the body streams in: 413 the moment it passes the limit (an oversized upload
+is never read whole), 408 when it makes no progress for BODY_TIMEOUT_S (a stalled client frees its
+place), the form's 400s, and admission once it has arrived.
 A request refused mid-body looks to the app like a client that left; the guard answers in its place,
 after reading and dropping the rest of the body (up to config.DRAIN_BYTES; not a stalled one), so that the
-answer is not lost to a reset connection.
+answer is not lost to a reset connection. A client that leaves after its body, before its answer, has
+its work cancelled.
 On the way out, an error answer of the app that is not yet in the one shape is reworded (errors.py),
 Retry-After goes on every 429/503, and the OpenAPI document gets the real error answers. The web page
 under /ui keeps Gradio's own answers, which its page reads; the guard's own refusals of the page's script
