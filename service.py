@@ -214,8 +214,9 @@ bentoml_compat.check_version()
 bentoml_compat.answer_as_json(SERVICE.apis["classify"])
 bentoml_compat.refuse_text_for_files()
 bentoml_compat.quiet_client_errors()
+bentoml_compat.end_with_the_request()
 bentoml_compat.bounded_metric_labels(
     # BentoML's own (its probes, the OpenAPI document) and ours; the page and the API docs by their prefix.
-    endpoints=[config.CLASSIFY_PATH, config.MODELS_PATH, "/", "/docs.json", "/livez", "/readyz", "/healthz"],
+    endpoints=[*config.ENDPOINT_PATHS, "/"],
     mounts=[config.UI_PATH, config.DOCS_PATH],
 )

@@ -135,6 +135,9 @@ def model_tag() -> str:
 # --- The API's route (service.py) and the paths the guard treats as work (imgserve/serving/guard.py).
 CLASSIFY_PATH = "/classify"
 MODELS_PATH = "/models"  # GET: the served models (imgserve/serving/registry.py)
+# Every endpoint at an exact path, ours and BentoML's (probes, metrics, the OpenAPI document): each has
+# its own label in /metrics, and a trailing slash on one (`/classify/`) is read as without (guard.py).
+ENDPOINT_PATHS = (CLASSIFY_PATH, MODELS_PATH, "/docs.json", "/livez", "/readyz", "/healthz", "/metrics")
 
 # --- Access: when set, every endpoint but /livez and /readyz needs "Authorization: Bearer <key>".
 ENV_API_KEY = "CLASSIFIER_API_KEY"
@@ -143,6 +146,9 @@ ENV_API_KEY = "CLASSIFIER_API_KEY"
 DEFAULT_TOP_K = 5
 ENV_MAX_IMAGES = "CLASSIFIER_MAX_IMAGES_PER_REQUEST"
 # MAX_IMAGES_PER_REQUEST: Settings.max_images_per_request  # one page of a folder
+# Past the limit, image parts are counted for the refusal's message up to this many, then it says "more than":
+# counting is parsing, and 100 MB of empty parts (1.4 million) held the event loop for ~20 s.
+MAX_IMAGES_COUNTED = 1000
 ENV_MAX_PIXELS = "CLASSIFIER_MAX_IMAGE_PIXELS"
 # 50 MP admits every phone photo in common use (48 MP sensors) and refuses
 # decompression bombs from the header, before a byte of pixel data is decoded.
@@ -169,6 +175,8 @@ ENV_MAX_UPLOADS = "CLASSIFIER_MAX_UPLOADS"
 MAX_HEADER_BYTES = 16 * 1024
 # One text form field's value (top_k): a number, a few bytes. Longer is not a number.
 MAX_FIELD_BYTES = 1000
+# What a client sent, quoted in an error message, is cut here: a name in a URL or a header may be kilobytes.
+MAX_QUOTED_CHARS = 100
 # The rest of a refused body read and dropped before the answer (a 413, a malformed form): a server that
 # closes with a body unread resets the connection, and the client's TCP stack drops the refusal unread
 # (httpx: ReadError), which a client that retries dropped connections takes for a lost server. A 1 MB

@@ -23,7 +23,7 @@ from imgserve.serving.errors import (
     TOO_MANY_UPLOADS,
     ClientError,
 )
-from imgserve.serving.form import HOW_TO_SEND, SEND_AS_THEY_ARE, FormRules
+from imgserve.serving.form import HOW_TO_SEND, LF_ALONE, SEND_AS_THEY_ARE, FormCheck, FormRules
 from imgserve.serving.guard import Guard, drain
 
 KEY = "s3cret"
@@ -107,6 +107,23 @@ def test_a_bad_form_is_a_400_that_says_what_to_fix_and_never_reaches_the_app(fie
     assert app.bodies == []
 
 
+def test_images_past_the_limit_are_counted_up_to_a_bound_then_parsing_stops():
+    """Past the limit the form was parsed to its end to count its images: 100 MB of empty parts (1.4
+    million) held the event loop for ~20 s, while every other client waited."""
+    rules = FormRules(max_images=2)
+    empty = b'--b\r\nContent-Disposition: form-data; name="images"; filename="x"\r\n\r\n\r\n'
+    body = empty * 100_000 + b"--b--\r\n"
+    check, fed = FormCheck(rules, b"b"), 0
+    with pytest.raises(ClientError) as refused:
+        for fed in range(0, len(body), 65536):
+            check.feed(body[fed : fed + 65536], final=fed + 65536 >= len(body))
+    more = f"more than {config.MAX_IMAGES_COUNTED}"
+    assert (
+        str(refused.value) == f"too many images in one request: {more}, limit is 2 (CLASSIFIER_MAX_IMAGES_PER_REQUEST)"
+    )
+    assert fed < len(empty) * (config.MAX_IMAGES_COUNTED + 1000)  # refused as the bound passed, not at the end
+
+
 def test_a_form_without_images_is_a_400():
     app = App()
     body = b'--b\r\nContent-Disposition: form-data; name="top_k"\r\n\r\n3\r\n--b--\r\n'
@@ -177,6 +194,34 @@ def test_a_form_part_in_a_transfer_encoding_is_a_400_naming_it(coding, status):
         assert r.json() == {"error": error} and app.bodies == []
 
 
+PART = b'--b\r\nContent-Disposition: form-data; name="images"; filename="cat.jpg"\r\n\r\n'
+JPEG = b"\xff\xd8 pretend\njpeg\n" * 50  # image bytes hold LFs of their own
+
+
+@pytest.mark.parametrize(
+    ("body", "error"),
+    [
+        (PART.replace(b"\r\n", b"\n") + JPEG + b"\n--b--\n", LF_ALONE),  # a form written by hand
+        (PART + JPEG + b"\n--b--\n", LF_ALONE),  # its closing boundary
+        (PART + JPEG, "multipart body ends before its closing boundary '--b--'"),  # cut short: not LF
+        (
+            b"notes\n" + PART + JPEG + b"\r\n--b--\r\n",
+            "multipart body does not start with the boundary its Content-Type names ('--b')",
+        ),
+    ],
+    ids=["all LF", "closing boundary after LF", "truncated", "preamble"],
+)
+@pytest.mark.parametrize("chunk", [7, 100, 1 << 20], ids=["7 B", "100 B", "whole"])
+def test_a_form_with_lines_ending_in_lf_alone_is_told_so_however_it_arrives(body, error, chunk):
+    """It was told "does not start with the boundary" (it did) or "ends before its closing boundary" (it was there)."""
+    check = FormCheck(RULES, b"b")
+    pieces = [body[i : i + chunk] for i in range(0, len(body), chunk)]
+    with pytest.raises(ClientError) as refused:
+        for i, piece in enumerate(pieces):
+            check.feed(piece, final=i == len(pieces) - 1)
+    assert (refused.value.status, str(refused.value)) == (400, error)
+
+
 def test_a_raw_image_body_becomes_a_one_image_form_with_top_k_from_the_query():
     app = App()
     r = run(
@@ -190,6 +235,37 @@ def test_a_raw_image_body_becomes_a_one_image_form_with_top_k_from_the_query():
 def test_an_unknown_query_parameter_on_a_raw_image_is_a_400():
     r = run(post(Guard(App(), form=RULES), "/classify?topk=2", content=b"x", headers={"Content-Type": "image/png"}))
     assert (r.status_code, r.json()) == (400, {"error": "unknown query parameter 'topk': the fields are top_k"})
+
+
+def test_a_query_parameter_sent_twice_on_a_raw_image_is_named_as_one():
+    """It was told "field 'top_k' sent 2 times", a field of a form the client never sent."""
+    r = run(
+        post(Guard(App(), form=RULES), "/classify?top_k=2&top_k=3", content=b"x", headers={"Content-Type": "image/png"})
+    )
+    assert (r.status_code, r.json()) == (400, {"error": "query parameter 'top_k' sent 2 times: send it once"})
+
+
+LONG = "a" * 60_000
+
+
+@pytest.mark.parametrize(
+    ("path", "content_type", "body", "error"),
+    [
+        (f"/classify?{LONG}=1", "image/png", b"x", "unknown query parameter 'AAA...': the fields are top_k"),
+        (
+            f"/classify?{LONG}=1",
+            "multipart/form-data; boundary=b",
+            b"",
+            "query parameter 'AAA...' with a form: send it as a form field (curl -F AAA...=...)",
+        ),
+        ("/classify", f"text/{LONG[:10_000]}", b"x", f"unsupported Content-Type 'text/{LONG[:95]}...': {HOW_TO_SEND}"),
+    ],
+    ids=["query name, raw image", "query name, form", "Content-Type"],
+)
+def test_what_the_client_sent_is_quoted_cut_short(path, content_type, body, error):
+    """A name of 60 kB in the URL came back whole in the answer, twice, and in the log line."""
+    r = run(post(Guard(App(), form=RULES), path, content=body, headers={"Content-Type": content_type}))
+    assert (r.status_code // 100, r.json()) == (4, {"error": error.replace("AAA", "a" * 100)})
 
 
 def test_bodies_over_the_limit_are_413_from_the_header_or_as_they_stream():
@@ -353,6 +429,15 @@ def test_every_error_of_the_app_leaves_in_the_one_shape(status, body, expected):
     assert r.headers["content-type"] == "application/json"
 
 
+def test_a_405_keeps_the_apps_allow_header():
+    """RFC 9110: a 405 names the methods the endpoint takes; the reworded answer dropped the header."""
+    app = App()
+    app.answer = (405, b"Method Not Allowed", [(b"allow", b"POST"), (b"content-type", b"text/plain")])
+    r = run(post(Guard(app, form=RULES), files=cat()))
+    assert (r.status_code, r.json()) == (405, {"error": "method not allowed: POST /classify"})
+    assert r.headers["Allow"] == "POST"
+
+
 def test_the_services_503_keeps_its_words_and_gets_retry_after():
     app = App()
     app.answer = (503, ClientError(503, MODEL_QUEUE_FULL).encoded(), [])
@@ -422,3 +507,39 @@ def test_the_rest_of_a_refused_body_is_read_within_its_bounds_of_bytes_and_time(
     started = time.monotonic()
     run(drain(body(0.01, 1), timeout_s=0.2, limit=1000))
     assert time.monotonic() - started < 1 and len(chunks) < 30  # a trickle: the time bound
+
+
+def test_a_client_that_leaves_after_its_body_cancels_its_work_and_frees_its_place(caplog):
+    """The work went on for nobody: its images kept their place in the model's queue, and fire-and-forget
+    clients filled it (good clients were shed with 503 while the model computed answers no one read)."""
+    app = App()
+    app.hold = True  # at work (in the model's queue) until cancelled
+    guard = Guard(app, form=RULES)
+    body = b'--b\r\nContent-Disposition: form-data; name="images"; filename="c.jpg"\r\n\r\n\xff\xd8 jpeg\r\n--b--\r\n'
+    scope = {
+        "type": "http", "method": "POST", "path": "/classify", "query_string": b"",
+        "headers": [(b"content-type", b"multipart/form-data; boundary=b"), (b"content-length", b"%d" % len(body))],
+    }  # fmt: skip
+    sent: list[dict] = []
+
+    async def go() -> None:
+        messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+        async def receive() -> dict:
+            if messages:
+                return messages.pop(0)
+            await app.entered.wait()  # the work has begun: then the client goes
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        async with asyncio.timeout(5):  # held until released, which no one does
+            await guard(scope, receive, send)
+
+    with caplog.at_level("INFO", logger="bentoml.service.guard"):
+        run(go())
+    assert sent == [] and guard.admission.in_flight == 0
+    assert "POST /classify: the client left before its answer; its work was dropped" in caplog.text
+    app.hold = False
+    assert run(post(guard, files=cat())).status_code == 200  # the next is served

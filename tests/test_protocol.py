@@ -13,6 +13,7 @@ import gzip
 import json
 import re
 import socket
+import struct
 import time
 from pathlib import Path
 
@@ -20,9 +21,9 @@ import httpx
 import pytest
 
 from imgserve import config
-from imgserve.serving.bentoml_compat import OTHER_ENDPOINT
+from imgserve.serving.bentoml_compat import OTHER_ENDPOINT, TEXT_FOR_FILE
 from imgserve.serving.errors import ERROR_ANSWERS, ERROR_SCHEMA, MODEL_QUEUE_FULL, TOO_MANY_IN_FLIGHT
-from imgserve.serving.form import HOW_TO_SEND
+from imgserve.serving.form import HOW_TO_SEND, LF_ALONE
 from imgserve.testing import running, tree_rss_bytes
 from tests.helpers import CAT_CLASSES, DATA, image_bytes
 
@@ -107,6 +108,7 @@ REFUSED = [
         400,
         err("multipart body ends before its closing boundary '--b0undary--'"),
     ),
+    ("lines ending in LF alone", FORM, form(IMAGE).replace(b"\r\n", b"\n"), {}, 400, err(LF_ALONE)),
     ("empty body", FORM, b"", {}, 400, err("no images: send one or more files in the 'images' field")),
     (
         "only the closing boundary",
@@ -118,12 +120,20 @@ REFUSED = [
     ),
     ("only top_k", FORM, form(TOP_K_1), {}, 400, err("no images: send one or more files in the 'images' field")),
     (
+        "hundreds of image parts",
+        FORM,
+        form(*[part("images", b"x")] * 300),
+        {},
+        400,
+        err(f"too many images in one request: 300, limit is {LIMIT} (CLASSIFIER_MAX_IMAGES_PER_REQUEST)"),
+    ),
+    (
         "thousands of image parts",
         FORM,
         form(*[part("images", b"x")] * 3000),
         {},
         400,
-        err(f"too many images in one request: 3000, limit is {LIMIT} (CLASSIFIER_MAX_IMAGES_PER_REQUEST)"),
+        err(f"too many images in one request: more than 1000, limit is {LIMIT} (CLASSIFIER_MAX_IMAGES_PER_REQUEST)"),
     ),
     (
         "thousands of top_k parts",
@@ -187,8 +197,9 @@ REFUSED = [
         form(part("images", b"/etc/passwd", filename=None, ctype=None)),
         {},
         400,
-        err("images must be uploaded files (curl -F images=@photo.jpg), not text or URLs"),
+        err(TEXT_FOR_FILE),
     ),
+    ("an image part without a filename", FORM, form(part("images", CAT, filename=None)), {}, 400, err(TEXT_FOR_FILE)),
     (
         "a base64 image part (an old client's)",
         FORM,
@@ -387,6 +398,17 @@ def test_wrong_method_or_path_is_one_error_object(server, method, path, status, 
     r = httpx.request(method, f"{server.url}{path}", timeout=30)
     assert r.status_code == status, r.text
     assert the_error(r) == answer
+    if status == 405:  # RFC 9110: it names the method the endpoint takes
+        assert r.headers["allow"] == "POST"
+
+
+def test_an_endpoint_with_a_trailing_slash_answers_as_the_endpoint_not_an_empty_redirect(server):
+    """`curl -F images=@cat.jpg .../classify/` got an empty 307 to a URL built from the Host header."""
+    with server.client() as c:
+        r = c.post("/classify/", files=[("images", ("cat.jpg", CAT, "image/jpeg"))], headers={"Host": "pod:3000"})
+        assert r.status_code == 200, (r.status_code, r.headers)
+        assert r.json()[0]["predictions"][0]["label"] in CAT_CLASSES
+        assert c.get("/readyz/").status_code == 200
 
 
 def test_the_api_docs_list_the_real_error_answers(server):
@@ -630,3 +652,47 @@ def test_a_client_that_leaves_mid_upload_is_one_log_line(slow_server):
     text = wait_for_log(slow_server.log, offset, "the client left before its body was read", 1)
     assert "Traceback" not in text and "[ERROR]" not in text, text
     assert_red(slow_server)
+
+
+def test_clients_that_leave_are_not_held_in_progress(slow_server):
+    """Mid-upload or after the whole body, then a reset: BentoML's request timeout waited for an answer
+    that never came, holding each such request (in progress in /metrics, its memory kept) for 60 s."""
+    body = red_form()
+    before = in_progress(slow_server)
+    for cut in [100, len(body)] * 10:
+        s = connect(slow_server)
+        s.sendall(head(len(body)) + body[:cut])
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close with a reset
+        s.close()
+    deadline = time.monotonic() + 10
+    while (now := in_progress(slow_server)) > before:
+        assert time.monotonic() < deadline, f"{now - before:g} requests of clients gone still in progress after 10 s"
+        time.sleep(0.1)
+    assert_red(slow_server)
+
+
+def test_the_work_of_clients_that_leave_before_their_answer_is_dropped(server):
+    """Fire and forget: 16 requests of 8 photos each, all bodies sent, then every client resets. Their
+    work was done for nobody, filling the model's queue (others were shed with 503 meanwhile); now
+    only what the model had begun is computed."""
+    name = f"{config.METRIC_BATCH_SIZE}_sum"
+    before, busy = server.metric(name), in_progress(server)
+    body = form(*[IMAGE] * 8)
+    sockets = []
+    for _ in range(16):
+        s = connect(server)
+        s.sendall(head(len(body)) + body)
+        sockets.append(s)
+    wait_in_progress(server, busy + 16)
+    time.sleep(0.2)  # decoded and queued
+    for s in sockets:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.close()
+    deadline = time.monotonic() + 30
+    while in_progress(server) > busy:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    computed = server.metric(name) - before
+    assert computed <= 64, f"{computed:g} of 128 photos computed for clients that had left"
+    with server.client() as c:
+        assert_still_answers(c)

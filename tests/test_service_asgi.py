@@ -12,8 +12,10 @@ import io
 import json
 import sys
 import tempfile
+import time
 from pathlib import Path
 
+import anyio
 import numpy as np
 import onnx
 import pytest
@@ -159,3 +161,67 @@ def test_the_openapi_document_lists_the_error_answers(app):
     responses = client.get("/docs.json").json()["paths"][config.CLASSIFY_PATH]["post"]["responses"]
     assert {"400", "413", "415", "503", "504"} <= set(responses)
     assert json.loads(json.dumps(responses["400"]))["content"]["application/json"]["schema"]["$ref"].endswith("Error")
+
+
+def test_an_endpoints_path_with_a_trailing_slash_is_the_endpoint(app):
+    """Starlette answered `/classify/` with an empty 307 to a URL built from the Host header: curl's
+    POST printed nothing, and behind a proxy the redirect could lead to the pod's own address."""
+    client, tag = app
+    files = [("images", ("b.png", png("blue"), "image/png"))]
+    for path in (f"{config.CLASSIFY_PATH}/", f"{config.CLASSIFY_PATH}//"):
+        r = client.post(path, files=files, data={"top_k": "1"}, follow_redirects=False)
+        assert r.status_code == 200, (path, r.status_code, r.headers)
+        assert [p["label"] for p in r.json()[0]["predictions"]] == ["blue"]
+    r = client.get(f"{config.MODELS_PATH}/", follow_redirects=False)
+    assert r.status_code == 200 and [m["tag"] for m in r.json()] == [tag]
+    assert client.get("/readyz/", follow_redirects=False).status_code == 200
+    r = client.get(f"{config.CLASSIFY_PATH}/", follow_redirects=False)
+    assert (r.status_code, r.json()) == (405, {"error": "method not allowed: GET /classify"})
+
+
+def test_a_wrong_method_is_a_405_that_names_the_allowed_ones(app):
+    """RFC 9110: a 405 carries Allow; the guard's rewording into the one shape dropped it."""
+    client, _ = app
+    for method, path, allowed in [("GET", config.CLASSIFY_PATH, "POST"), ("DELETE", config.MODELS_PATH, "GET")]:
+        r = client.request(method, path)
+        assert (r.status_code, r.json()) == (405, {"error": f"method not allowed: {method} {path}"})
+        assert r.headers["allow"] == allowed
+
+
+def test_head_is_answered_wherever_get_is(app):
+    """A monitor's HEAD /models was a 405 (FastAPI's GET routes take no HEAD); it is not in the API docs."""
+    client, _ = app
+    for path in (config.MODELS_PATH, "/readyz", "/livez", "/docs.json"):  # /metrics needs a real server
+        r = client.head(path)
+        assert r.status_code == 200, (path, r.status_code, r.text)
+    assert set(client.get("/docs.json").json()["paths"][config.MODELS_PATH]) == {"get"}
+
+
+def test_a_request_whose_client_left_mid_upload_ends_at_once(app):
+    """BentoML's request timeout waited for an answer that never comes: such a request was held, and
+    counted in progress in /metrics, for the whole timeout (60 s), each one's memory kept meanwhile."""
+    client, _ = app
+    body = b'--b\r\nContent-Disposition: form-data; name="images"; filename="r.png"\r\n\r\n' + png("red", 400)
+    headers = [(b"content-type", b"multipart/form-data; boundary=b"), (b"content-length", b"%d" % (len(body) * 2))]
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+        "path": config.CLASSIFY_PATH, "raw_path": config.CLASSIFY_PATH.encode(), "query_string": b"",
+        "root_path": "", "headers": headers, "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 2),
+    }  # fmt: skip
+    messages = [{"type": "http.request", "body": body, "more_body": True}, {"type": "http.disconnect"}]
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return messages.pop(0) if len(messages) > 1 else messages[0]
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    async def request() -> float:
+        started = time.monotonic()
+        with anyio.fail_after(10):  # the service's request timeout is 60 s
+            await client.app(scope, receive, send)
+        return time.monotonic() - started
+
+    assert client.portal.call(request) < 2
+    assert sent == []  # nobody to answer

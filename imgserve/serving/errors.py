@@ -92,7 +92,12 @@ class ClientError(Exception):
         return self.body()["error"]
 
 
-def too_many_images(count: int, limit: int) -> str:
+def quoted(text: str) -> str:
+    """What the client sent, quoted for a message (and the log line), cut at config.MAX_QUOTED_CHARS."""
+    return repr(text if len(text) <= config.MAX_QUOTED_CHARS else text[: config.MAX_QUOTED_CHARS] + "...")
+
+
+def too_many_images(count: int | str, limit: int) -> str:
     return f"too many images in one request: {count}, limit is {limit} ({config.ENV_MAX_IMAGES})"
 
 

@@ -10,6 +10,7 @@ Each answer says how to send.
 
 from __future__ import annotations
 
+import re
 import secrets
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from imgserve import config
-from imgserve.serving.errors import NO_IMAGES, ClientError, too_many_images
+from imgserve.serving.errors import NO_IMAGES, ClientError, quoted, too_many_images
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -36,6 +37,10 @@ IDENTITY = ("", "identity")  # the only Content-Encoding read: images are compre
 # Content-Transfer-Encoding of a form part (RFC 7578 deprecates it): these leave the bytes as they are.
 AS_SENT = (b"", b"binary", b"8bit", b"7bit")
 SEND_AS_THEY_ARE = f"send the bytes as they are; {HOW_TO_SEND}"
+LF_ALONE = (
+    "multipart body with lines that end in LF alone: its boundary and header lines end in CRLF ('\\r\\n'); "
+    "let the HTTP library write the form (curl -F images=@photo.jpg)"
+)
 
 
 @dataclass(frozen=True)
@@ -59,15 +64,15 @@ def body_check(scope: Scope, receive: Receive, rules: FormRules) -> tuple[Scope,
         # Read as it is, a gzip'ed form or image would be refused as a malformed form or "not an image".
         raise ClientError(
             415,
-            f"Content-Encoding {coding!r} is not accepted: send the body uncompressed; {HOW_TO_SEND}",
+            f"Content-Encoding {quoted(coding)} is not accepted: send the body uncompressed; {HOW_TO_SEND}",
             headers={"Accept-Encoding": "identity"},  # RFC 7694: the codings the server takes
         )
     raw_kind, options = parse_options_header(headers.get("content-type", ""))
     kind = raw_kind.decode("latin-1").lower()
     if kind == "multipart/form-data":
         if query := parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True):
-            name = next(iter(query))
-            raise refuse(f"query parameter {name!r} with a form: send it as a form field (curl -F {name}=...)")
+            name = quoted(next(iter(query)))
+            raise refuse(f"query parameter {name} with a form: send it as a form field (curl -F {name[1:-1]}=...)")
         boundary = options.get(b"boundary", b"")
         if not boundary:
             raise refuse(
@@ -82,7 +87,7 @@ def body_check(scope: Scope, receive: Receive, rules: FormRules) -> tuple[Scope,
         return raw_image(scope, receive, kind, rules)
     if kind == URLENCODED:  # BentoML's Python client sends its form so when given no files (images=[])
         raise refuse(f"no images: a url-encoded form ({URLENCODED}) carries no files; {HOW_TO_SEND}")
-    raise ClientError(415, f"unsupported Content-Type {kind or 'none'!r}: {HOW_TO_SEND}")
+    raise ClientError(415, f"unsupported Content-Type {quoted(kind or 'none')}: {HOW_TO_SEND}")
 
 
 def raw_image(scope: Scope, receive: Receive, kind: str, rules: FormRules) -> tuple[Scope, Receive, FormCheck]:
@@ -92,13 +97,14 @@ def raw_image(scope: Scope, receive: Receive, kind: str, rules: FormRules) -> tu
     head = b""
     for name, values in query.items():
         if name not in rules.field_checks:
-            raise refuse(f"unknown query parameter {name!r}: the fields are {', '.join(rules.field_checks)}")
-        for value in values:
-            head += b'--%s\r\nContent-Disposition: form-data; name="%s"\r\n\r\n%s\r\n' % (
-                boundary,
-                name.encode(),
-                value.encode(),
-            )
+            raise refuse(f"unknown query parameter {quoted(name)}: the fields are {', '.join(rules.field_checks)}")
+        if len(values) > 1:
+            raise refuse(f"query parameter {name!r} sent {len(values)} times: send it once")
+        head += b'--%s\r\nContent-Disposition: form-data; name="%s"\r\n\r\n%s\r\n' % (
+            boundary,
+            name.encode(),
+            values[0].encode(),
+        )
     head += b'--%s\r\nContent-Disposition: form-data; name="%s"; filename="%s"\r\nContent-Type: %s\r\n\r\n' % (
         boundary,
         rules.file_field.encode(),
@@ -146,6 +152,10 @@ class FormCheck:
         self.field: str | None = None  # the text field being read, and its value so far
         self.value = b""
         self.ended = False
+        # A form whose lines end in LF alone (written by hand, or by a tool that changed CRLF to LF) is
+        # told so: seen at its first boundary line, or at its closing one, in the body's last bytes.
+        self.boundary_lf = b"--" + boundary + b"\n"
+        self.recent = b""  # the last bytes: "\r\n--BOUNDARY--\r\n" and one before
         callbacks = {
             "on_part_begin": self.part_begin,
             "on_header_field": self.header_field_data,
@@ -171,6 +181,8 @@ class FormCheck:
             if self.problem is None and str(e).startswith("Maximum header"):  # python-multipart: 4 kB, 8 headers
                 fix = "send fewer headers per part" if "count" in str(e) else "shorten the file name"
                 raise refuse(f"a form part's headers are too large ({e}): {fix}") from None
+            if self.problem is None and (self.recent + chunk[: max(e.offset, 0) + 1]).endswith(self.boundary_lf):
+                raise refuse(LF_ALONE) from None  # the parser stopped at a boundary line's LF
             if self.problem is None and not self.parts:
                 declared = f"'--{self.boundary.decode('latin-1')}'"
                 raise refuse(
@@ -180,9 +192,13 @@ class FormCheck:
                 raise refuse(f"malformed multipart body in part {self.parts} ({e}): {HOW_TO_SEND}") from None
         if self.problem is not None:  # raised inside a callback, which the parser wraps
             raise self.problem
+        keep = len(self.boundary) + 9
+        self.recent = (self.recent + chunk[-keep:])[-keep:]
         if final:
             if self.counting:
                 raise refuse(too_many_images(self.images, self.rules.max_images))
+            if not self.ended and self.parts and re.search(rb"(?<!\r)\n--" + re.escape(self.boundary), self.recent):
+                raise refuse(LF_ALONE)
             if not self.ended and self.parts:
                 raise refuse(f"multipart body ends before its closing boundary '--{self.boundary.decode()}--'")
             if not self.images:
@@ -217,13 +233,15 @@ class FormCheck:
             self.fail(f"a form part without a field name: name each part, e.g. {HOW_TO_SEND}")
         if name not in known:
             fields = ", ".join(repr(k) for k in known)
-            self.fail(f"unknown field {name!r}: send the images in the {known[0]!r} field (fields: {fields})")
+            self.fail(f"unknown field {quoted(name)}: send the images in the {known[0]!r} field (fields: {fields})")
         if self.transfer_encoding not in AS_SENT:  # a base64 part would be read as its text: "not an image"
             coding = self.transfer_encoding.decode("latin-1")
             self.fail(f"field {name!r} has Content-Transfer-Encoding {coding!r}: {SEND_AS_THEY_ARE}")
         if name == self.rules.file_field:
             self.images += 1
             self.field = None
+            if self.images > (counted := max(config.MAX_IMAGES_COUNTED, self.rules.max_images)):
+                self.fail(too_many_images(f"more than {counted}", self.rules.max_images))  # parse no further
             return
         self.seen_fields[name] = self.seen_fields.get(name, 0) + 1
         if self.seen_fields[name] > 1:

@@ -1,13 +1,15 @@
 """The HTTP boundary: one ASGI middleware in front of BentoML that lets out only the one error shape.
 
-For each request, from its headers: 431 for headers over MAX_HEADER_BYTES; 401 without the API key
-(access.py); 413 for a declared body over the limit; 503 when no more work can be held (admission.py);
-for POST /classify, how its body will be checked (form.py). Then, as the body streams in: 413 the moment
-it passes the limit (an oversized upload is never read whole), 408 when it makes no progress for
-BODY_TIMEOUT_S (a stalled client frees its place), the form's 400s, and admission once it has arrived.
+For each request, from its headers: a trailing slash on an endpoint's path dropped (`/classify/`); 431
+for headers over MAX_HEADER_BYTES; 401 without the API key (access.py); 413 for a declared body over the
+limit; 503 when no more work can be held (admission.py); for POST /classify, how its body will be
+checked (form.py). Then, as the body streams in: 413 the moment it passes the limit (an oversized upload
+is never read whole), 408 when it makes no progress for BODY_TIMEOUT_S (a stalled client frees its
+place), the form's 400s, and admission once it has arrived.
 A request refused mid-body looks to the app like a client that left; the guard answers in its place,
 after reading and dropping the rest of the body (up to config.DRAIN_BYTES; not a stalled one), so that the
-answer is not lost to a reset connection.
+answer is not lost to a reset connection. A client that leaves after its body, before its answer, has
+its work cancelled.
 On the way out, an error answer of the app that is not yet in the one shape is reworded (errors.py),
 Retry-After goes on every 429/503, and the OpenAPI document gets the real error answers. The web page
 under /ui keeps Gradio's own answers, which its page reads; the guard's own refusals of the page's script
@@ -74,6 +76,7 @@ class Guard:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        scope = endpoint_path(scope)
         try:
             scope, receive, form = self.admit_headers(scope, receive)
         except ClientError as e:
@@ -84,7 +87,7 @@ class Guard:
             return await e.send(send, plain=scope["path"].startswith(PAGE_SCRIPT_PATH))
         exchange = Exchange(self, scope, receive, send, form)
         try:
-            await self.app(scope, exchange.receive, exchange.send)
+            await exchange.run(self.app, scope)
             await exchange.finish()
         except Exception:
             if exchange.started:
@@ -95,6 +98,8 @@ class Guard:
             await exchange.answer(ClientError(500, INTERNAL_ERROR))
         finally:
             exchange.upload_ended()
+            if exchange.watcher is not None:
+                exchange.watcher.cancel()
             self.admission.in_flight -= exchange.admitted
 
     def admit_headers(self, scope: Scope, receive: Receive) -> tuple[Scope, Receive, FormCheck | None]:
@@ -138,6 +143,32 @@ class Exchange:
         self.started = False  # the answer (the app's or ours) has begun
         self.held: Message | None = None  # the app's answer start, while its body is read to be reworded
         self.held_body = b""
+        self.task: asyncio.Future | None = None  # the app on a form, in a task of its own
+        self.watcher: asyncio.Future | None = None  # after the form's body: listens for the client leaving
+        self.left = False  # the client left after its body, before its answer: the work was cancelled
+
+    async def run(self, app: ASGIApp, scope: Scope) -> None:
+        """The app on this request. A form (POST /classify) runs in a task of its own, cancelled if its
+        client leaves after the body and before the answer: its images leave the model's queue
+        (batcher.py drops a cancelled request's) instead of being computed for nobody."""
+        if self.form is None:
+            return await app(scope, self.receive, self.send)
+        self.task = asyncio.ensure_future(app(scope, self.receive, self.send))
+        try:
+            await self.task
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if not self.left or (current is not None and current.cancelling()):
+                raise  # the server's own cancelling (a shutdown), not ours
+            log.info("%s %s: the client left before its answer; its work was dropped", self.method, self.path)
+
+    async def watch(self) -> None:
+        """After the whole body, until the answer: the client leaving cancels the work."""
+        while (await self._receive())["type"] == "http.request":
+            pass  # the body's end, told again
+        if not self.started and self.held is None and self.task is not None:
+            self.left = self.gone = True
+            self.task.cancel()
 
     def upload_ended(self) -> None:
         self.guard.admission.uploading -= self.uploading
@@ -182,6 +213,8 @@ class Exchange:
             if not more:
                 self.body_done = True
                 self.upload_ended()
+                if self.form is not None:
+                    self.watcher = asyncio.ensure_future(self.watch())
                 if self.work:
                     try:
                         self.guard.admission.admit()
@@ -234,7 +267,20 @@ class Exchange:
             if status in (429, 503):
                 start["headers"] = with_retry_after(start.get("headers", []))
             return await send_json(self._send, start, body)
-        await self.answer(from_app(status, body, self.method, self.path))
+        error = from_app(status, body, self.method, self.path)
+        if allow := header(start, b"allow"):  # a 405 names the methods the endpoint takes (RFC 9110)
+            error.headers["Allow"] = allow
+        await self.answer(error)
+
+
+def endpoint_path(scope: Scope) -> Scope:
+    """An endpoint's path with a trailing slash (`/classify/`) as the endpoint's. Starlette would answer
+    307 to a URL built from the Host header: curl's POST printed nothing, and behind a proxy the
+    redirect could lead to the pod's own address."""
+    path: str = scope["path"]
+    if path.endswith("/") and (bare := path.rstrip("/")) in config.ENDPOINT_PATHS:
+        return {**scope, "path": bare, "raw_path": bare.encode()}
+    return scope
 
 
 def expects_continue(scope: Scope) -> bool:
@@ -254,6 +300,11 @@ async def drain(receive: Receive, timeout_s: float, limit: int = config.DRAIN_BY
                 if message["type"] != "http.request" or not message.get("more_body", False):
                     return
                 read += len(message.get("body", b""))
+
+
+def header(message: Message, name: bytes) -> str:
+    """A header of an answer's start, or ''."""
+    return next((v.decode("latin-1") for k, v in message.get("headers", []) if k.lower() == name), "")
 
 
 def with_retry_after(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:

@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field
 from imgserve import config
 from imgserve.serving import predict, store
 from imgserve.serving.batcher import Batcher
+from imgserve.serving.errors import quoted
 from imgserve.serving.store import ModelCard
 
 LATEST = "latest"
@@ -101,9 +102,7 @@ class Registry:
         for m in self.models:
             if m.name == name and version in ("", LATEST):
                 return m
-        asked = requested or ""
-        shown = asked if len(asked) <= 100 else asked[:100] + "..."  # a form field may be long
-        raise UnknownModel(f"unknown model {shown!r}: this server serves {self.served()}")
+        raise UnknownModel(f"unknown model {quoted(requested or '')}: this server serves {self.served()}")
 
     def served(self) -> str:
         return ", ".join(f"{m.card.tag}{' (default)' if m.default else ''}" for m in self.models)
@@ -169,4 +168,6 @@ def models_api(registry: Registry):
         """The models this server serves, the default first; `/classify` takes one in its `model` field."""
         return [info(m) for m in registry]
 
+    # HEAD too, as for every GET (RFC 9110; a monitor's check): FastAPI's GET routes refuse it with 405.
+    app.add_api_route(config.MODELS_PATH, models, methods=["HEAD"], include_in_schema=False)
     return app
