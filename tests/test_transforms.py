@@ -222,6 +222,7 @@ def test_channels_the_list_gives_must_be_what_the_model_takes():
         "Resize((120, 90)), ToTensor()",
         "Grayscale(), Resize(40), CenterCrop((32, 28)), ToTensor(), Normalize((0.5,), (0.5,))",
         "Resize(64, interpolation=InterpolationMode.BICUBIC), CenterCrop(64), ToTensor()",
+        "Resize(32, interpolation=InterpolationMode.NEAREST), CenterCrop(32), ToTensor()",
     ],
 )
 def test_the_served_pixels_are_torchvisions_on_a_real_photo(text):
@@ -235,6 +236,8 @@ def test_the_served_pixels_are_torchvisions_on_a_real_photo(text):
     got = preprocess(data, prep).astype(np.int16)
     assert got.shape == expected.shape
     assert np.abs(got - expected).mean() < 2.0  # JPEG draft decoding: a level or two at small sizes
+    if prep.interpolation == "nearest":  # single pixels of the full decode, which a reduced decode would average
+        assert np.array_equal(got, expected)
 
 
 def test_nearest_exact_is_stored_as_nearest_because_torchvision_runs_it_so_on_a_pil_image():

@@ -229,9 +229,10 @@ def preprocess(data: bytes, prep: Preprocessing, max_pixels: int = config.MAX_IM
     """Decode one upload into the model's uint8 input, shape (channels, height, width)."""
     img = open_image(data, max_pixels)
     try:
-        if img.format == "JPEG":
+        if img.format == "JPEG" and prep.interpolation != "nearest":
             # Decode at 1/2, 1/4 or 1/8 scale while both sides stay >= 2 x the resized size, so
             # the final antialiased resize still does the real work (answers match full decode).
+            # Not for nearest: it picks single pixels of the full image, which a reduced decode averages.
             h, w = (prep.resize, prep.resize) if isinstance(prep.resize, int) else prep.resize
             img.draft("RGB", (2 * w, 2 * h))
         img.load()
