@@ -198,6 +198,19 @@ def test_the_stored_recipe_reads_back_as_itself():
         ("transform = None", "is not a transform call"),
         ("{'a': Compose([ToTensor()]), 'b': Compose([ToTensor()])}", "a dict of transform lists ('a', 'b'): give"),
         ("", "expected transforms such as"),
+        (
+            "ToTensor(), Resize(64, antialias=False), CenterCrop(64)",
+            "resizes a tensor (it comes after ToTensor()) without antialiasing",
+        ),
+        (
+            "v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Resize((96, 128), antialias=False)",
+            "comes after ToImage()) without antialiasing, so a photo larger than the input aliases",
+        ),
+        (
+            "PILToTensor(), Resize(32, interpolation=InterpolationMode.NEAREST), CenterCrop(32), "
+            "ConvertImageDtype(torch.float)",
+            "write InterpolationMode.NEAREST_EXACT",
+        ),
     ],
 )
 def test_what_cannot_be_served_as_written_is_refused_with_what_to_write(text, message):
@@ -223,16 +236,19 @@ def test_channels_the_list_gives_must_be_what_the_model_takes():
         "Grayscale(), Resize(40), CenterCrop((32, 28)), ToTensor(), Normalize((0.5,), (0.5,))",
         "Resize(64, interpolation=InterpolationMode.BICUBIC), CenterCrop(64), ToTensor()",
         "Resize(32, interpolation=InterpolationMode.NEAREST), CenterCrop(32), ToTensor()",
+        "ToTensor(), Resize(64), CenterCrop(64)",  # a tensor resize: torch's antialiased interpolate
+        "ToImage(), Resize(32, interpolation=InterpolationMode.NEAREST_EXACT), CenterCrop(32), ToDtype(torch.float32)",
     ],
 )
 def test_the_served_pixels_are_torchvisions_on_a_real_photo(text):
-    """The server's fast path (draft JPEG decode, one resample of the crop box) against torchvision's own."""
+    """The server's fast path (draft JPEG decode, one resample of the crop box) against torchvision's own,
+    the whole list run (a Resize after ToTensor() resizes the tensor), compared as 0..255 pixels."""
     steps = parse(text)
     prep = to_preprocessing(steps, None)
     data = (DATA / "cat.jpg").read_bytes()
-    reference = [s for s in steps if s.name not in ("ToTensor", "Normalize")]
-    pil = faithful.reference_transform([*reference, parse("PILToTensor()")[0]])
-    expected = pil(Image.open(io.BytesIO(data)).convert("RGB")).numpy().astype(np.int16)
+    out = faithful.reference_transform(steps)(Image.open(io.BytesIO(data)).convert("RGB")).double()
+    mean, std = (torch.tensor(v, dtype=torch.float64).view(-1, 1, 1) for v in (prep.mean, prep.std))
+    expected = (out * std + mean).mul(255).round().numpy().astype(np.int16)  # the model's input, as pixels
     got = preprocess(data, prep).astype(np.int16)
     assert got.shape == expected.shape
     assert np.abs(got - expected).mean() < 2.0  # JPEG draft decoding: a level or two at small sizes

@@ -198,7 +198,8 @@ def to_preprocessing(steps: list[Step], model_channels: int | None) -> Preproces
     resize = crop = None
     interpolation = "bilinear"
     gray_out: int | None = None  # Grayscale's num_output_channels
-    tensor = floats = False
+    floats = False
+    tensor_by = ""  # the step that made the tensor: a Resize after it resizes the tensor, not the PIL image
     scale = 255.0  # the tensor holds u * scale for u = uint8 / 255: 1 after ToTensor, 255 for unscaled floats
     mean: list[float] | None = None
     std: list[float] | None = None
@@ -217,6 +218,8 @@ def to_preprocessing(steps: list[Step], model_channels: int | None) -> Preproces
                     raise TransformsRefused("Resize(max_size=...) makes the size depend on the photo; drop max_size")
                 resize = _size(args["size"], "Resize")
                 interpolation = str(args.get("interpolation") or "bilinear")
+                if tensor_by:
+                    _check_tensor_resize(step, tensor_by, interpolation, args.get("antialias", True))
                 interpolation = SAME_ON_PIL.get(interpolation, interpolation)
             case "CenterCrop":
                 if crop is not None:
@@ -227,14 +230,15 @@ def to_preprocessing(steps: list[Step], model_channels: int | None) -> Preproces
                 if gray_out not in (1, 3):
                     raise TransformsRefused("Grayscale(num_output_channels=...) takes 1 or 3")
             case "ToTensor":
-                tensor, floats, scale = True, True, 1.0
+                floats, scale = True, 1.0
+                tensor_by = tensor_by or f"{step.name}()"
             case "PILToTensor" | "ToImage":
-                tensor = True
+                tensor_by = tensor_by or f"{step.name}()"
             case "ConvertImageDtype" | "ToDtype":
                 dtype = str(args.get("dtype", ""))
-                if tensor and not floats and dtype == "uint8":
+                if tensor_by and not floats and dtype == "uint8":
                     continue  # v2's ToDtype(torch.uint8, scale=True) after ToImage: the tensor is uint8 already
-                if not tensor or dtype not in FLOAT_DTYPES:
+                if not tensor_by or dtype not in FLOAT_DTYPES:
                     raise TransformsRefused(
                         f"{step}: the model needs float tensors, e.g. ConvertImageDtype(torch.float)"
                     )
@@ -293,6 +297,25 @@ def to_preprocessing(steps: list[Step], model_channels: int | None) -> Preproces
         channels=channels,
         grayscale=gray_out is not None or channels == 1,
     )
+
+
+def _check_tensor_resize(step: Step, tensor_by: str, interpolation: str, antialias: object) -> None:
+    """A Resize after ToTensor()/ToImage() runs on the tensor, by torch's interpolate, not Pillow's resize.
+    The server resizes as Pillow does; torch does the same, within a grey level or two, except without
+    antialiasing (every photo larger than the input aliases) and in its NEAREST (half a pixel off)."""
+    check = "; the import then compares the served answers with that list on your photos (--photos)"
+    if interpolation == "nearest":
+        raise TransformsRefused(
+            f"{step} resizes a tensor (it comes after {tensor_by}), where InterpolationMode.NEAREST picks pixels "
+            "half a pixel off from Pillow's NEAREST, which the server runs: to serve it so, write "
+            "InterpolationMode.NEAREST_EXACT (Pillow's NEAREST, on a tensor too)" + check
+        )
+    if antialias is not True and interpolation in ("bilinear", "bicubic"):
+        raise TransformsRefused(
+            f"{step} resizes a tensor (it comes after {tensor_by}) without antialiasing, so a photo larger than "
+            "the input aliases; the server always antialiases, as Resize does on a PIL image: to serve it so, "
+            f"drop antialias={antialias} (torchvision's default is True)" + check
+        )
 
 
 def _bind(step: Step) -> dict:
