@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from imgserve.serving.preprocess import ImageRejected, Preprocessing, open_image, preprocess
 from tests.helpers import DATA, ROOT, image_bytes
@@ -118,6 +118,25 @@ def test_exif_rotated_photo_equals_the_upright_one():
     upright.save(buf_up, "PNG")
     prep = Preprocessing()
     assert np.array_equal(preprocess(buf_rot.getvalue(), prep), preprocess(buf_up.getvalue(), prep))
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_a_jpeg_decoded_at_reduced_scale_is_resized_as_the_full_photo_in_every_orientation(orientation):
+    """384 x 303 at 1/2 scale is 192 x 151.5 pixels, decoded as 192 x 152: the last row is half photo. The
+    crop follows the photo's own part of the reduced image, wherever the EXIF orientation turns it."""
+    import skimage.data
+    from torchvision import transforms
+
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    Image.fromarray(skimage.data.coins()).save(buf, "JPEG", quality=90, exif=exif)
+    prep = Preprocessing(resize=64, crop=64, channels=1, mean=(0.5,), std=(0.5,))
+    textbook = transforms.Compose([transforms.Resize(64), transforms.CenterCrop(64), transforms.PILToTensor()])
+    full = ImageOps.exif_transpose(Image.open(io.BytesIO(buf.getvalue())))
+    expected = textbook(full.convert("L")).numpy().astype(np.int16)
+    got = preprocess(buf.getvalue(), prep).astype(np.int16)
+    assert np.abs(got - expected).mean() < 1.0 and np.abs(got - expected).max() <= 16
 
 
 def test_one_pixel_image_is_accepted():
