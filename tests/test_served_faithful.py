@@ -3,12 +3,13 @@ transform lists and the image files researchers have.
 
 Small models whose answers follow the photo are imported with transform lists as researchers write them
 (NEAREST and a non-square squeeze, BICUBIC and a crop, v2 resizing the tensor, a gray model made gray by
-Grayscale()), served together by one real `bentoml serve`, and sent real photos in the forms uploads take:
-palette GIF and PNG, gray JPEG to a colour model, CMYK JPEG, 1-bit PNG, a 10 x 10 thumbnail, a panorama, a
-tall strip, a transparent PNG, a 16-bit PNG and a phone photo stored sideways. The reference is torchvision
-running the same list on `Image.open(path).convert(...)`, the researcher's own code; for the last three,
-where the server decodes differently on purpose (README: "Errors and limits"), on what the server says it
-does: transparent areas on white, 16 bits scaled to 8, the EXIF orientation applied.
+Grayscale(), an MNIST-style model of inverted photos), served together by one real `bentoml serve`, and
+sent real photos in the forms uploads take: palette GIF and PNG, gray JPEG to a colour model, CMYK JPEG,
+1-bit PNG, a 10 x 10 thumbnail, a panorama, a tall strip, a transparent PNG, a 16-bit PNG and a phone
+photo stored sideways. The reference is torchvision running the researcher's own list on
+`Image.open(path).convert(...)`; for the last three, where the server decodes differently on purpose
+(README, "Import your own model", step 8), on what the server says it does: transparent areas on white,
+16 bits scaled to 8, the EXIF orientation applied.
 """
 
 from __future__ import annotations
@@ -80,6 +81,14 @@ FORMS = {
         "Grayscale(), Resize(28), CenterCrop(28), ToTensor(), Normalize((0.1307,), (0.3081,))",
         T.Compose([T.Grayscale(), T.Resize(28), T.CenterCrop(28), T.ToTensor(), T.Normalize((0.1307,), (0.3081,))]),
     ),
+    "inverted-digits": Form(  # imported with the list the refusal of their RandomInvert(p=1.0) gives
+        Digits,
+        ["--arch", f"{CODE}:Digits"],
+        "Resize(28), CenterCrop(28), ToTensor(), Normalize((0.8693,), (-0.3081,))",
+        T.Compose([T.RandomInvert(p=1.0), T.Resize(28), T.CenterCrop(28), T.ToTensor(),
+                   T.Normalize((0.1307,), (0.3081,))]),  # their own list
+        mode="L",
+    ),
 }  # fmt: skip
 
 
@@ -134,7 +143,7 @@ def server(tmp_path_factory, real_photos) -> Iterator[tuple[Server, dict[str, st
     tmp = tmp_path_factory.mktemp("faithful-models")
     tags = {}
     for i, (name, form) in enumerate(FORMS.items()):
-        form.built = sensitive(form.build, form.transforms, False, 10 + i)
+        form.built = sensitive(form.build, form.transforms, form.mode == "L", 10 + i)
         torch.save(form.built.state_dict(), tmp / f"{name}.pth")
         result = run_import(tmp / f"{name}.pth", *form.arch, "--transforms", form.text, "--photos", real_photos,
                             "--name", name)  # fmt: skip

@@ -7,7 +7,7 @@ import io
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torchvision import transforms as T
 from torchvision.transforms import v2
 
@@ -198,6 +198,15 @@ def test_the_stored_recipe_reads_back_as_itself():
         ("transform = None", "is not a transform call"),
         ("{'a': Compose([ToTensor()]), 'b': Compose([ToTensor()])}", "a dict of transform lists ('a', 'b'): give"),
         ("", "expected transforms such as"),
+        ("Resize(256), CenterCrop(224), RandomHorizontalFlip(p=0), ToTensor()", "applies to no photo (p=0): leave"),
+        ("Resize(256), CenterCrop(224), RandomHorizontalFlip(1.0), ToTensor()", "applies to every photo (p=1)"),
+        ("Resize(256), CenterCrop(224), RandomGrayscale(p=1), ToTensor()", "write Grayscale(num_output_channels=3)"),
+        (
+            "Resize((28, 28)), ToTensor(), Normalize([0.5], [0.5]), Lambda(lambda x: 1.0 - x)",
+            "inverts every photo (as for a model trained on white digits on black, MNIST's); the server runs no "
+            "code and no inversion of its own: invert the photos before sending them",
+        ),
+        ("Resize((28, 28)), Lambda('x'), ToTensor()", "Lambda runs code the server cannot store"),
         (
             "ToTensor(), Resize(64, antialias=False), CenterCrop(64)",
             "resizes a tensor (it comes after ToTensor()) without antialiasing",
@@ -219,6 +228,32 @@ def test_what_cannot_be_served_as_written_is_refused_with_what_to_write(text, me
     assert message in str(e.value)
 
 
+@pytest.mark.parametrize(
+    ("text", "invert"),
+    [
+        ("RandomInvert(p=1.0), Resize(28), CenterCrop(28), ToTensor(), Normalize((0.1307,), (0.3081,))", None),
+        ("Resize((28, 28)), ToTensor(), Lambda(lambda x: 1 - x), Normalize([0.5], [0.25])", 2),
+        ("v2.Lambda(ImageOps.invert), Resize((28, 28)), ToTensor()", 0),
+    ],
+    ids=["RandomInvert(p=1.0)", "Lambda 1 - x", "Lambda(ImageOps.invert)"],
+)
+def test_an_inversion_is_refused_with_the_list_that_computes_the_same(text, invert):
+    """MNIST-style models want white digits on black: the refusal's list gives them the same input."""
+    with pytest.raises(TransformsRefused, match="inverts every photo") as e:
+        prep_of(text, 1)
+    instead = str(e.value).split(": write ")[1]
+    steps = parse(text)
+    if invert is None:
+        theirs = faithful.reference_transform(steps)  # torchvision's RandomInvert(p=1.0) inverts every photo
+    else:  # their Lambda, as their code runs it
+        built = faithful.reference_transform(steps[:invert] + steps[invert + 1 :]).transforms
+        built.insert(invert, T.Lambda(ImageOps.invert if invert == 0 else lambda x: 1 - x))
+        theirs = T.Compose(built)
+    photo = Image.open(DATA / "cat.jpg").convert("L")
+    assert torch.allclose(faithful.reference_transform(parse(instead))(photo), theirs(photo), atol=1e-5)
+    assert prep_of(instead, 1).std[0] < 0  # and the server serves it
+
+
 def test_channels_the_list_gives_must_be_what_the_model_takes():
     with pytest.raises(TransformsRefused, match="takes 1; write Grayscale"):
         prep_of("Grayscale(3), Resize(28), CenterCrop(28), ToTensor()", 1)
@@ -237,6 +272,7 @@ def test_channels_the_list_gives_must_be_what_the_model_takes():
         "Resize(64, interpolation=InterpolationMode.BICUBIC), CenterCrop(64), ToTensor()",
         "Resize(32, interpolation=InterpolationMode.NEAREST), CenterCrop(32), ToTensor()",
         "ToTensor(), Resize(64), CenterCrop(64)",  # a tensor resize: torch's antialiased interpolate
+        "Resize(28), CenterCrop(28), ToTensor(), Normalize((0.8693,), (-0.3081,))",  # MNIST's, on inverted photos
         "ToImage(), Resize(32, interpolation=InterpolationMode.NEAREST_EXACT), CenterCrop(32), ToDtype(torch.float32)",
     ],
 )

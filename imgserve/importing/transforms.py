@@ -38,6 +38,9 @@ AUGMENTATIONS = {
     "RandomErasing",
 }
 MULTI_CROP = {"FiveCrop", "TenCrop"}
+# Transforms applied to a share p of the photos, p their first argument: at p=1 they are not random at all.
+APPLIED_WITH_P = {"RandomHorizontalFlip", "RandomVerticalFlip", "RandomInvert", "RandomGrayscale", "RandomEqualize",
+                  "RandomAutocontrast"}  # fmt: skip
 # The keys a dict of transform lists gives its inference list under, in the order looked for.
 INFERENCE_SPLITS = ("val", "valid", "validation", "test", "eval", "inference")
 SUPPORTED = ("Resize", "CenterCrop", "Grayscale", "ToTensor", "PILToTensor", "ConvertImageDtype", "ToImage", "ToDtype",
@@ -153,7 +156,8 @@ def _step(node: ast.AST) -> Step:
     except TransformsRefused:
         if name in SUPPORTED:
             raise
-        args, kwargs = (), {}  # refused below by name (Lambda, augmentation): what it was given does not matter
+        # Refused below by name (Lambda, augmentation); a Lambda keeps its code as text, to tell an inversion.
+        args, kwargs = ((ast.unparse(node.args[0]),) if name == "Lambda" and node.args else ()), {}
     if name == "Resize":  # interpolation=3, PIL's number for bicubic, as older code writes it
         args = tuple(_filter_name(a) if i == 1 else a for i, a in enumerate(args))
         kwargs = {k: _filter_name(v) if k == "interpolation" else v for k, v in kwargs.items()}
@@ -204,6 +208,8 @@ def to_preprocessing(steps: list[Step], model_channels: int | None) -> Preproces
     mean: list[float] | None = None
     std: list[float] | None = None
     for step in steps:
+        if _inverts(step):
+            raise TransformsRefused(_invert_instead(steps, step))
         args = _bind(step)
         match step.name:
             case "Resize":
@@ -352,7 +358,72 @@ def _bind(step: Step) -> dict:
     return bound
 
 
+def _probability(step: Step) -> object:
+    """p of a RandomX step that applies X to a share p of the photos (None: not such a step, or not given)."""
+    if step.name not in APPLIED_WITH_P:
+        return None
+    return step.kwargs.get("p", step.args[0] if step.args else None)
+
+
+def _inverts(step: Step) -> bool:
+    """RandomInvert(p=1.0), or a Lambda inverting the photo: `lambda x: 1 - x`, `ImageOps.invert`, TF.invert."""
+    if step.name == "RandomInvert":
+        return _probability(step) == 1
+    if step.name != "Lambda" or not step.args:
+        return False
+    try:
+        code = ast.parse(str(step.args[0]), mode="eval").body
+    except SyntaxError:  # Lambda("text"): no code at all
+        return False
+    if not isinstance(code, ast.Lambda):
+        return _name(code) == "invert"  # Lambda(ImageOps.invert)
+    body, params = code.body, [a.arg for a in code.args.args]
+    if isinstance(body, ast.Call):
+        return _name(body) == "invert"
+    return (
+        isinstance(body, ast.BinOp)
+        and isinstance(body.op, ast.Sub)
+        and isinstance(body.left, ast.Constant)
+        and body.left.value in (1, 255)
+        and isinstance(body.right, ast.Name)
+        and body.right.id in params
+    )
+
+
+def _invert_instead(steps: list[Step], invert: Step) -> str:
+    """The refusal of an inversion, with the list that does the same arithmetic: for pixels u in [0, 1],
+    Normalize(m, s) of 1 - u is (u - (1 - m)) / -s, which Normalize(1 - m, -s) computes."""
+    said = f"{invert.name}(...)" if invert.name == "Lambda" else str(invert)
+    message = (
+        f"{said} inverts every photo (as for a model trained on white digits on black, MNIST's); the server "
+        "runs no code and no inversion of its own"
+    )
+    normalize = next((s for s in steps if s.name == "Normalize"), None)
+    later = normalize is not None and steps.index(normalize) < steps.index(invert)
+    unscaled = any(s.name == "ToDtype" and not _bind(s).get("scale") for s in steps)
+    if later or unscaled or not any(s.name in ("ToTensor", "ConvertImageDtype", "ToDtype") for s in steps):
+        return message + ": invert the photos before sending them, or fold the inversion into the model"
+    mean, std = ([0.0], [1.0]) if normalize is None else (_floats(_bind(normalize)["mean"], "mean"),
+                                                          _floats(_bind(normalize)["std"], "std"))  # fmt: skip
+    folded = f"Normalize({[round(1 - m, 6) for m in mean]}, {[round(-v, 6) for v in std]})"
+    rest = [str(s) for s in steps if s is not invert and s is not normalize]
+    return (
+        f"{message}, but Normalize does the same arithmetic with 1 - mean and a negative std "
+        f"(torchvision's Normalize takes it too): write {', '.join([*rest, folded])}"
+    )
+
+
 def _unsupported(step: Step) -> str:
+    p = _probability(step)
+    if p == 0:
+        return f"{step} applies to no photo (p=0): leave it out"
+    if p == 1 and step.name == "RandomGrayscale":
+        return f"{step} makes every photo gray, in 3 channels: write Grayscale(num_output_channels=3)"
+    if p == 1:
+        return (
+            f"{step} applies to every photo (p=1): not augmentation, but a step the server cannot apply; it "
+            f"serves {', '.join(SUPPORTED)}"
+        )
     if step.name in INSTEAD:
         size = step.args[0] if step.args else step.kwargs.get("size", 224)
         side = size if isinstance(size, int) else (size[0] if size else 224)

@@ -88,9 +88,11 @@ class Preprocessing:
             raise ValueError(
                 f"need a crop inside the resized image, got Resize({self.resize}), CenterCrop({self.crop})"
             )
-        if len(self.mean) != self.channels or len(self.std) != self.channels or min(self.std) <= 0:
+        # A negative std is torchvision's too (Normalize refuses only 0): it inverts the photo, as
+        # RandomInvert(p=1.0) before it would (white digits on black, MNIST's).
+        if len(self.mean) != self.channels or len(self.std) != self.channels or 0.0 in self.std:
             raise ValueError(
-                f"mean and std need {self.channels} value(s) each, one per input channel, std all positive; "
+                f"mean and std need {self.channels} value(s) each, one per input channel, std none 0; "
                 f"got mean={list(self.mean)}, std={list(self.std)}"
             )
 
