@@ -710,6 +710,7 @@ def test_a_model_pickled_in_dataparallel_on_a_gpu_machine_is_served_from_the_mod
         (["--transforms", "Resize(256), ToTensor()", "--crop", "224"], "--transforms replaces --crop"),
         (["--mean", "0.5", "0.5", "0.5", "--std", "0.5"], "--mean has 3 values but --std 1"),
         (["--crop", "0"], "argument --crop: '0' is not a size in pixels (a whole number above 0)"),
+        (["--resize", "200", "--crop", "224"], "--crop 224 is larger than --resize 200: the photo would be padded"),
     ],
 )
 def test_names_labels_paths_and_options_are_checked_before_the_model_is_loaded(tmp_path, args, message):

@@ -139,6 +139,19 @@ def test_a_jpeg_decoded_at_reduced_scale_is_resized_as_the_full_photo_in_every_o
     assert np.abs(got - expected).mean() < 1.0 and np.abs(got - expected).max() <= 16
 
 
+@pytest.mark.parametrize(("resize", "crop"), [(28, 32), (256, (300, 240)), ((20, 30), (40, 24))])
+def test_a_crop_larger_than_the_resized_photo_is_padded_with_black_as_torchvision_pads(resize, crop):
+    from torchvision import transforms
+
+    buf = io.BytesIO()
+    Image.open(DATA / "coffee.jpg").save(buf, "PNG")  # no JPEG draft decoding: the same pixels exactly
+    textbook = transforms.Compose([transforms.Resize(resize), transforms.CenterCrop(crop), transforms.PILToTensor()])
+    expected = textbook(Image.open(DATA / "coffee.jpg").convert("RGB")).numpy()
+    got = preprocess(buf.getvalue(), Preprocessing(resize=resize, crop=crop))
+    assert got.shape == expected.shape and np.array_equal(got, expected)
+    assert (got[:, 0] == 0).all() or (got[:, :, 0] == 0).all()  # a black border, where torchvision pads
+
+
 def test_one_pixel_image_is_accepted():
     assert preprocess(image_bytes(size=(1, 1)), PREP).shape == (3, 32, 32)
 
@@ -193,7 +206,7 @@ def test_matches_the_textbook_torchvision_pipeline_on_a_real_photo():
 
 @pytest.mark.parametrize(
     "bad",
-    [{"crop": 300, "resize": 256}, {"interpolation": "magic"}, {"std": (0.0, 1.0, 1.0)}],
+    [{"crop": 0, "resize": 256}, {"interpolation": "magic"}, {"std": (0.0, 1.0, 1.0)}],
 )
 def test_invalid_preprocessing_is_refused(bad):
     with pytest.raises(ValueError):
@@ -227,7 +240,7 @@ def test_entries_stored_before_channels_existed_read_as_rgb():
 
 @pytest.mark.parametrize(
     "bad",
-    [{"channels": 2, "mean": (0, 0), "std": (1, 1)}, {"channels": 1}, {"resize": (100, 50), "crop": (60, 60)}],
+    [{"channels": 2, "mean": (0, 0), "std": (1, 1)}, {"channels": 1}, {"resize": (100, 0), "crop": (60, 60)}],
 )
 def test_channels_and_sizes_that_cannot_be_are_refused(bad):
     with pytest.raises(ValueError):

@@ -207,6 +207,7 @@ def test_the_stored_recipe_reads_back_as_itself():
             "code and no inversion of its own: invert the photos before sending them",
         ),
         ("Resize((28, 28)), Lambda('x'), ToTensor()", "Lambda runs code the server cannot store"),
+        ("Resize(28), ToTensor(), Normalize([0.5], [0.5]), CenterCrop(32)", "put CenterCrop before Normalize"),
         (
             "ToTensor(), Resize(64, antialias=False), CenterCrop(64)",
             "resizes a tensor (it comes after ToTensor()) without antialiasing",
@@ -271,6 +272,7 @@ def test_channels_the_list_gives_must_be_what_the_model_takes():
         "Grayscale(), Resize(40), CenterCrop((32, 28)), ToTensor(), Normalize((0.5,), (0.5,))",
         "Resize(64, interpolation=InterpolationMode.BICUBIC), CenterCrop(64), ToTensor()",
         "Resize(32, interpolation=InterpolationMode.NEAREST), CenterCrop(32), ToTensor()",
+        "Resize(28), CenterCrop(32), ToTensor(), Normalize((0.1307,), (0.3081,))",  # padded with black to 32
         "ToTensor(), Resize(64), CenterCrop(64)",  # a tensor resize: torch's antialiased interpolate
         "Resize(28), CenterCrop(28), ToTensor(), Normalize((0.8693,), (-0.3081,))",  # MNIST's, on inverted photos
         "ToImage(), Resize(32, interpolation=InterpolationMode.NEAREST_EXACT), CenterCrop(32), ToDtype(torch.float32)",

@@ -207,6 +207,7 @@ def to_preprocessing(steps: list[Step], model_channels: int | None) -> Preproces
     scale = 255.0  # the tensor holds u * scale for u = uint8 / 255: 1 after ToTensor, 255 for unscaled floats
     mean: list[float] | None = None
     std: list[float] | None = None
+    crop_after_normalize = False  # then a crop larger than the photo pads with 0 in normalised values
     for step in steps:
         if _inverts(step):
             raise TransformsRefused(_invert_instead(steps, step))
@@ -231,6 +232,7 @@ def to_preprocessing(steps: list[Step], model_channels: int | None) -> Preproces
                 if crop is not None:
                     raise TransformsRefused("two CenterCrop steps: write the one the model's input gets")
                 crop = _size(args["size"], "CenterCrop")
+                crop_after_normalize = mean is not None
             case "Grayscale":
                 gray_out = int(args.get("num_output_channels", 1))
                 if gray_out not in (1, 3):
@@ -279,6 +281,13 @@ def to_preprocessing(steps: list[Step], model_channels: int | None) -> Preproces
                 f"Resize(({resize}, {resize})) to squeeze the photo to that size"
             )
         crop = resize
+    pads = any(c > r for c, r in zip(_pair(crop), _pair(resize), strict=True))
+    if pads and crop_after_normalize:
+        raise TransformsRefused(
+            f"CenterCrop({crop}) after Normalize pads the photo, larger than Resize({resize}) makes it, with 0 in "
+            "normalised values, a grey the server cannot give: put CenterCrop before Normalize (it then pads "
+            "with black, as the server does)"
+        )
 
     if model_channels is not None and gray_out is not None and gray_out != model_channels:
         raise TransformsRefused(
@@ -448,6 +457,10 @@ def _size(value: object, where: str) -> int | tuple[int, int]:
     if isinstance(value, list | tuple) and len(value) == 2 and all(isinstance(v, int) and v > 0 for v in value):
         return (int(value[0]), int(value[1]))
     raise TransformsRefused(f"{where}: size must be a positive whole number or (height, width), got {value!r}")
+
+
+def _pair(size: int | tuple[int, int]) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else size
 
 
 def _floats(value: object, what: str) -> list[float]:

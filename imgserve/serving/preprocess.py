@@ -83,11 +83,9 @@ class Preprocessing:
             raise ValueError(f"interpolation must be one of {sorted(INTERPOLATIONS)}, not {self.interpolation!r}")
         if self.channels not in (1, 3):
             raise ValueError(f"a model takes 1 (gray) or 3 (RGB) input channels, not {self.channels}")
-        (crop_h, crop_w), (min_h, min_w) = self.input_size, _hw(self.resize)
-        if min(crop_h, crop_w, min_h, min_w) <= 0 or crop_h > min_h or crop_w > min_w:
-            raise ValueError(
-                f"need a crop inside the resized image, got Resize({self.resize}), CenterCrop({self.crop})"
-            )
+        # A crop larger than the resized photo is padded with black around it, as torchvision's CenterCrop pads.
+        if min(*self.input_size, *_hw(self.resize)) <= 0:
+            raise ValueError(f"sizes must be positive, got Resize({self.resize}), CenterCrop({self.crop})")
         # A negative std is torchvision's too (Normalize refuses only 0): it inverts the photo, as
         # RandomInvert(p=1.0) before it would (white digits on black, MNIST's).
         if len(self.mean) != self.channels or len(self.std) != self.channels or 0.0 in self.std:
@@ -294,11 +292,18 @@ def resize_crop(img: Image.Image, prep: Preprocessing, reduced: Reduced | None =
     else:
         new_h, new_w = prep.resize
     crop_h, crop_w = prep.input_size
-    left = round((new_w - crop_w) / 2.0)
-    top = round((new_h - crop_h) / 2.0)
+    # torchvision's CenterCrop: centred, and where the crop is larger than the photo, black around it
+    left = round((new_w - crop_w) / 2.0) if crop_w <= new_w else -((crop_w - new_w) // 2)
+    top = round((new_h - crop_h) / 2.0) if crop_h <= new_h else -((crop_h - new_h) // 2)
+    left_in, right_in = max(left, 0), min(left + crop_w, new_w)  # the part of the crop that is photo
+    top_in, bottom_in = max(top, 0), min(top + crop_h, new_h)
     sx, sy = (x1 - x0) / new_w, (y1 - y0) / new_h
-    box = (x0 + left * sx, y0 + top * sy, x0 + (left + crop_w) * sx, y0 + (top + crop_h) * sy)
-    img = img.resize((crop_w, crop_h), INTERPOLATIONS[prep.interpolation], box=box)
+    box = (x0 + left_in * sx, y0 + top_in * sy, x0 + right_in * sx, y0 + bottom_in * sy)
+    img = img.resize((right_in - left_in, bottom_in - top_in), INTERPOLATIONS[prep.interpolation], box=box)
+    if img.size != (crop_w, crop_h):
+        padded = Image.new(img.mode, (crop_w, crop_h))  # black
+        padded.paste(img, (left_in - left, top_in - top))
+        img = padded
     pixels = np.asarray(img, dtype=np.uint8)
     pixels = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)  # gray (H, W) -> (1, H, W)
     if prep.grayscale and prep.channels == 3:
