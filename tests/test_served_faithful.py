@@ -2,11 +2,11 @@
 transform lists and the image files researchers have.
 
 Small models whose answers follow the photo are imported with transform lists as researchers write them
-(NEAREST and a non-square squeeze, BICUBIC and a crop, v2 resizing the tensor, a gray model made gray by
-Grayscale(), an MNIST-style model of inverted photos), served together by one real `bentoml serve`, and
-sent real photos in the forms uploads take: palette GIF and PNG, gray JPEG to a colour model, CMYK JPEG,
-1-bit PNG, a 10 x 10 thumbnail, a panorama, a tall strip, a transparent PNG, a 16-bit PNG and a phone
-photo stored sideways. The reference is torchvision running the researcher's own list on
+(NEAREST and a non-square squeeze, BICUBIC and a crop, a crop padding the photo, v2 resizing the tensor, a
+gray model made gray by Grayscale(), an MNIST-style model of inverted photos), served together by one real
+`bentoml serve`, and sent real photos in the forms uploads take: palette GIF and PNG, gray JPEG to a colour
+model, CMYK JPEG, 1-bit PNG, a 10 x 10 thumbnail, a panorama, a tall strip, a transparent PNG, a 16-bit PNG
+and a phone photo stored sideways. The reference is torchvision running the researcher's own list on
 `Image.open(path).convert(...)`; for the last three, where the server decodes differently on purpose
 (README, "Import your own model", step 8), on what the server says it does: transparent areas on white,
 16 bits scaled to 8, the EXIF orientation applied.
@@ -36,6 +36,7 @@ pytestmark = [pytest.mark.model, pytest.mark.serve]
 
 CODE = "tests/researcher_code.py"
 IMAGENET = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+DECIDED = 0.05  # a top-1 this far ahead of the runner-up must be the served top-1 too
 
 
 @dataclass
@@ -66,6 +67,12 @@ FORMS = {
         f"Resize(72, interpolation=InterpolationMode.BICUBIC), CenterCrop(64), ToTensor(), Normalize{IMAGENET}",
         T.Compose([T.Resize(72, interpolation=InterpolationMode.BICUBIC), T.CenterCrop(64), T.ToTensor(),
                    T.Normalize(*IMAGENET)]),
+    ),
+    "padded-to-32": Form(  # LeNet-style: 28 px photos padded with black to the 32 the model takes
+        lambda: Net(num_classes=3),
+        ["--arch", f"{CODE}:Net", "--arch-kwargs", '{"num_classes": 3}'],
+        "Resize(28), CenterCrop(32), ToTensor(), Normalize((0.5,), (0.5,))",
+        T.Compose([T.Resize(28), T.CenterCrop(32), T.ToTensor(), T.Normalize((0.5,), (0.5,))]),
     ),
     "v2-tensor-resize": Form(
         lambda: Net(num_classes=3),
@@ -181,6 +188,9 @@ def test_served_answers_agree_with_torch_on_every_kind_of_upload(server, photos,
     assert len(set(expected.argmax(1))) >= 2  # the model's answers follow the photo: agreement means something
     names = list(photos)
     apart = {names[i]: float(d) for i, d in enumerate(np.abs(got - expected).max(1)) if d > 0.02}
-    assert (got.argmax(1) == expected.argmax(1)).all(), (got.argmax(1), expected.argmax(1), apart)
+    same = got.argmax(1) == expected.argmax(1)
+    ranked = np.sort(expected, axis=1)
+    decided = ranked[:, -1] - ranked[:, -2] > DECIDED  # a near-tie may flip within the tolerance
+    assert same[decided].all() and same.mean() >= config.FAITHFUL_MIN_TOP1_AGREEMENT, (same, apart)
     assert np.abs(got - expected).max() <= form.tolerance, apart
     assert {a["model"] for a in r.json()} == {tags[name]}
