@@ -183,7 +183,8 @@ def test_the_stored_recipe_reads_back_as_itself():
         ("Resize(256), CenterCrop(224), ToTensor(), Normalize([0.5, 0.5], [0.5])", "2 mean values but 1 std values"),
         ("Resize(256, max_size=512), CenterCrop(224), ToTensor()", "drop max_size"),
         ("Resize(size=-3), CenterCrop(224), ToTensor()", "size must be a positive whole number"),
-        ("Resize(256), CenterCrop(224), ToTensor(), Pad(4)", "Pad is not a transform the server can apply"),
+        ("Resize(256), CenterCrop(224), ToTensor(), Pad(4)", "Pad(4) is not a transform the server can apply; a black"),
+        ("Resize((28, 28)), Pad(2, fill=255), ToTensor()", "is not a transform the server can apply"),
         ("Resize(256, interpolation=InterpolationMode.BOX), CenterCrop(224), ToTensor()", "is not a value"),
         ("Resize(__import__('os').getcwd()), ToTensor()", "is not a value this reader takes"),
         (
@@ -253,6 +254,20 @@ def test_an_inversion_is_refused_with_the_list_that_computes_the_same(text, inve
     photo = Image.open(DATA / "cat.jpg").convert("L")
     assert torch.allclose(faithful.reference_transform(parse(instead))(photo), theirs(photo), atol=1e-5)
     assert prep_of(instead, 1).std[0] < 0  # and the server serves it
+
+
+@pytest.mark.parametrize("pad", ["Pad(2)", "Pad((2, 3))", "Pad(padding=(1, 1, 2, 2))"])
+def test_a_black_border_is_refused_with_the_crop_that_gives_it(pad):
+    """LeNet-style digits models pad 28 px to 32: CenterCrop larger than the photo does the same, served."""
+    text = f"Resize((28, 28)), {pad}, ToTensor(), Normalize((0.1307,), (0.3081,))"
+    with pytest.raises(TransformsRefused, match="adds a black border") as e:
+        prep_of(text, 1)
+    written = str(e.value).split(" write ")[1]
+    instead = text.replace(f"Resize((28, 28)), {pad}", written)
+    photo = Image.open(DATA / "cat.jpg").convert("L")
+    theirs, served = faithful.reference_transform(parse(text)), faithful.reference_transform(parse(instead))
+    assert torch.equal(theirs(photo), served(photo))
+    assert prep_of(instead, 1).input_size == tuple(theirs(photo).shape[1:])
 
 
 def test_channels_the_list_gives_must_be_what_the_model_takes():

@@ -211,6 +211,8 @@ def to_preprocessing(steps: list[Step], model_channels: int | None) -> Preproces
     for step in steps:
         if _inverts(step):
             raise TransformsRefused(_invert_instead(steps, step))
+        if step.name == "Pad":
+            raise TransformsRefused(_pad_instead(step, resize, crop, mean is not None))
         args = _bind(step)
         match step.name:
             case "Resize":
@@ -365,6 +367,33 @@ def _bind(step: Step) -> dict:
             )
         raise TransformsRefused(f"{step}: interpolation must be one of {sorted(INTERPOLATIONS)}")
     return bound
+
+
+def _pad_instead(step: Step, resize: object, crop: object, normalized: bool) -> str:
+    """Pad's refusal. A black border around a photo of fixed size is what CenterCrop larger than the
+    photo gives (torchvision's and the server's): when it is that, the list to write."""
+    padding = step.kwargs.get("padding", step.args[0] if step.args else None)
+    fill = step.kwargs.get("fill", step.args[1] if len(step.args) > 1 else 0)
+    mode = step.kwargs.get("padding_mode", step.args[2] if len(step.args) > 2 else "constant")
+    refusal = (
+        f"{step} is not a transform the server can apply; a black border around a photo of fixed size is "
+        "CenterCrop larger than the photo, e.g. Resize((28, 28)), CenterCrop((32, 32)) for Resize((28, 28)), Pad(2)"
+    )
+    sides = [padding] if isinstance(padding, int) else list(padding) if isinstance(padding, list | tuple) else []
+    if not sides or not all(isinstance(v, int) and v >= 0 for v in sides) or len(sides) not in (1, 2, 4):
+        return refusal
+    left, top, right, bottom = (sides * 4)[:4] if len(sides) == 1 else (sides * 2) if len(sides) == 2 else sides
+    size = resize if isinstance(resize, tuple) and crop in (None, resize) else None  # the photo's size before Pad
+    if fill != 0 or mode != "constant" or normalized or size is None:
+        return refusal
+    h, w = size[0] + top + bottom, size[1] + left + right
+    # CenterCrop puts the photo at ((w - width) // 2, (h - height) // 2): Pad's border must split so.
+    if (left, top) != ((w - size[1]) // 2, (h - size[0]) // 2):
+        return refusal
+    return (
+        f"{step} adds a black border, which the server gives as CenterCrop larger than the photo does (as "
+        f"torchvision's does): in place of Resize({size}), {step} write Resize({size}), CenterCrop({(h, w)})"
+    )
 
 
 def _probability(step: Step) -> object:
