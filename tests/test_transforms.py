@@ -163,6 +163,8 @@ def test_the_stored_recipe_reads_back_as_itself():
     ("text", "message"),
     [
         ("RandomResizedCrop(224), ToTensor()", "at inference use Resize(256), CenterCrop(224)"),
+        ("RandomResizedCrop((224, 224)), ToTensor()", "at inference use Resize(256), CenterCrop(224)"),
+        ("RandomResizedCrop((112, 336)), ToTensor()", "at inference use Resize((128, 384)), CenterCrop((112, 336))"),
         ("Resize(256), RandomCrop(224), ToTensor()", "at inference use CenterCrop(224)"),
         (
             "Resize(256), CenterCrop(224), RandomHorizontalFlip(), ToTensor()",

@@ -464,8 +464,13 @@ def _unsupported(step: Step) -> str:
         )
     if step.name in INSTEAD:
         size = step.args[0] if step.args else step.kwargs.get("size", 224)
-        side = size if isinstance(size, int) else (size[0] if size else 224)
-        instead = INSTEAD[step.name].format(size=size, resize=round(side / config.DEFAULT_CROP_RATIO))
+        sides = [size] if isinstance(size, int) else list(size) if isinstance(size, list | tuple) else []
+        if len(sides) == 1 or (len(sides) == 2 and sides[0] == sides[1]):  # [224] and (224, 224) are 224
+            size, sides = sides[0], sides[:1]
+        # An oblong crop gets an oblong resize in proportion: a shorter side alone could be narrower than it.
+        resize = tuple(round(v / config.DEFAULT_CROP_RATIO) for v in sides) if len(sides) == 2 else None
+        side = size if isinstance(size, int) else 224
+        instead = INSTEAD[step.name].format(size=size, resize=resize or round(side / config.DEFAULT_CROP_RATIO))
         return f"{step.name} is training-time augmentation (random); at inference use {instead}"
     if step.name.startswith("Random") or step.name in AUGMENTATIONS:
         return f"{step.name} is training-time augmentation (random): leave it out of the inference transforms"
