@@ -152,6 +152,19 @@ def test_a_crop_larger_than_the_resized_photo_is_padded_with_black_as_torchvisio
     assert (got[:, 0] == 0).all() or (got[:, :, 0] == 0).all()  # a black border, where torchvision pads
 
 
+@pytest.mark.parametrize("photo", ["cat.jpg", "coffee.jpg", "rocket.jpg"])
+def test_a_small_models_pixels_are_those_of_the_full_photo(photo):
+    """A 28 px model's JPEGs are still decoded at reduced scale, but not below 512 a side, where
+    libjpeg's reduced decode (no antialiasing filter) strays from the full photo's pixels."""
+    from torchvision import transforms
+
+    data = (DATA / photo).read_bytes()
+    textbook = transforms.Compose([transforms.Resize(28), transforms.CenterCrop(28), transforms.PILToTensor()])
+    expected = textbook(Image.open(io.BytesIO(data)).convert("L")).numpy().astype(np.int16)
+    got = preprocess(data, Preprocessing(resize=28, crop=28, mean=(0.5,), std=(0.5,), channels=1)).astype(np.int16)
+    assert np.abs(got - expected).mean() < 0.1 and np.abs(got - expected).max() <= 2
+
+
 def test_one_pixel_image_is_accepted():
     assert preprocess(image_bytes(size=(1, 1)), PREP).shape == (3, 32, 32)
 

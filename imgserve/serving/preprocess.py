@@ -249,11 +249,12 @@ def preprocess(data: bytes, prep: Preprocessing, max_pixels: int = config.MAX_IM
     photo: Box | None = None
     try:
         if img.format == "JPEG" and prep.interpolation != "nearest":
-            # Decode at 1/2, 1/4 or 1/8 scale while both sides stay >= 2 x the resized size, so
-            # the final antialiased resize still does the real work (answers match full decode).
-            # Not for nearest: it picks single pixels of the full image, which a reduced decode averages.
-            h, w = (prep.resize, prep.resize) if isinstance(prep.resize, int) else prep.resize
-            drafted = img.draft("RGB", (2 * w, 2 * h))
+            # Decode at 1/2, 1/4 or 1/8 scale while both sides stay >= 2 x the resized size (and
+            # DRAFT_MIN_SIDE), so the final antialiased resize still does the real work (answers match
+            # full decode). Not for nearest: it picks single pixels of the full image, which a reduced
+            # decode averages.
+            h, w = (max(2 * v, config.DRAFT_MIN_SIDE) for v in _hw(prep.resize))
+            drafted = img.draft("RGB", (w, h))
             # The photo's part of the reduced image: a side not a multiple of the scale ends in a partial pixel.
             photo = drafted[1] if drafted else None
         img.load()
