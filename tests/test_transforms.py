@@ -272,6 +272,40 @@ def test_a_black_border_is_refused_with_the_crop_that_gives_it(pad):
     assert prep_of(instead, 1).input_size == tuple(theirs(photo).shape[1:])
 
 
+@pytest.mark.parametrize(
+    ("text", "weights"),
+    [
+        ("ResNet50_Weights.IMAGENET1K_V2.transforms()", "ResNet50_Weights.IMAGENET1K_V2"),
+        (
+            "preprocess = torchvision.models.EfficientNet_B3_Weights.DEFAULT.transforms()",
+            "EfficientNet_B3_Weights.DEFAULT",
+        ),
+        ("ImageClassification(crop_size=224, resize_size=232)", "ResNet50_Weights.IMAGENET1K_V2"),
+    ],
+)
+def test_torchvisions_weights_preset_is_read_as_the_steps_it_runs(text, weights):
+    """Code on pretrained torchvision models takes its inference transforms from the weights."""
+    from torchvision import models
+
+    preset = models.get_weight(weights).transforms()
+    steps = parse(text)
+    photo = Image.open(DATA / "cat.jpg").convert("RGB")
+    assert torch.equal(faithful.reference_transform(steps)(photo), preset(photo))
+    prep = to_preprocessing(steps, 3)
+    assert (prep.resize, prep.crop, prep.interpolation) == (
+        preset.resize_size[0],
+        preset.crop_size[0],
+        preset.interpolation.value,
+    )
+
+
+def test_weights_held_in_a_variable_are_asked_for_by_name():
+    with pytest.raises(TransformsRefused, match="names the weights by a variable of your code: write them"):
+        parse("weights.transforms()")
+    with pytest.raises(TransformsRefused, match="torchvision has no such weights"):
+        parse("ResNet50_Weights.IMAGENET1K_V9.transforms()")
+
+
 def test_channels_the_list_gives_must_be_what_the_model_takes():
     with pytest.raises(TransformsRefused, match="takes 1; write Grayscale"):
         prep_of("Grayscale(3), Resize(28), CenterCrop(28), ToTensor()", 1)

@@ -97,7 +97,61 @@ def parse(text: str) -> list[Step]:
         elements = call.args[0].elts
     if not elements:
         raise TransformsRefused(f"--transforms: expected transforms such as 'Resize(256), ToTensor()', got {text!r}")
-    return [_step(node) for node in elements]
+    return [step for node in elements for step in (_preset(node) or [_step(node)])]
+
+
+def _preset(node: ast.AST) -> list[Step] | None:
+    """torchvision's weights preset as its steps: `ResNet50_Weights.IMAGENET1K_V2.transforms()`, as code
+    using pretrained torchvision models writes it, or `ImageClassification(crop_size=224, ...)`. Read from
+    torchvision's own metadata, nothing of the researcher's code run. None when the node is neither."""
+    if not isinstance(node, ast.Call):
+        return None
+    if _name(node) == "ImageClassification":
+        kwargs = {k.arg: _literal(k.value, "ImageClassification") for k in node.keywords if k.arg}
+        if node.args or "crop_size" not in kwargs:
+            raise TransformsRefused("ImageClassification takes keywords, crop_size first: "
+                                    "ImageClassification(crop_size=224, resize_size=256)")  # fmt: skip
+        return _preset_steps(**kwargs)
+    func = node.func
+    if not (isinstance(func, ast.Attribute) and func.attr == "transforms" and not node.args):
+        return None
+    weights = ast.unparse(func.value)
+    if not isinstance(func.value, ast.Attribute) or not (_name(func.value.value) or "").endswith("_Weights"):
+        raise TransformsRefused(
+            f"{weights}.transforms() names the weights by a variable of your code: write them as torchvision "
+            "names them, e.g. ResNet50_Weights.IMAGENET1K_V2.transforms()"
+        )
+    from torchvision import models
+
+    try:
+        preset = models.get_weight(".".join(weights.split(".")[-2:])).transforms()
+    except (ValueError, KeyError, AttributeError):
+        raise TransformsRefused(f"{weights}: torchvision has no such weights (torchvision.models.get_weight)") from None
+    if type(preset).__name__ != "ImageClassification":
+        raise TransformsRefused(f"{weights}.transforms() is not an image classifier's preset: {type(preset).__name__}")
+    return _preset_steps(
+        crop_size=preset.crop_size, resize_size=preset.resize_size, mean=preset.mean, std=preset.std,
+        interpolation=preset.interpolation.value, antialias=preset.antialias,
+    )  # fmt: skip
+
+
+def _preset_steps(
+    crop_size: object,
+    resize_size: object = 256,
+    mean: object = (0.485, 0.456, 0.406),
+    std: object = (0.229, 0.224, 0.225),
+    interpolation: object = "bilinear",
+    antialias: object = True,
+) -> list[Step]:
+    """What ImageClassification.forward does: resize and crop the PIL image, then uint8 tensor to floats."""
+    del antialias  # on a PIL image torchvision always antialiases
+    return [
+        Step("Resize", (resize_size,), {"interpolation": str(interpolation).lower()}),
+        Step("CenterCrop", (crop_size,)),
+        Step("PILToTensor"),
+        Step("ConvertImageDtype", ("float",)),
+        Step("Normalize", (mean, std)),
+    ]
 
 
 def _elements(text: str) -> list[ast.expr]:
