@@ -187,7 +187,8 @@ def test_the_stored_recipe_reads_back_as_itself():
         ("Resize(size=-3), CenterCrop(224), ToTensor()", "size must be a positive whole number"),
         ("Resize(256), CenterCrop(224), ToTensor(), Pad(4)", "Pad(4) is not a transform the server can apply; a black"),
         ("Resize((28, 28)), Pad(2, fill=255), ToTensor()", "is not a transform the server can apply"),
-        ("Resize(256, interpolation=InterpolationMode.BOX), CenterCrop(224), ToTensor()", "is not a value"),
+        ("Resize(256, interpolation=InterpolationMode.MAGIC), CenterCrop(224), ToTensor()", "is not a value"),
+        ("ToTensor(), Resize(64, interpolation=InterpolationMode.BOX)", "which torchvision cannot do with"),
         ("Resize(__import__('os').getcwd()), ToTensor()", "is not a value this reader takes"),
         (
             "Resize(256), CenterCrop(224), ToTensor(), Normalize(mean, std)",
@@ -323,6 +324,8 @@ def test_channels_the_list_gives_must_be_what_the_model_takes():
         "Grayscale(), Resize(40), CenterCrop((32, 28)), ToTensor(), Normalize((0.5,), (0.5,))",
         "Resize(64, interpolation=InterpolationMode.BICUBIC), CenterCrop(64), ToTensor()",
         "Resize(32, interpolation=InterpolationMode.NEAREST), CenterCrop(32), ToTensor()",
+        "Resize(48, interpolation=InterpolationMode.BOX), CenterCrop(40), ToTensor()",
+        "Resize((40, 60), interpolation=5), ToTensor()",  # PIL's number for HAMMING
         "Resize(28), CenterCrop(32), ToTensor(), Normalize((0.1307,), (0.3081,))",  # padded with black to 32
         "ToTensor(), Resize(64), CenterCrop(64)",  # a tensor resize: torch's antialiased interpolate
         "Resize(28), CenterCrop(28), ToTensor(), Normalize((0.8693,), (-0.3081,))",  # MNIST's, on inverted photos

@@ -47,7 +47,7 @@ SUPPORTED = ("Resize", "CenterCrop", "Grayscale", "ToTensor", "PILToTensor", "Co
              "Normalize")  # fmt: skip
 FLOAT_DTYPES = {"float", "float32", "float16", "float64", "double", "half"}
 # PIL's numbers for its filters, which torchvision's Resize still reads (PIL.Image.Resampling).
-PIL_FILTERS = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic"}
+PIL_FILTERS = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
 # Interpolations torchvision runs on a PIL image as Pillow's filter of another name (its pil_modes_mapping).
 SAME_ON_PIL = {"nearest_exact": "nearest"}
 # How a value is written in place of a name of the researcher's code, for the refusal.
@@ -375,6 +375,12 @@ def _check_tensor_resize(step: Step, tensor_by: str, interpolation: str, antiali
     The server resizes as Pillow does; torch does the same, within a grey level or two, except without
     antialiasing (every photo larger than the input aliases) and in its NEAREST (half a pixel off)."""
     check = "; the import then compares the served answers with that list on your photos (--photos)"
+    if interpolation in ("box", "hamming"):
+        raise TransformsRefused(
+            f"{step} resizes a tensor (it comes after {tensor_by}), which torchvision cannot do with "
+            f"InterpolationMode.{interpolation.upper()} (it raises): put Resize before {tensor_by}, where it "
+            "resizes the PIL image as the server does"
+        )
     if interpolation == "nearest":
         raise TransformsRefused(
             f"{step} resizes a tensor (it comes after {tensor_by}), where InterpolationMode.NEAREST picks pixels "
