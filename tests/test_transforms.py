@@ -326,6 +326,8 @@ def test_channels_the_list_gives_must_be_what_the_model_takes():
         "Resize(32, interpolation=InterpolationMode.NEAREST), CenterCrop(32), ToTensor()",
         "Resize(48, interpolation=InterpolationMode.BOX), CenterCrop(40), ToTensor()",
         "Resize((40, 60), interpolation=5), ToTensor()",  # PIL's number for HAMMING
+        "v2.ToImage(), v2.Resize(64, interpolation=InterpolationMode.LANCZOS), v2.CenterCrop(64), "
+        "v2.ToDtype(torch.float32, scale=True)",  # v2 resizes a tensor with LANCZOS (v1 raises)
         "Resize(28), CenterCrop(32), ToTensor(), Normalize((0.1307,), (0.3081,))",  # padded with black to 32
         "ToTensor(), Resize(64), CenterCrop(64)",  # a tensor resize: torch's antialiased interpolate
         "Resize(28), CenterCrop(28), ToTensor(), Normalize((0.8693,), (-0.3081,))",  # MNIST's, on inverted photos
@@ -364,4 +366,8 @@ def test_nearest_exact_is_stored_as_nearest_because_torchvision_runs_it_so_on_a_
 
 def test_v2_only_transforms_are_built_from_torchvision_v2():
     built = faithful.reference_transform(parse("ToImage(), Resize((8, 8)), ToDtype(torch.float32, scale=True)"))
-    assert [type(t) for t in built.transforms] == [v2.ToImage, T.Resize, v2.ToDtype]
+    assert [type(t) for t in built.transforms] == [v2.ToImage, v2.Resize, v2.ToDtype]
+    assert [type(t) for t in faithful.reference_transform(parse("Resize(8), ToTensor()")).transforms] == [
+        T.Resize,
+        T.ToTensor,
+    ]
