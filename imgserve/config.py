@@ -80,6 +80,11 @@ DEFAULT_CROP_RATIO = DEFAULT_CROP / DEFAULT_RESIZE
 # image classifiers are trained at (224 to 1024). A side of 20000 had the import's first run of the model
 # killed for memory; a batch of 8 at 2048 x 2048 is 400 MB of input alone.
 MAX_INPUT_SIDE = 2048
+# A JPEG is decoded at 1/2, 1/4 or 1/8 scale (Pillow's draft) while both sides stay at least twice the
+# resized size and at least this: libjpeg's reduced decode is no antialiasing filter, and below ~512 a side
+# its error reaches the model (28 px: a mean 0.4 grey levels from the full decode, up to 7; with this floor
+# 0.01, up to 2). The default model's 2 x 256 is already 512; a 28 px model's 12 MP photo decodes at 1/4.
+DRAFT_MIN_SIDE = 512
 # Gray models (1 input channel): PyTorch's own quickstart feeds ToTensor()'s [0, 1] pixels, no Normalize.
 GRAY_MEAN = (0.0,)
 GRAY_STD = (1.0,)

@@ -710,6 +710,7 @@ def test_a_model_pickled_in_dataparallel_on_a_gpu_machine_is_served_from_the_mod
         (["--transforms", "Resize(256), ToTensor()", "--crop", "224"], "--transforms replaces --crop"),
         (["--mean", "0.5", "0.5", "0.5", "--std", "0.5"], "--mean has 3 values but --std 1"),
         (["--crop", "0"], "argument --crop: '0' is not a size in pixels (a whole number above 0)"),
+        (["--resize", "200", "--crop", "224"], "--crop 224 is larger than --resize 200: the photo would be padded"),
     ],
 )
 def test_names_labels_paths_and_options_are_checked_before_the_model_is_loaded(tmp_path, args, message):
@@ -860,23 +861,31 @@ def test_a_pt2_that_holds_pickled_code_needs_trust(tmp_path):
 
 
 def test_the_faithfulness_gate_refuses_a_model_the_server_would_answer_differently(tmp_path, real_photos):
-    """Resizing a tensor without antialiasing cannot be served exactly (the server resamples with Pillow,
-    antialiased): on a model whose answers follow the photo, answers move, and the import says so."""
+    """Specimens cut out on a transparent background whose hidden colour is black: the researcher's
+    convert("RGB") sees them on black, the server on white. On a model whose answers follow the photo the
+    answers move: refused, and stored only with --accept-disagreement, marked so. (A transform list the
+    server cannot run exactly, a tensor resized without antialiasing, is refused before the model loads.)"""
     from torchvision import transforms as T
 
     from tests.researcher_code import Net
 
-    model = sensitive(
-        lambda: Net(num_classes=4), T.Compose([T.ToTensor(), T.Resize((64, 64), antialias=False)]), False, 7
-    )
+    model = sensitive(lambda: Net(num_classes=4), T.Compose([T.Resize(64), T.CenterCrop(64), T.ToTensor()]), False, 7)
     path = tmp_path / "cells.pth"
     torch.save(model.state_dict(), path)
-    args = ["--arch", f"{CODE}:Net", "--arch-kwargs", '{"num_classes": 4}', "--photos", real_photos,
-            "--transforms", "ToTensor(), Resize((64, 64), antialias=False)"]  # fmt: skip
+    photos = tmp_path / "cutouts"
+    photos.mkdir()
+    for photo in sorted(real_photos.glob("*.jpg"))[:6]:
+        rgba = np.array(Image.open(photo).convert("RGBA"))
+        rgba[:, : rgba.shape[1] // 2] = 0  # the left half cut away: transparent, black under it
+        Image.fromarray(rgba).save(photos / f"{photo.stem}.png")
+    args = ["--arch", f"{CODE}:Net", "--arch-kwargs", '{"num_classes": 4}', "--photos", photos]
     before = len(bentoml.models.list())
-    refused(run_import(path, *args), "served answers disagree with torch running your transforms")
+    aliased = ["--transforms", "ToTensor(), Resize((64, 64), antialias=False)"]
+    refused(run_import(path, *args, *aliased), "without antialiasing, so a photo larger than the input aliases")
+    given = ["--transforms", "Resize(64), CenterCrop(64), ToTensor()"]
+    refused(run_import(path, *args, *given), "served answers disagree with torch running your transforms")
     assert len(bentoml.models.list()) == before
-    tag = imported_tag(run_import(path, *args, "--accept-disagreement"))
+    tag = imported_tag(run_import(path, *args, *given, "--accept-disagreement"))
     faithfulness = stored(tag).info.metadata["faithfulness"]
     assert faithfulness["accepted_anyway"] and faithfulness["max_prob_diff"] > config.FAITHFUL_MAX_PROB_DIFF
 

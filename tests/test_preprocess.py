@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from imgserve.serving.preprocess import ImageRejected, Preprocessing, open_image, preprocess
 from tests.helpers import DATA, ROOT, image_bytes
@@ -120,6 +120,51 @@ def test_exif_rotated_photo_equals_the_upright_one():
     assert np.array_equal(preprocess(buf_rot.getvalue(), prep), preprocess(buf_up.getvalue(), prep))
 
 
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_a_jpeg_decoded_at_reduced_scale_is_resized_as_the_full_photo_in_every_orientation(orientation):
+    """384 x 303 at 1/2 scale is 192 x 151.5 pixels, decoded as 192 x 152: the last row is half photo. The
+    crop follows the photo's own part of the reduced image, wherever the EXIF orientation turns it."""
+    import skimage.data
+    from torchvision import transforms
+
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    Image.fromarray(skimage.data.coins()).save(buf, "JPEG", quality=90, exif=exif)
+    prep = Preprocessing(resize=64, crop=64, channels=1, mean=(0.5,), std=(0.5,))
+    textbook = transforms.Compose([transforms.Resize(64), transforms.CenterCrop(64), transforms.PILToTensor()])
+    full = ImageOps.exif_transpose(Image.open(io.BytesIO(buf.getvalue())))
+    expected = textbook(full.convert("L")).numpy().astype(np.int16)
+    got = preprocess(buf.getvalue(), prep).astype(np.int16)
+    assert np.abs(got - expected).mean() < 1.0 and np.abs(got - expected).max() <= 16
+
+
+@pytest.mark.parametrize(("resize", "crop"), [(28, 32), (256, (300, 240)), ((20, 30), (40, 24))])
+def test_a_crop_larger_than_the_resized_photo_is_padded_with_black_as_torchvision_pads(resize, crop):
+    from torchvision import transforms
+
+    buf = io.BytesIO()
+    Image.open(DATA / "coffee.jpg").save(buf, "PNG")  # no JPEG draft decoding: the same pixels exactly
+    textbook = transforms.Compose([transforms.Resize(resize), transforms.CenterCrop(crop), transforms.PILToTensor()])
+    expected = textbook(Image.open(DATA / "coffee.jpg").convert("RGB")).numpy()
+    got = preprocess(buf.getvalue(), Preprocessing(resize=resize, crop=crop))
+    assert got.shape == expected.shape and np.array_equal(got, expected)
+    assert (got[:, 0] == 0).all() or (got[:, :, 0] == 0).all()  # a black border, where torchvision pads
+
+
+@pytest.mark.parametrize("photo", ["cat.jpg", "coffee.jpg", "rocket.jpg"])
+def test_a_small_models_pixels_are_those_of_the_full_photo(photo):
+    """A 28 px model's JPEGs are still decoded at reduced scale, but not below 512 a side, where
+    libjpeg's reduced decode (no antialiasing filter) strays from the full photo's pixels."""
+    from torchvision import transforms
+
+    data = (DATA / photo).read_bytes()
+    textbook = transforms.Compose([transforms.Resize(28), transforms.CenterCrop(28), transforms.PILToTensor()])
+    expected = textbook(Image.open(io.BytesIO(data)).convert("L")).numpy().astype(np.int16)
+    got = preprocess(data, Preprocessing(resize=28, crop=28, mean=(0.5,), std=(0.5,), channels=1)).astype(np.int16)
+    assert np.abs(got - expected).mean() < 0.1 and np.abs(got - expected).max() <= 2
+
+
 def test_one_pixel_image_is_accepted():
     assert preprocess(image_bytes(size=(1, 1)), PREP).shape == (3, 32, 32)
 
@@ -174,7 +219,7 @@ def test_matches_the_textbook_torchvision_pipeline_on_a_real_photo():
 
 @pytest.mark.parametrize(
     "bad",
-    [{"crop": 300, "resize": 256}, {"interpolation": "magic"}, {"std": (0.0, 1.0, 1.0)}],
+    [{"crop": 0, "resize": 256}, {"interpolation": "magic"}, {"std": (0.0, 1.0, 1.0)}],
 )
 def test_invalid_preprocessing_is_refused(bad):
     with pytest.raises(ValueError):
@@ -208,7 +253,7 @@ def test_entries_stored_before_channels_existed_read_as_rgb():
 
 @pytest.mark.parametrize(
     "bad",
-    [{"channels": 2, "mean": (0, 0), "std": (1, 1)}, {"channels": 1}, {"resize": (100, 50), "crop": (60, 60)}],
+    [{"channels": 2, "mean": (0, 0), "std": (1, 1)}, {"channels": 1}, {"resize": (100, 0), "crop": (60, 60)}],
 )
 def test_channels_and_sizes_that_cannot_be_are_refused(bad):
     with pytest.raises(ValueError):

@@ -7,7 +7,7 @@ import io
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torchvision import transforms as T
 from torchvision.transforms import v2
 
@@ -163,6 +163,8 @@ def test_the_stored_recipe_reads_back_as_itself():
     ("text", "message"),
     [
         ("RandomResizedCrop(224), ToTensor()", "at inference use Resize(256), CenterCrop(224)"),
+        ("RandomResizedCrop((224, 224)), ToTensor()", "at inference use Resize(256), CenterCrop(224)"),
+        ("RandomResizedCrop((112, 336)), ToTensor()", "at inference use Resize((128, 384)), CenterCrop((112, 336))"),
         ("Resize(256), RandomCrop(224), ToTensor()", "at inference use CenterCrop(224)"),
         (
             "Resize(256), CenterCrop(224), RandomHorizontalFlip(), ToTensor()",
@@ -183,8 +185,10 @@ def test_the_stored_recipe_reads_back_as_itself():
         ("Resize(256), CenterCrop(224), ToTensor(), Normalize([0.5, 0.5], [0.5])", "2 mean values but 1 std values"),
         ("Resize(256, max_size=512), CenterCrop(224), ToTensor()", "drop max_size"),
         ("Resize(size=-3), CenterCrop(224), ToTensor()", "size must be a positive whole number"),
-        ("Resize(256), CenterCrop(224), ToTensor(), Pad(4)", "Pad is not a transform the server can apply"),
-        ("Resize(256, interpolation=InterpolationMode.BOX), CenterCrop(224), ToTensor()", "is not a value"),
+        ("Resize(256), CenterCrop(224), ToTensor(), Pad(4)", "Pad(4) is not a transform the server can apply; a black"),
+        ("Resize((28, 28)), Pad(2, fill=255), ToTensor()", "is not a transform the server can apply"),
+        ("Resize(256, interpolation=InterpolationMode.MAGIC), CenterCrop(224), ToTensor()", "is not a value"),
+        ("ToTensor(), Resize(64, interpolation=InterpolationMode.BOX)", "which torchvision cannot do with"),
         ("Resize(__import__('os').getcwd()), ToTensor()", "is not a value this reader takes"),
         (
             "Resize(256), CenterCrop(224), ToTensor(), Normalize(mean, std)",
@@ -198,12 +202,109 @@ def test_the_stored_recipe_reads_back_as_itself():
         ("transform = None", "is not a transform call"),
         ("{'a': Compose([ToTensor()]), 'b': Compose([ToTensor()])}", "a dict of transform lists ('a', 'b'): give"),
         ("", "expected transforms such as"),
+        ("Resize(256), CenterCrop(224), RandomHorizontalFlip(p=0), ToTensor()", "applies to no photo (p=0): leave"),
+        ("Resize(256), CenterCrop(224), RandomHorizontalFlip(1.0), ToTensor()", "applies to every photo (p=1)"),
+        ("Resize(256), CenterCrop(224), RandomGrayscale(p=1), ToTensor()", "write Grayscale(num_output_channels=3)"),
+        (
+            "Resize((28, 28)), ToTensor(), Normalize([0.5], [0.5]), Lambda(lambda x: 1.0 - x)",
+            "inverts every photo (as for a model trained on white digits on black, MNIST's); the server runs no "
+            "code and no inversion of its own: invert the photos before sending them",
+        ),
+        ("Resize((28, 28)), Lambda('x'), ToTensor()", "Lambda runs code the server cannot store"),
+        ("Resize(28), ToTensor(), Normalize([0.5], [0.5]), CenterCrop(32)", "put CenterCrop before Normalize"),
+        (
+            "ToTensor(), Resize(64, antialias=False), CenterCrop(64)",
+            "resizes a tensor (it comes after ToTensor()) without antialiasing",
+        ),
+        (
+            "v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Resize((96, 128), antialias=False)",
+            "comes after ToImage()) without antialiasing, so a photo larger than the input aliases",
+        ),
+        (
+            "PILToTensor(), Resize(32, interpolation=InterpolationMode.NEAREST), CenterCrop(32), "
+            "ConvertImageDtype(torch.float)",
+            "write InterpolationMode.NEAREST_EXACT",
+        ),
     ],
 )
 def test_what_cannot_be_served_as_written_is_refused_with_what_to_write(text, message):
     with pytest.raises(TransformsRefused, match=None) as e:
         prep_of(text)
     assert message in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "invert"),
+    [
+        ("RandomInvert(p=1.0), Resize(28), CenterCrop(28), ToTensor(), Normalize((0.1307,), (0.3081,))", None),
+        ("Resize((28, 28)), ToTensor(), Lambda(lambda x: 1 - x), Normalize([0.5], [0.25])", 2),
+        ("v2.Lambda(ImageOps.invert), Resize((28, 28)), ToTensor()", 0),
+    ],
+    ids=["RandomInvert(p=1.0)", "Lambda 1 - x", "Lambda(ImageOps.invert)"],
+)
+def test_an_inversion_is_refused_with_the_list_that_computes_the_same(text, invert):
+    """MNIST-style models want white digits on black: the refusal's list gives them the same input."""
+    with pytest.raises(TransformsRefused, match="inverts every photo") as e:
+        prep_of(text, 1)
+    instead = str(e.value).split(": write ")[1]
+    steps = parse(text)
+    if invert is None:
+        theirs = faithful.reference_transform(steps)  # torchvision's RandomInvert(p=1.0) inverts every photo
+    else:  # their Lambda, as their code runs it
+        built = faithful.reference_transform(steps[:invert] + steps[invert + 1 :]).transforms
+        built.insert(invert, T.Lambda(ImageOps.invert if invert == 0 else lambda x: 1 - x))
+        theirs = T.Compose(built)
+    photo = Image.open(DATA / "cat.jpg").convert("L")
+    assert torch.allclose(faithful.reference_transform(parse(instead))(photo), theirs(photo), atol=1e-5)
+    assert prep_of(instead, 1).std[0] < 0  # and the server serves it
+
+
+@pytest.mark.parametrize("pad", ["Pad(2)", "Pad((2, 3))", "Pad(padding=(1, 1, 2, 2))"])
+def test_a_black_border_is_refused_with_the_crop_that_gives_it(pad):
+    """LeNet-style digits models pad 28 px to 32: CenterCrop larger than the photo does the same, served."""
+    text = f"Resize((28, 28)), {pad}, ToTensor(), Normalize((0.1307,), (0.3081,))"
+    with pytest.raises(TransformsRefused, match="adds a black border") as e:
+        prep_of(text, 1)
+    written = str(e.value).split(" write ")[1]
+    instead = text.replace(f"Resize((28, 28)), {pad}", written)
+    photo = Image.open(DATA / "cat.jpg").convert("L")
+    theirs, served = faithful.reference_transform(parse(text)), faithful.reference_transform(parse(instead))
+    assert torch.equal(theirs(photo), served(photo))
+    assert prep_of(instead, 1).input_size == tuple(theirs(photo).shape[1:])
+
+
+@pytest.mark.parametrize(
+    ("text", "weights"),
+    [
+        ("ResNet50_Weights.IMAGENET1K_V2.transforms()", "ResNet50_Weights.IMAGENET1K_V2"),
+        (
+            "preprocess = torchvision.models.EfficientNet_B3_Weights.DEFAULT.transforms()",
+            "EfficientNet_B3_Weights.DEFAULT",
+        ),
+        ("ImageClassification(crop_size=224, resize_size=232)", "ResNet50_Weights.IMAGENET1K_V2"),
+    ],
+)
+def test_torchvisions_weights_preset_is_read_as_the_steps_it_runs(text, weights):
+    """Code on pretrained torchvision models takes its inference transforms from the weights."""
+    from torchvision import models
+
+    preset = models.get_weight(weights).transforms()
+    steps = parse(text)
+    photo = Image.open(DATA / "cat.jpg").convert("RGB")
+    assert torch.equal(faithful.reference_transform(steps)(photo), preset(photo))
+    prep = to_preprocessing(steps, 3)
+    assert (prep.resize, prep.crop, prep.interpolation) == (
+        preset.resize_size[0],
+        preset.crop_size[0],
+        preset.interpolation.value,
+    )
+
+
+def test_weights_held_in_a_variable_are_asked_for_by_name():
+    with pytest.raises(TransformsRefused, match="names the weights by a variable of your code: write them"):
+        parse("weights.transforms()")
+    with pytest.raises(TransformsRefused, match="torchvision has no such weights"):
+        parse("ResNet50_Weights.IMAGENET1K_V9.transforms()")
 
 
 def test_channels_the_list_gives_must_be_what_the_model_takes():
@@ -222,19 +323,31 @@ def test_channels_the_list_gives_must_be_what_the_model_takes():
         "Resize((120, 90)), ToTensor()",
         "Grayscale(), Resize(40), CenterCrop((32, 28)), ToTensor(), Normalize((0.5,), (0.5,))",
         "Resize(64, interpolation=InterpolationMode.BICUBIC), CenterCrop(64), ToTensor()",
+        "Resize(32, interpolation=InterpolationMode.NEAREST), CenterCrop(32), ToTensor()",
+        "Resize(48, interpolation=InterpolationMode.BOX), CenterCrop(40), ToTensor()",
+        "Resize((40, 60), interpolation=5), ToTensor()",  # PIL's number for HAMMING
+        "v2.ToImage(), v2.Resize(64, interpolation=InterpolationMode.LANCZOS), v2.CenterCrop(64), "
+        "v2.ToDtype(torch.float32, scale=True)",  # v2 resizes a tensor with LANCZOS (v1 raises)
+        "Resize(28), CenterCrop(32), ToTensor(), Normalize((0.1307,), (0.3081,))",  # padded with black to 32
+        "ToTensor(), Resize(64), CenterCrop(64)",  # a tensor resize: torch's antialiased interpolate
+        "Resize(28), CenterCrop(28), ToTensor(), Normalize((0.8693,), (-0.3081,))",  # MNIST's, on inverted photos
+        "ToImage(), Resize(32, interpolation=InterpolationMode.NEAREST_EXACT), CenterCrop(32), ToDtype(torch.float32)",
     ],
 )
 def test_the_served_pixels_are_torchvisions_on_a_real_photo(text):
-    """The server's fast path (draft JPEG decode, one resample of the crop box) against torchvision's own."""
+    """The server's fast path (draft JPEG decode, one resample of the crop box) against torchvision's own,
+    the whole list run (a Resize after ToTensor() resizes the tensor), compared as 0..255 pixels."""
     steps = parse(text)
     prep = to_preprocessing(steps, None)
     data = (DATA / "cat.jpg").read_bytes()
-    reference = [s for s in steps if s.name not in ("ToTensor", "Normalize")]
-    pil = faithful.reference_transform([*reference, parse("PILToTensor()")[0]])
-    expected = pil(Image.open(io.BytesIO(data)).convert("RGB")).numpy().astype(np.int16)
+    out = faithful.reference_transform(steps)(Image.open(io.BytesIO(data)).convert("RGB")).double()
+    mean, std = (torch.tensor(v, dtype=torch.float64).view(-1, 1, 1) for v in (prep.mean, prep.std))
+    expected = (out * std + mean).mul(255).round().numpy().astype(np.int16)  # the model's input, as pixels
     got = preprocess(data, prep).astype(np.int16)
     assert got.shape == expected.shape
     assert np.abs(got - expected).mean() < 2.0  # JPEG draft decoding: a level or two at small sizes
+    if prep.interpolation == "nearest":  # single pixels of the full decode, which a reduced decode would average
+        assert np.array_equal(got, expected)
 
 
 def test_nearest_exact_is_stored_as_nearest_because_torchvision_runs_it_so_on_a_pil_image():
@@ -253,4 +366,8 @@ def test_nearest_exact_is_stored_as_nearest_because_torchvision_runs_it_so_on_a_
 
 def test_v2_only_transforms_are_built_from_torchvision_v2():
     built = faithful.reference_transform(parse("ToImage(), Resize((8, 8)), ToDtype(torch.float32, scale=True)"))
-    assert [type(t) for t in built.transforms] == [v2.ToImage, T.Resize, v2.ToDtype]
+    assert [type(t) for t in built.transforms] == [v2.ToImage, v2.Resize, v2.ToDtype]
+    assert [type(t) for t in faithful.reference_transform(parse("Resize(8), ToTensor()")).transforms] == [
+        T.Resize,
+        T.ToTensor,
+    ]

@@ -190,6 +190,12 @@ def check_args(args: argparse.Namespace) -> Plan:
             transforms.to_preprocessing(steps, None)  # all but the channels' fit, before the model is loaded
         except (transforms.TransformsRefused, ValueError) as e:
             raise ImportRefused(str(e)) from None
+    if args.resize and args.crop and args.crop > args.resize:
+        raise ImportRefused(
+            f"--crop {args.crop} is larger than --resize {args.resize}: the photo would be padded with black "
+            f"around it, as torchvision's CenterCrop pads; give --resize {args.crop} or more, or --transforms "
+            "as your code writes it if it pads so"
+        )
     if args.mean is not None and args.std is not None and len(args.mean) != len(args.std):
         raise ImportRefused(f"--mean has {len(args.mean)} values but --std {len(args.std)}: one of each per channel")
     photos = sorted(config.DATA_DIR.glob("*.jpg"))

@@ -92,10 +92,12 @@ def reference_transform(steps: list[Step]) -> Callable[[Image.Image], torch.Tens
             return getattr(torch, v)
         return v
 
-    built = []
-    for step in steps:
-        cls = getattr(v1, step.name, None) or getattr(v2, step.name)  # ToImage, ToDtype: v2 only
-        built.append(cls(*map(value, step.args), **{k: value(v) for k, v in step.kwargs.items()}))
+    # A list with v2's own steps is v2 code: its Resize too (v1's refuses a tensor's LANCZOS, v2's runs it).
+    module = v2 if any(step.name in ("ToImage", "ToDtype") for step in steps) else v1
+    built = [
+        getattr(module, step.name)(*map(value, step.args), **{k: value(v) for k, v in step.kwargs.items()})
+        for step in steps
+    ]
     return v1.Compose(built)
 
 

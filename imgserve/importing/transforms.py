@@ -38,13 +38,16 @@ AUGMENTATIONS = {
     "RandomErasing",
 }
 MULTI_CROP = {"FiveCrop", "TenCrop"}
+# Transforms applied to a share p of the photos, p their first argument: at p=1 they are not random at all.
+APPLIED_WITH_P = {"RandomHorizontalFlip", "RandomVerticalFlip", "RandomInvert", "RandomGrayscale", "RandomEqualize",
+                  "RandomAutocontrast"}  # fmt: skip
 # The keys a dict of transform lists gives its inference list under, in the order looked for.
 INFERENCE_SPLITS = ("val", "valid", "validation", "test", "eval", "inference")
 SUPPORTED = ("Resize", "CenterCrop", "Grayscale", "ToTensor", "PILToTensor", "ConvertImageDtype", "ToImage", "ToDtype",
              "Normalize")  # fmt: skip
 FLOAT_DTYPES = {"float", "float32", "float16", "float64", "double", "half"}
 # PIL's numbers for its filters, which torchvision's Resize still reads (PIL.Image.Resampling).
-PIL_FILTERS = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic"}
+PIL_FILTERS = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
 # Interpolations torchvision runs on a PIL image as Pillow's filter of another name (its pil_modes_mapping).
 SAME_ON_PIL = {"nearest_exact": "nearest"}
 # How a value is written in place of a name of the researcher's code, for the refusal.
@@ -94,7 +97,61 @@ def parse(text: str) -> list[Step]:
         elements = call.args[0].elts
     if not elements:
         raise TransformsRefused(f"--transforms: expected transforms such as 'Resize(256), ToTensor()', got {text!r}")
-    return [_step(node) for node in elements]
+    return [step for node in elements for step in (_preset(node) or [_step(node)])]
+
+
+def _preset(node: ast.AST) -> list[Step] | None:
+    """torchvision's weights preset as its steps: `ResNet50_Weights.IMAGENET1K_V2.transforms()`, as code
+    using pretrained torchvision models writes it, or `ImageClassification(crop_size=224, ...)`. Read from
+    torchvision's own metadata, nothing of the researcher's code run. None when the node is neither."""
+    if not isinstance(node, ast.Call):
+        return None
+    if _name(node) == "ImageClassification":
+        kwargs = {k.arg: _literal(k.value, "ImageClassification") for k in node.keywords if k.arg}
+        if node.args or "crop_size" not in kwargs:
+            raise TransformsRefused("ImageClassification takes keywords, crop_size first: "
+                                    "ImageClassification(crop_size=224, resize_size=256)")  # fmt: skip
+        return _preset_steps(**kwargs)
+    func = node.func
+    if not (isinstance(func, ast.Attribute) and func.attr == "transforms" and not node.args):
+        return None
+    weights = ast.unparse(func.value)
+    if not isinstance(func.value, ast.Attribute) or not (_name(func.value.value) or "").endswith("_Weights"):
+        raise TransformsRefused(
+            f"{weights}.transforms() names the weights by a variable of your code: write them as torchvision "
+            "names them, e.g. ResNet50_Weights.IMAGENET1K_V2.transforms()"
+        )
+    from torchvision import models
+
+    try:
+        preset = models.get_weight(".".join(weights.split(".")[-2:])).transforms()
+    except (ValueError, KeyError, AttributeError):
+        raise TransformsRefused(f"{weights}: torchvision has no such weights (torchvision.models.get_weight)") from None
+    if type(preset).__name__ != "ImageClassification":
+        raise TransformsRefused(f"{weights}.transforms() is not an image classifier's preset: {type(preset).__name__}")
+    return _preset_steps(
+        crop_size=preset.crop_size, resize_size=preset.resize_size, mean=preset.mean, std=preset.std,
+        interpolation=preset.interpolation.value, antialias=preset.antialias,
+    )  # fmt: skip
+
+
+def _preset_steps(
+    crop_size: object,
+    resize_size: object = 256,
+    mean: object = (0.485, 0.456, 0.406),
+    std: object = (0.229, 0.224, 0.225),
+    interpolation: object = "bilinear",
+    antialias: object = True,
+) -> list[Step]:
+    """What ImageClassification.forward does: resize and crop the PIL image, then uint8 tensor to floats."""
+    del antialias  # on a PIL image torchvision always antialiases
+    return [
+        Step("Resize", (resize_size,), {"interpolation": str(interpolation).lower()}),
+        Step("CenterCrop", (crop_size,)),
+        Step("PILToTensor"),
+        Step("ConvertImageDtype", ("float",)),
+        Step("Normalize", (mean, std)),
+    ]
 
 
 def _elements(text: str) -> list[ast.expr]:
@@ -153,7 +210,8 @@ def _step(node: ast.AST) -> Step:
     except TransformsRefused:
         if name in SUPPORTED:
             raise
-        args, kwargs = (), {}  # refused below by name (Lambda, augmentation): what it was given does not matter
+        # Refused below by name (Lambda, augmentation); a Lambda keeps its code as text, to tell an inversion.
+        args, kwargs = ((ast.unparse(node.args[0]),) if name == "Lambda" and node.args else ()), {}
     if name == "Resize":  # interpolation=3, PIL's number for bicubic, as older code writes it
         args = tuple(_filter_name(a) if i == 1 else a for i, a in enumerate(args))
         kwargs = {k: _filter_name(v) if k == "interpolation" else v for k, v in kwargs.items()}
@@ -198,11 +256,17 @@ def to_preprocessing(steps: list[Step], model_channels: int | None) -> Preproces
     resize = crop = None
     interpolation = "bilinear"
     gray_out: int | None = None  # Grayscale's num_output_channels
-    tensor = floats = False
+    floats = False
+    tensor_by = ""  # the step that made the tensor: a Resize after it resizes the tensor, not the PIL image
     scale = 255.0  # the tensor holds u * scale for u = uint8 / 255: 1 after ToTensor, 255 for unscaled floats
     mean: list[float] | None = None
     std: list[float] | None = None
+    crop_after_normalize = False  # then a crop larger than the photo pads with 0 in normalised values
     for step in steps:
+        if _inverts(step):
+            raise TransformsRefused(_invert_instead(steps, step))
+        if step.name == "Pad":
+            raise TransformsRefused(_pad_instead(step, resize, crop, mean is not None))
         args = _bind(step)
         match step.name:
             case "Resize":
@@ -217,24 +281,28 @@ def to_preprocessing(steps: list[Step], model_channels: int | None) -> Preproces
                     raise TransformsRefused("Resize(max_size=...) makes the size depend on the photo; drop max_size")
                 resize = _size(args["size"], "Resize")
                 interpolation = str(args.get("interpolation") or "bilinear")
+                if tensor_by:
+                    _check_tensor_resize(step, tensor_by, interpolation, args.get("antialias", True))
                 interpolation = SAME_ON_PIL.get(interpolation, interpolation)
             case "CenterCrop":
                 if crop is not None:
                     raise TransformsRefused("two CenterCrop steps: write the one the model's input gets")
                 crop = _size(args["size"], "CenterCrop")
+                crop_after_normalize = mean is not None
             case "Grayscale":
                 gray_out = int(args.get("num_output_channels", 1))
                 if gray_out not in (1, 3):
                     raise TransformsRefused("Grayscale(num_output_channels=...) takes 1 or 3")
             case "ToTensor":
-                tensor, floats, scale = True, True, 1.0
+                floats, scale = True, 1.0
+                tensor_by = tensor_by or f"{step.name}()"
             case "PILToTensor" | "ToImage":
-                tensor = True
+                tensor_by = tensor_by or f"{step.name}()"
             case "ConvertImageDtype" | "ToDtype":
                 dtype = str(args.get("dtype", ""))
-                if tensor and not floats and dtype == "uint8":
+                if tensor_by and not floats and dtype == "uint8":
                     continue  # v2's ToDtype(torch.uint8, scale=True) after ToImage: the tensor is uint8 already
-                if not tensor or dtype not in FLOAT_DTYPES:
+                if not tensor_by or dtype not in FLOAT_DTYPES:
                     raise TransformsRefused(
                         f"{step}: the model needs float tensors, e.g. ConvertImageDtype(torch.float)"
                     )
@@ -269,6 +337,13 @@ def to_preprocessing(steps: list[Step], model_channels: int | None) -> Preproces
                 f"Resize(({resize}, {resize})) to squeeze the photo to that size"
             )
         crop = resize
+    pads = any(c > r for c, r in zip(_pair(crop), _pair(resize), strict=True))
+    if pads and crop_after_normalize:
+        raise TransformsRefused(
+            f"CenterCrop({crop}) after Normalize pads the photo, larger than Resize({resize}) makes it, with 0 in "
+            "normalised values, a grey the server cannot give: put CenterCrop before Normalize (it then pads "
+            "with black, as the server does)"
+        )
 
     if model_channels is not None and gray_out is not None and gray_out != model_channels:
         raise TransformsRefused(
@@ -293,6 +368,31 @@ def to_preprocessing(steps: list[Step], model_channels: int | None) -> Preproces
         channels=channels,
         grayscale=gray_out is not None or channels == 1,
     )
+
+
+def _check_tensor_resize(step: Step, tensor_by: str, interpolation: str, antialias: object) -> None:
+    """A Resize after ToTensor()/ToImage() runs on the tensor, by torch's interpolate, not Pillow's resize.
+    The server resizes as Pillow does; torch does the same, within a grey level or two, except without
+    antialiasing (every photo larger than the input aliases) and in its NEAREST (half a pixel off)."""
+    check = "; the import then compares the served answers with that list on your photos (--photos)"
+    if interpolation in ("box", "hamming"):
+        raise TransformsRefused(
+            f"{step} resizes a tensor (it comes after {tensor_by}), which torchvision cannot do with "
+            f"InterpolationMode.{interpolation.upper()} (it raises): put Resize before {tensor_by}, where it "
+            "resizes the PIL image as the server does"
+        )
+    if interpolation == "nearest":
+        raise TransformsRefused(
+            f"{step} resizes a tensor (it comes after {tensor_by}), where InterpolationMode.NEAREST picks pixels "
+            "half a pixel off from Pillow's NEAREST, which the server runs: to serve it so, write "
+            "InterpolationMode.NEAREST_EXACT (Pillow's NEAREST, on a tensor too)" + check
+        )
+    if antialias is not True and interpolation in ("bilinear", "bicubic"):
+        raise TransformsRefused(
+            f"{step} resizes a tensor (it comes after {tensor_by}) without antialiasing, so a photo larger than "
+            "the input aliases; the server always antialiases, as Resize does on a PIL image: to serve it so, "
+            f"drop antialias={antialias} (torchvision's default is True)" + check
+        )
 
 
 def _bind(step: Step) -> dict:
@@ -329,11 +429,108 @@ def _bind(step: Step) -> dict:
     return bound
 
 
+def _pad_instead(step: Step, resize: object, crop: object, normalized: bool) -> str:
+    """Pad's refusal. A black border around a photo of fixed size is what CenterCrop larger than the
+    photo gives (torchvision's and the server's): when it is that, the list to write."""
+    padding = step.kwargs.get("padding", step.args[0] if step.args else None)
+    fill = step.kwargs.get("fill", step.args[1] if len(step.args) > 1 else 0)
+    mode = step.kwargs.get("padding_mode", step.args[2] if len(step.args) > 2 else "constant")
+    refusal = (
+        f"{step} is not a transform the server can apply; a black border around a photo of fixed size is "
+        "CenterCrop larger than the photo, e.g. Resize((28, 28)), CenterCrop((32, 32)) for Resize((28, 28)), Pad(2)"
+    )
+    sides = [padding] if isinstance(padding, int) else list(padding) if isinstance(padding, list | tuple) else []
+    if not sides or not all(isinstance(v, int) and v >= 0 for v in sides) or len(sides) not in (1, 2, 4):
+        return refusal
+    left, top, right, bottom = (sides * 4)[:4] if len(sides) == 1 else (sides * 2) if len(sides) == 2 else sides
+    size = resize if isinstance(resize, tuple) and crop in (None, resize) else None  # the photo's size before Pad
+    if fill != 0 or mode != "constant" or normalized or size is None:
+        return refusal
+    h, w = size[0] + top + bottom, size[1] + left + right
+    # CenterCrop puts the photo at ((w - width) // 2, (h - height) // 2): Pad's border must split so.
+    if (left, top) != ((w - size[1]) // 2, (h - size[0]) // 2):
+        return refusal
+    return (
+        f"{step} adds a black border, which the server gives as CenterCrop larger than the photo does (as "
+        f"torchvision's does): in place of Resize({size}), {step} write Resize({size}), CenterCrop({(h, w)})"
+    )
+
+
+def _probability(step: Step) -> object:
+    """p of a RandomX step that applies X to a share p of the photos (None: not such a step, or not given)."""
+    if step.name not in APPLIED_WITH_P:
+        return None
+    return step.kwargs.get("p", step.args[0] if step.args else None)
+
+
+def _inverts(step: Step) -> bool:
+    """RandomInvert(p=1.0), or a Lambda inverting the photo: `lambda x: 1 - x`, `ImageOps.invert`, TF.invert."""
+    if step.name == "RandomInvert":
+        return _probability(step) == 1
+    if step.name != "Lambda" or not step.args:
+        return False
+    try:
+        code = ast.parse(str(step.args[0]), mode="eval").body
+    except SyntaxError:  # Lambda("text"): no code at all
+        return False
+    if not isinstance(code, ast.Lambda):
+        return _name(code) == "invert"  # Lambda(ImageOps.invert)
+    body, params = code.body, [a.arg for a in code.args.args]
+    if isinstance(body, ast.Call):
+        return _name(body) == "invert"
+    return (
+        isinstance(body, ast.BinOp)
+        and isinstance(body.op, ast.Sub)
+        and isinstance(body.left, ast.Constant)
+        and body.left.value in (1, 255)
+        and isinstance(body.right, ast.Name)
+        and body.right.id in params
+    )
+
+
+def _invert_instead(steps: list[Step], invert: Step) -> str:
+    """The refusal of an inversion, with the list that does the same arithmetic: for pixels u in [0, 1],
+    Normalize(m, s) of 1 - u is (u - (1 - m)) / -s, which Normalize(1 - m, -s) computes."""
+    said = f"{invert.name}(...)" if invert.name == "Lambda" else str(invert)
+    message = (
+        f"{said} inverts every photo (as for a model trained on white digits on black, MNIST's); the server "
+        "runs no code and no inversion of its own"
+    )
+    normalize = next((s for s in steps if s.name == "Normalize"), None)
+    later = normalize is not None and steps.index(normalize) < steps.index(invert)
+    unscaled = any(s.name == "ToDtype" and not _bind(s).get("scale") for s in steps)
+    if later or unscaled or not any(s.name in ("ToTensor", "ConvertImageDtype", "ToDtype") for s in steps):
+        return message + ": invert the photos before sending them, or fold the inversion into the model"
+    mean, std = ([0.0], [1.0]) if normalize is None else (_floats(_bind(normalize)["mean"], "mean"),
+                                                          _floats(_bind(normalize)["std"], "std"))  # fmt: skip
+    folded = f"Normalize({[round(1 - m, 6) for m in mean]}, {[round(-v, 6) for v in std]})"
+    rest = [str(s) for s in steps if s is not invert and s is not normalize]
+    return (
+        f"{message}, but Normalize does the same arithmetic with 1 - mean and a negative std "
+        f"(torchvision's Normalize takes it too): write {', '.join([*rest, folded])}"
+    )
+
+
 def _unsupported(step: Step) -> str:
+    p = _probability(step)
+    if p == 0:
+        return f"{step} applies to no photo (p=0): leave it out"
+    if p == 1 and step.name == "RandomGrayscale":
+        return f"{step} makes every photo gray, in 3 channels: write Grayscale(num_output_channels=3)"
+    if p == 1:
+        return (
+            f"{step} applies to every photo (p=1): not augmentation, but a step the server cannot apply; it "
+            f"serves {', '.join(SUPPORTED)}"
+        )
     if step.name in INSTEAD:
         size = step.args[0] if step.args else step.kwargs.get("size", 224)
-        side = size if isinstance(size, int) else (size[0] if size else 224)
-        instead = INSTEAD[step.name].format(size=size, resize=round(side / config.DEFAULT_CROP_RATIO))
+        sides = [size] if isinstance(size, int) else list(size) if isinstance(size, list | tuple) else []
+        if len(sides) == 1 or (len(sides) == 2 and sides[0] == sides[1]):  # [224] and (224, 224) are 224
+            size, sides = sides[0], sides[:1]
+        # An oblong crop gets an oblong resize in proportion: a shorter side alone could be narrower than it.
+        resize = tuple(round(v / config.DEFAULT_CROP_RATIO) for v in sides) if len(sides) == 2 else None
+        side = size if isinstance(size, int) else 224
+        instead = INSTEAD[step.name].format(size=size, resize=resize or round(side / config.DEFAULT_CROP_RATIO))
         return f"{step.name} is training-time augmentation (random); at inference use {instead}"
     if step.name.startswith("Random") or step.name in AUGMENTATIONS:
         return f"{step.name} is training-time augmentation (random): leave it out of the inference transforms"
@@ -354,6 +551,10 @@ def _size(value: object, where: str) -> int | tuple[int, int]:
     if isinstance(value, list | tuple) and len(value) == 2 and all(isinstance(v, int) and v > 0 for v in value):
         return (int(value[0]), int(value[1]))
     raise TransformsRefused(f"{where}: size must be a positive whole number or (height, width), got {value!r}")
+
+
+def _pair(size: int | tuple[int, int]) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else size
 
 
 def _floats(value: object, what: str) -> list[float]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -26,6 +27,8 @@ INTERPOLATIONS = {
     "bilinear": Image.Resampling.BILINEAR,
     "bicubic": Image.Resampling.BICUBIC,
     "lanczos": Image.Resampling.LANCZOS,
+    "box": Image.Resampling.BOX,
+    "hamming": Image.Resampling.HAMMING,
 }
 
 
@@ -82,14 +85,14 @@ class Preprocessing:
             raise ValueError(f"interpolation must be one of {sorted(INTERPOLATIONS)}, not {self.interpolation!r}")
         if self.channels not in (1, 3):
             raise ValueError(f"a model takes 1 (gray) or 3 (RGB) input channels, not {self.channels}")
-        (crop_h, crop_w), (min_h, min_w) = self.input_size, _hw(self.resize)
-        if min(crop_h, crop_w, min_h, min_w) <= 0 or crop_h > min_h or crop_w > min_w:
+        # A crop larger than the resized photo is padded with black around it, as torchvision's CenterCrop pads.
+        if min(*self.input_size, *_hw(self.resize)) <= 0:
+            raise ValueError(f"sizes must be positive, got Resize({self.resize}), CenterCrop({self.crop})")
+        # A negative std is torchvision's too (Normalize refuses only 0): it inverts the photo, as
+        # RandomInvert(p=1.0) before it would (white digits on black, MNIST's).
+        if len(self.mean) != self.channels or len(self.std) != self.channels or 0.0 in self.std:
             raise ValueError(
-                f"need a crop inside the resized image, got Resize({self.resize}), CenterCrop({self.crop})"
-            )
-        if len(self.mean) != self.channels or len(self.std) != self.channels or min(self.std) <= 0:
-            raise ValueError(
-                f"mean and std need {self.channels} value(s) each, one per input channel, std all positive; "
+                f"mean and std need {self.channels} value(s) each, one per input channel, std none 0; "
                 f"got mean={list(self.mean)}, std={list(self.std)}"
             )
 
@@ -225,33 +228,65 @@ def _eight_bit(img: Image.Image) -> Image.Image:
     return Image.fromarray(out, "L")
 
 
+# Where ImageOps.exif_transpose moves a point (x, y) of a w x h image, by EXIF orientation (2..8).
+ORIENTED = {
+    2: lambda x, y, w, h: (w - x, y),
+    3: lambda x, y, w, h: (w - x, h - y),
+    4: lambda x, y, w, h: (x, h - y),
+    5: lambda x, y, w, h: (y, x),
+    6: lambda x, y, w, h: (h - y, x),
+    7: lambda x, y, w, h: (h - y, w - x),
+    8: lambda x, y, w, h: (y, w - x),
+}
+EXIF_ORIENTATION = 0x0112
+
+Box = tuple[float, float, float, float]  # left, top, right, bottom, as Pillow's resize takes a box
+Reduced = tuple[tuple[int, int], Box]  # a JPEG decoded at reduced scale: the photo's full size, its part of the image
+
+
 def preprocess(data: bytes, prep: Preprocessing, max_pixels: int = config.MAX_IMAGE_PIXELS) -> np.ndarray:
     """Decode one upload into the model's uint8 input, shape (channels, height, width)."""
     img = open_image(data, max_pixels)
+    full_size = img.size
+    photo: Box | None = None
     try:
-        if img.format == "JPEG":
-            # Decode at 1/2, 1/4 or 1/8 scale while both sides stay >= 2 x the resized size, so
-            # the final antialiased resize still does the real work (answers match full decode).
-            h, w = (prep.resize, prep.resize) if isinstance(prep.resize, int) else prep.resize
-            img.draft("RGB", (2 * w, 2 * h))
+        if img.format == "JPEG" and prep.interpolation != "nearest":
+            # Decode at 1/2, 1/4 or 1/8 scale while both sides stay >= 2 x the resized size (and
+            # DRAFT_MIN_SIDE), so the final antialiased resize still does the real work (answers match
+            # full decode). Not for nearest: it picks single pixels of the full image, which a reduced
+            # decode averages.
+            h, w = (max(2 * v, config.DRAFT_MIN_SIDE) for v in _hw(prep.resize))
+            drafted = img.draft("RGB", (w, h))
+            # The photo's part of the reduced image: a side not a multiple of the scale ends in a partial pixel.
+            photo = drafted[1] if drafted else None
         img.load()
+        size, orientation = img.size, img.getexif().get(EXIF_ORIENTATION, 1) if photo else 1
         ImageOps.exif_transpose(img, in_place=True)  # in place: no copy of an upright photo
+        if photo and orientation in ORIENTED:
+            photo = _oriented(photo, ORIENTED[orientation], size)
+            full_size = full_size[::-1] if orientation >= 5 else full_size  # 5..8 turn it a quarter
         img = _to_model_mode(img, prep.grayscale)
     except ImageRejected:
         raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise ImageRejected(f"image data is truncated or corrupt ({e})") from None
-    return resize_crop(img, prep)
+    return resize_crop(img, prep, (full_size, photo) if photo else None)
 
 
-def resize_crop(img: Image.Image, prep: Preprocessing) -> np.ndarray:
+def _oriented(box: Box, move: Callable[..., tuple[float, float]], size: tuple[int, int]) -> Box:
+    (x0, y0), (x1, y1) = move(box[0], box[1], *size), move(box[2], box[3], *size)
+    return (min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
+
+
+def resize_crop(img: Image.Image, prep: Preprocessing, reduced: Reduced | None = None) -> np.ndarray:
     """torchvision's Resize(resize) + CenterCrop(crop) in uint8, returned as CHW.
 
     Only the crop box is resampled (Pillow's `box=`), so a 10000x1 strip costs no more
     than a square photo, and the filter still reads the pixels around the box as a full
-    resize would.
+    resize would. `reduced`, for a JPEG decoded at reduced scale: the photo's full size, and
+    the part of `img` it is (sizes and crop follow the full photo, as torchvision's do).
     """
-    width, height = img.size
+    (width, height), (x0, y0, x1, y1) = reduced or (img.size, (0, 0, *img.size))
     if isinstance(prep.resize, int):
         # torchvision: the shorter side becomes `resize`, the longer one int(long * resize / short).
         short = min(width, height)
@@ -260,11 +295,18 @@ def resize_crop(img: Image.Image, prep: Preprocessing) -> np.ndarray:
     else:
         new_h, new_w = prep.resize
     crop_h, crop_w = prep.input_size
-    left = round((new_w - crop_w) / 2.0)
-    top = round((new_h - crop_h) / 2.0)
-    sx, sy = width / new_w, height / new_h
-    box = (left * sx, top * sy, (left + crop_w) * sx, (top + crop_h) * sy)
-    img = img.resize((crop_w, crop_h), INTERPOLATIONS[prep.interpolation], box=box)
+    # torchvision's CenterCrop: centred, and where the crop is larger than the photo, black around it
+    left = round((new_w - crop_w) / 2.0) if crop_w <= new_w else -((crop_w - new_w) // 2)
+    top = round((new_h - crop_h) / 2.0) if crop_h <= new_h else -((crop_h - new_h) // 2)
+    left_in, right_in = max(left, 0), min(left + crop_w, new_w)  # the part of the crop that is photo
+    top_in, bottom_in = max(top, 0), min(top + crop_h, new_h)
+    sx, sy = (x1 - x0) / new_w, (y1 - y0) / new_h
+    box = (x0 + left_in * sx, y0 + top_in * sy, x0 + right_in * sx, y0 + bottom_in * sy)
+    img = img.resize((right_in - left_in, bottom_in - top_in), INTERPOLATIONS[prep.interpolation], box=box)
+    if img.size != (crop_w, crop_h):
+        padded = Image.new(img.mode, (crop_w, crop_h))  # black
+        padded.paste(img, (left_in - left, top_in - top))
+        img = padded
     pixels = np.asarray(img, dtype=np.uint8)
     pixels = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)  # gray (H, W) -> (1, H, W)
     if prep.grayscale and prep.channels == 3:
