@@ -143,3 +143,10 @@ class SmallDenseNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.densenet(x)
+
+
+class TrainingConfig:
+    """A training run's settings, kept in its checkpoint beside the weights (`'config': config`)."""
+
+    def __init__(self, lr: float = 0.1, epochs: int = 30) -> None:
+        self.lr, self.epochs = lr, epochs

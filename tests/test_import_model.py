@@ -32,7 +32,17 @@ from tests.helpers import (
     run_import,
     sensitive,
 )
-from tests.researcher_code import At128, HeadFirst, Net, OneAtATime, Primaries, Redness, SmallDenseNet, WithFeatures
+from tests.researcher_code import (
+    At128,
+    HeadFirst,
+    Net,
+    OneAtATime,
+    Primaries,
+    Redness,
+    SmallDenseNet,
+    TrainingConfig,
+    WithFeatures,
+)
 
 pytestmark = pytest.mark.model  # each test imports a real model, in a process of its own
 
@@ -580,6 +590,38 @@ def test_weights_under_a_key_of_their_own_are_found_and_two_sets_are_told_apart(
         run_import(path, "--arch", "mobilenet_v3_small"),
         "holds 2 sets of weights ('student', 'teacher'): save the one to serve on its own",
     )
+
+
+def test_a_checkpoint_holding_its_arguments_and_numpy_values_imports_without_trust(tmp_path):
+    """timm and DeiT keep `'args': args` (an argparse.Namespace, paths in it), scikit-learn gives numpy numbers,
+    class names are often a numpy array: data, not code, so no --trust-pickle; the labels are the array's.
+    A config object of the researcher's own is code: refused as a checkpoint, imported with trust."""
+    import argparse
+
+    torch.manual_seed(0)
+    model = torchvision.models.mobilenet_v3_small(num_classes=3).eval()
+    args = argparse.Namespace(arch="mobilenet_v3_small", lr=0.1, data=Path("/data/flowers"))
+    checkpoint = {"epoch": 30, "arch": "mobilenet_v3_small", "state_dict": model.state_dict(), "args": args}
+    checkpoint |= {"best_acc1": np.float64(0.93), "classes": np.array(["daisy", "dandelion", "rose"])}
+    path = tmp_path / "checkpoint.pth.tar"
+    torch.save(checkpoint, path)
+    tag = imported_tag(run_import(path, "--name", "timm-style"))
+    meta = stored(tag).info.metadata
+    assert (meta["labels"], meta["sources"]["labels"]) == (
+        ["daisy", "dandelion", "rose"],
+        "from the checkpoint's 'classes'",
+    )
+    assert_served_as_torch(tag, model)
+
+    torch.save({"state_dict": model.state_dict(), "config": TrainingConfig()}, path)
+    refused(
+        run_import(path, "--arch", "mobilenet_v3_small"),
+        "checkpoint.pth.tar is a training checkpoint (a dict) that holds Python objects of "
+        "tests.researcher_code.TrainingConfig beside the weights",
+    )
+    tag = imported_tag(run_import(path, "--arch", "mobilenet_v3_small", "--trust-pickle", "--name", "with-config"))
+    assert stored(tag).info.metadata["source_format"] == "state_dict"
+    assert_served_as_torch(tag, model)
 
 
 def test_the_legacy_torch_format_imports(tmp_path, labels3):
