@@ -37,6 +37,7 @@ from tests.researcher_code import (
     HeadFirst,
     Net,
     OneAtATime,
+    OnTheGpu,
     Primaries,
     Redness,
     SmallDenseNet,
@@ -736,6 +737,33 @@ def test_a_model_pickled_in_dataparallel_on_a_gpu_machine_is_served_from_the_mod
     assert "note: the model inside its DataParallel wrapper (model.module)" in result.stderr
     assert stored(tag).info.metadata["arch"] == "Net"
     assert_served_as_torch(tag, model)
+
+
+def test_a_pickled_model_that_names_its_gpu_or_was_compiled_is_served_from_the_model_on_the_cpu(tmp_path, labels3):
+    """self.device = torch.device("cuda") and x.to(self.device) in forward: set to the CPU, said; torch.save
+    of a torch.compile'd model: the model inside (compiling it took a minute); .cuda() in forward: told."""
+    torch.manual_seed(0)
+    model = OnTheGpu(num_classes=3).eval()
+    path = tmp_path / "on_gpu.pth"
+    torch.save(model, path)
+    result = run_import(path, "--trust-pickle", "--labels", labels3, "--crop", "64", "--name", "on-gpu")
+    tag = imported_tag(result)
+    assert "note: the model's device (cuda): set to the CPU, where it is served" in result.stderr
+    model.device = torch.device("cpu")
+    assert_served_as_torch(tag, model)
+
+    torch.save(torch.compile(model), path)
+    result = run_import(path, "--trust-pickle", "--labels", labels3, "--crop", "64", "--name", "compiled")
+    tag = imported_tag(result)
+    assert "note: the model inside its torch.compile wrapper (model._orig_mod)" in result.stderr
+    assert stored(tag).info.metadata["arch"] == "OnTheGpu"
+    assert_served_as_torch(tag, model)
+
+    torch.save(OnTheGpu(num_classes=3, hard_coded=True).eval(), path)
+    refused(
+        run_import(path, "--trust-pickle", "--labels", labels3, "--crop", "64"),
+        "the model's code asks for a GPU (",
+    )
 
 
 @pytest.mark.parametrize(

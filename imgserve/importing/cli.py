@@ -295,6 +295,12 @@ def check_input_size(module: torch.nn.Module, prep: Preprocessing) -> None:
     if refusal.ran:  # the size is fine; what it returns is not
         raise ImportRefused(refusal.message)
     error = refusal.message
+    if any(gpu in error for gpu in ("CUDA", "NVIDIA")):  # torch's words when asked for a GPU there is none of
+        raise ImportRefused(
+            f"the model's code asks for a GPU ({error}); the server runs it on the CPU. Where its code names the "
+            "GPU (x.cuda(), device='cuda'), use the input's device instead (x.device), and import again; a "
+            "TorchScript or .pt2 file must be saved again after that change"
+        )
     runs_at = probing.accepted_sizes(module, prep.channels)
     hint = f" It does run at {', '.join(f'{s} x {s}' for s in runs_at)}." if runs_at else ""
     raise ImportRefused(

@@ -35,7 +35,7 @@ from imgserve.importing.archs import (
     import_code,
     is_code_arch,
 )
-from imgserve.importing.messages import ImportRefused, quiet_torch
+from imgserve.importing.messages import SHOWN_KEYS, ImportRefused, quiet_torch
 from imgserve.importing.state_dicts import (
     CHECKPOINT_KEYS,
     QUANTIZED_REFUSED,
@@ -189,7 +189,22 @@ def load_model(
 ) -> LoadedModel:
     """Load a model file in any of the forms above; refuse with a message that says what to do."""
     with code_importable(arch):
-        return in_float32(_load_model(path, arch, trust_pickle, arch_kwargs))
+        return on_the_cpu(in_float32(_load_model(path, arch, trust_pickle, arch_kwargs)))
+
+
+def on_the_cpu(loaded: LoadedModel) -> LoadedModel:
+    """A model that keeps the GPU it was trained on as an attribute (`self.device = torch.device("cuda")`,
+    its forward then `x.to(self.device)`) runs on the CPU, where map_location put its weights: the
+    attribute is set to the CPU, as the researcher's code would set it on a machine without a GPU."""
+    moved = []
+    for name, module in loaded.module.named_modules():
+        for attribute, value in list(vars(module).items()):
+            if isinstance(value, torch.device) and value.type != "cpu":
+                setattr(module, attribute, torch.device("cpu"))
+                moved.append(f"{name}.{attribute} ({value})" if name else f"{attribute} ({value})")
+    if moved:
+        loaded.notes.append(f"the model's {', '.join(moved[:SHOWN_KEYS])}: set to the CPU, where it is served")
+    return loaded
 
 
 def in_float32(loaded: LoadedModel) -> LoadedModel:
@@ -355,11 +370,20 @@ def _whole_model(path: Path, obj: object) -> LoadedModel | None:
     if isinstance(obj, dict):
         return None
     notes = []
-    if isinstance(obj, nn.DataParallel | nn.parallel.DistributedDataParallel):
-        # Saved wrapped for several GPUs: the wrapper insists on them (saved on a GPU machine, it refuses
-        # to run on the CPU); the model is the one inside, as model.module gives it.
-        notes.append(f"the model inside its {type(obj).__name__} wrapper (model.module)")
-        obj = obj.module
+    while True:
+        compiled = getattr(obj, "_orig_mod", None) if type(obj).__name__ == "OptimizedModule" else None
+        if isinstance(obj, nn.DataParallel | nn.parallel.DistributedDataParallel):
+            # Saved wrapped for several GPUs: the wrapper insists on them (saved on a GPU machine, it refuses
+            # to run on the CPU); the model is the one inside, as model.module gives it.
+            notes.append(f"the model inside its {type(obj).__name__} wrapper (model.module)")
+            obj = obj.module
+        elif isinstance(compiled, nn.Module):
+            # torch.compile's wrapper compiles the model on its first call (a minute, and a C compiler);
+            # what it runs is the model inside, which the ONNX export converts as it is.
+            notes.append("the model inside its torch.compile wrapper (model._orig_mod)")
+            obj = compiled
+        else:
+            break
     if isinstance(obj, nn.Module):
         return with_saved_labels(LoadedModel(obj.eval(), "pickle", type(obj).__name__, notes=notes), saved)
     raise ImportRefused(f"{path.name} holds a {type(obj).__name__}, not a model or a state_dict")
