@@ -162,3 +162,11 @@ class OnTheGpu(Net):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(x.cuda() if self.hard_coded else x.to(self.device))
+
+
+class LogitsAndFeatures(Net):
+    """Returns {"logits": ..., "features": ...}, as Hugging Face-style heads do."""
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        features = self.features(x)
+        return {"logits": self.head(features), "features": features}

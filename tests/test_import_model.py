@@ -18,7 +18,7 @@ from PIL import Image
 from torch import nn
 
 from imgserve import config
-from imgserve.importing import cli, convert, loading, messages
+from imgserve.importing import cli, convert, loading, messages, probing
 from imgserve.serving import predict, store
 from imgserve.serving.preprocess import Preprocessing, preprocess
 from tests.helpers import (
@@ -35,6 +35,7 @@ from tests.helpers import (
 from tests.researcher_code import (
     At128,
     HeadFirst,
+    LogitsAndFeatures,
     Net,
     OneAtATime,
     OnTheGpu,
@@ -360,6 +361,38 @@ def test_a_model_returning_scores_and_features_is_told_the_subclass_to_write_and
     (tmp_path / "scores.py").write_text("from tests.researcher_code import WithFeatures\n\n\n" + textwrap.dedent(shown))
     tag = imported_tag(run_import(path, "--arch", f"{tmp_path / 'scores.py'}:Scores"))
     assert stored(tag).info.metadata["num_classes"] == 10
+
+
+def test_a_model_returning_its_logits_among_other_outputs_is_served_its_logits(tmp_path, labels3):
+    """torchvision's GoogLeNet, scripted, returns GoogLeNetOutputs(logits, aux_logits2, aux_logits1) even in eval
+    mode; a class of the researcher's returns {"logits", "features"}: the logits are served, as `model(x).logits`
+    reads them. A tuple's scores have no name: refused, with the way forward of the file's form."""
+    torch.manual_seed(0)
+    googlenet = torchvision.models.googlenet(num_classes=3, aux_logits=False, init_weights=False).eval()
+    path = tmp_path / "googlenet.pt"
+    with messages.quiet_torch():
+        torch.jit.script(googlenet).save(str(path))
+    result = run_import(path, "--labels", labels3, "--name", "scripted-googlenet")
+    tag = imported_tag(result)
+    assert "note: it returns a GoogLeNetOutputs: its .logits are the class scores served" in result.stderr
+    assert "Warning" not in result.stderr  # nor the scripted GoogLeNet's own, on every call
+    assert_served_as_torch(tag, googlenet)  # in eager eval mode, GoogLeNet returns its logits alone
+
+    model = LogitsAndFeatures(num_classes=3).eval()
+    path = tmp_path / "dict.pth"
+    torch.save(model.state_dict(), path)
+    arch = ["--arch", f"{CODE}:LogitsAndFeatures", "--arch-kwargs", '{"num_classes": 3}']
+    result = run_import(path, *arch, "--labels", labels3, "--crop", "64")
+    tag = imported_tag(result)
+    assert "note: it returns a dict: its 'logits' are the class scores served" in result.stderr
+    assert_served_as_torch(tag, probing.KeyedLogits(model))
+
+    torch.save(WithFeatures(num_classes=3).eval(), path)
+    refused(
+        run_import(path, "--trust-pickle", "--labels", labels3, "--crop", "64"),
+        "return super().forward(x)[0]  # the class scores\nthen save the model's weights, "
+        "torch.save(model.state_dict(), 'weights.pth'), and import those with --arch yourfile.py:Scores",
+    )
 
 
 def test_channels_come_from_the_first_convolution_wherever_the_class_declares_it(tmp_path):

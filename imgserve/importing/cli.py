@@ -286,10 +286,11 @@ def _short_form(args: argparse.Namespace, channels: int, size: tuple[int, int] |
     )
 
 
-def check_input_size(module: torch.nn.Module, prep: Preprocessing) -> None:
+def check_input_size(loaded: loading.LoadedModel, prep: Preprocessing) -> None:
     """Exit with a message, not a traceback, when the model refuses the size it is to be served at."""
     h, w = prep.input_size
-    refusal = probing.probe(module, prep.channels, (h, w))
+    module = loaded.module
+    refusal = probing.probe(module, prep.channels, (h, w), loaded.source_format)
     if refusal is None:
         return
     if refusal.ran:  # the size is fine; what it returns is not
@@ -387,7 +388,9 @@ def import_model(args: argparse.Namespace) -> str:
     source_sha256 = convert.sha256_of(args.model)  # the file as given, before any code of yours runs
     loaded = loading.load_model(args.model, args.arch, args.trust_pickle, plan.arch_kwargs)
     prep = resolve_preprocessing(args, plan, loaded)
-    check_input_size(loaded.module, prep)
+    loaded.module, scores = probing.with_class_scores(loaded.module, prep.channels, prep.input_size)
+    loaded.notes += [scores] if scores else []
+    check_input_size(loaded, prep)
     inputs = parity_inputs(prep)
     as_is = convert.Packaged(loaded.module, prep, convert.Outputs.PROBABILITIES)  # nothing added to the outputs
     with torch.inference_mode():

@@ -47,6 +47,45 @@ def first_layer_input(module: nn.Module) -> tuple[int | None, tuple[int, int] | 
     return None, None
 
 
+class NamedLogits(nn.Module):
+    """The `logits` field of what the model returns: torchvision's GoogLeNet and Inception outputs (which
+    a scripted one returns even in eval mode, its auxiliary outputs None), Hugging Face's outputs."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x).logits
+
+
+class KeyedLogits(NamedLogits):
+    """The `"logits"` entry of the dict the model returns."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)["logits"]
+
+
+def with_class_scores(module: nn.Module, channels: int, size: tuple[int, int]) -> tuple[nn.Module, str | None]:
+    """The model, or, when it returns its class scores named `logits` among other outputs, the model
+    answering with those, as the researcher's code reads them (`model(x).logits`), and a note saying so."""
+    try:
+        with torch.inference_mode(), quiet_torch():
+            out = module(torch.zeros(1, channels, *size))
+    except Exception:  # not this size or not a batch: probe() and the export say why
+        return module, None
+    if isinstance(out, dict) and isinstance(out.get("logits"), torch.Tensor):
+        return KeyedLogits(module), "it returns a dict: its 'logits' are the class scores served"
+    if not isinstance(out, torch.Tensor) and isinstance(getattr(out, "logits", None), torch.Tensor):
+        return NamedLogits(module), f"it returns a {type(out).__name__}: its .logits are the class scores served"
+    return module, None
+
+
+def is_scripted(module: nn.Module) -> bool:
+    """A TorchScript model, alone or inside the wrapper that takes its logits: scripted, not traced, on export."""
+    return isinstance(module.model if isinstance(module, NamedLogits) else module, torch.jit.ScriptModule)
+
+
 INPUT_SIZES_TRIED = (224, 256, 299, 384, 128, 96, 64, 32, 28)  # common training sizes, probed on refusal
 
 
@@ -59,8 +98,21 @@ class Refusal:
     ran: bool = False
 
 
-def probe(module: nn.Module, channels: int, size: tuple[int, int]) -> Refusal | None:
-    """None if the model runs on a (1, channels, *size) input and gives one row of scores, else why not."""
+# How a subclass that returns the class scores is imported, by the form the model came in: a pickle
+# names its own class, TorchScript and .pt2 files hold their code.
+USE_SUBCLASS = {
+    "state_dict": "and pass --arch yourfile.py:Scores (the weights are the same)",
+    "safetensors": "and pass --arch yourfile.py:Scores (the weights are the same)",
+    "pickle": "then save the model's weights, torch.save(model.state_dict(), 'weights.pth'), and import those with "
+    "--arch yourfile.py:Scores",
+    "torchscript": "build Scores with the same weights (model.state_dict()), and script or trace it and save it again",
+    "exported": "build Scores with the same weights (model.state_dict()), and export it and save it again",
+}
+
+
+def probe(module: nn.Module, channels: int, size: tuple[int, int], form: str = "state_dict") -> Refusal | None:
+    """None if the model runs on a (1, channels, *size) input and gives one row of scores, else why not;
+    `form`, the file's (LoadedModel.source_format), says how a changed model is imported."""
     try:
         with torch.inference_mode(), quiet_torch():
             out = module(torch.zeros(1, channels, *size))
@@ -68,14 +120,15 @@ def probe(module: nn.Module, channels: int, size: tuple[int, int]) -> Refusal | 
         return Refusal(error_line(e))
     if isinstance(out, torch.Tensor) and out.ndim == 2 and out.shape[0] == 1:
         return None
-    return Refusal(_not_one_row(out, type(module).__name__), ran=True)
+    name = getattr(module, "original_name", type(module).__name__)  # a TorchScript model: its class, as written
+    return Refusal(_not_one_row(out, name, form), ran=True)
 
 
-def _not_one_row(out: object, model_class: str) -> str:
+def _not_one_row(out: object, model_class: str, form: str) -> str:
     """What the model returned instead of (1, classes), and the change to its forward that serves it."""
     subclass = (
         f"write a subclass in your model file, e.g.\n    class Scores({model_class}):\n        def forward(self, x):\n"
-        "            return super().forward(x){pick}\nand pass --arch yourfile.py:Scores (the weights are the same)"
+        "            return super().forward(x){pick}\n" + USE_SUBCLASS.get(form, USE_SUBCLASS["state_dict"])
     )
     if isinstance(out, tuple | list):
         what, fix = f"a {type(out).__name__} of {len(out)} values", subclass.format(pick="[0]  # the class scores")
