@@ -76,6 +76,10 @@ DEFAULT_CROP = 224
 DEFAULT_INTERPOLATION = "bilinear"
 # A crop given without a resize keeps ImageNet's proportion (224 of 256): --crop 128 resizes to 146.
 DEFAULT_CROP_RATIO = DEFAULT_CROP / DEFAULT_RESIZE
+# torchvision's classes built for another input side than 224, the default for them: Inception v3
+# "expects tensors with a size of N x 3 x 299 x 299" (its docs; its weights: Resize(342), CenterCrop(299)),
+# and fine-tuning it at 299 is the rule (PyTorch's fine-tuning tutorial). At 224 it runs, answering otherwise.
+ARCH_INPUT_SIDE = {"Inception3": 299}
 # The largest model input side the import takes: 8 times ImageNet's 224 x 224 in pixels and beyond what
 # image classifiers are trained at (224 to 1024). A side of 20000 had the import's first run of the model
 # killed for memory; a batch of 8 at 2048 x 2048 is 400 MB of input alone.

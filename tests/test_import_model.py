@@ -308,6 +308,21 @@ def test_a_googlenet_fine_tuned_from_imagenet_weights_is_built_as_torchvision_bu
     assert_served_as_torch(tag, model)
 
 
+def test_an_inception_v3_is_served_at_the_299_pixels_it_is_built_for(tmp_path, labels3):
+    """Inception v3 expects 299 x 299 (torchvision's docs and weights, PyTorch's fine-tuning tutorial); at
+    ImageNet's default 224 it runs and answers otherwise, so without --crop it is served at 299, and said."""
+    torch.manual_seed(0)
+    model = torchvision.models.inception_v3(num_classes=3, aux_logits=True, init_weights=False)
+    path = tmp_path / "inception_birds.pth"
+    torch.save(model.eval().state_dict(), path)
+    result = run_import(path, "--arch", "inception_v3", "--labels", labels3)
+    meta = stored(imported_tag(result)).info.metadata
+    assert meta["input"] == {"channels": 3, "height": 299, "width": 299}
+    assert meta["transforms"].startswith("Resize(342), CenterCrop(299), ToTensor()")
+    assert meta["sources"]["size"] == "default (torchvision's Inception3 is built for 299; or --crop)"
+    assert_served_as_torch(imported_tag(result), model)
+
+
 def test_a_model_written_for_one_image_at_a_time_is_served_one_image_per_call(tmp_path):
     """x.view(1, -1) in forward: the batched export cannot run, so the model is exported for one image
     and the server calls it once per image (it was a traceback)."""

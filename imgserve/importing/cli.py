@@ -230,7 +230,7 @@ def resolve_preprocessing(args: argparse.Namespace, plan: Plan, loaded: loading.
             plan.sources["preprocessing"] = "given (--transforms)"
             plan.sources.setdefault("size", "given (--transforms)")
         else:
-            prep = _short_form(args, channels or 3, size, plan.sources)
+            prep = _short_form(args, channels or 3, size, plan.sources, probing.built_for(loaded.module))
     except (transforms.TransformsRefused, ValueError) as e:
         raise ImportRefused(str(e)) from None
     if max(prep.input_size) > config.MAX_INPUT_SIDE:
@@ -247,18 +247,28 @@ def resolve_preprocessing(args: argparse.Namespace, plan: Plan, loaded: loading.
     return prep
 
 
-def _short_form(args: argparse.Namespace, channels: int, size: tuple[int, int] | None, sources: dict) -> Preprocessing:
-    """--resize/--crop/--mean/--std/--interpolation, with defaults that follow what the weights say."""
-    crop = args.crop or (size[0] if size and size[0] == size[1] else size) or config.DEFAULT_CROP
+def _short_form(
+    args: argparse.Namespace,
+    channels: int,
+    size: tuple[int, int] | None,
+    sources: dict,
+    arch_size: tuple[str, int] | None = None,
+) -> Preprocessing:
+    """--resize/--crop/--mean/--std/--interpolation, with defaults that follow what the weights say, and
+    the architecture's size where it was built for another (probing.built_for)."""
+    built_for = None if args.crop or size or not arch_size else arch_size[1]
+    crop = args.crop or (size[0] if size and size[0] == size[1] else size) or built_for or config.DEFAULT_CROP
     resize: int | tuple[int, int]
     if args.resize:
         resize = args.resize
     elif isinstance(crop, tuple):  # a .pt2 of a non-square input: an exact resize in proportion
         resize = (round(crop[0] / config.DEFAULT_CROP_RATIO), round(crop[1] / config.DEFAULT_CROP_RATIO))
-    elif args.crop or size:  # ImageNet's proportion for a model of another size
+    elif args.crop or size or built_for:  # ImageNet's proportion for a model of another size
         resize = round(crop / config.DEFAULT_CROP_RATIO)
     else:
         resize = config.DEFAULT_RESIZE
+    if arch_size and built_for:
+        sources.setdefault("size", f"default (torchvision's {arch_size[0]} is built for {built_for}; or --crop)")
     sources.setdefault("size", "given (--crop)" if args.crop else "default (ImageNet's 224)")
     gray = channels == 1
     mean = args.mean or (config.GRAY_MEAN if gray else config.IMAGENET_MEAN)

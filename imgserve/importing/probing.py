@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from imgserve import config
 from imgserve.importing.messages import SHOWN_KEYS, error_line, quiet_torch
 
 # Where a layer's weight is kept, whole, once torch.nn.utils has reparametrized it: as it is, pruned
@@ -84,6 +85,15 @@ def with_class_scores(module: nn.Module, channels: int, size: tuple[int, int]) -
 def is_scripted(module: nn.Module) -> bool:
     """A TorchScript model, alone or inside the wrapper that takes its logits: scripted, not traced, on export."""
     return isinstance(module.model if isinstance(module, NamedLogits) else module, torch.jit.ScriptModule)
+
+
+def built_for(module: nn.Module) -> tuple[str, int] | None:
+    """(class, side) when the model is one of torchvision's built for another input side than 224
+    (config.ARCH_INPUT_SIDE), whatever form it came in or head it was given."""
+    for cls in type(module).__mro__:
+        if cls.__module__.startswith("torchvision.") and cls.__name__ in config.ARCH_INPUT_SIDE:
+            return cls.__name__, config.ARCH_INPUT_SIDE[cls.__name__]
+    return None
 
 
 INPUT_SIZES_TRIED = (224, 256, 299, 384, 128, 96, 64, 32, 28)  # common training sizes, probed on refusal
