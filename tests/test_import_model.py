@@ -665,8 +665,8 @@ def test_a_checkpoint_holding_its_arguments_and_numpy_values_imports_without_tru
     torch.save({"state_dict": model.state_dict(), "config": TrainingConfig()}, path)
     refused(
         run_import(path, "--arch", "mobilenet_v3_small"),
-        "checkpoint.pth.tar is a training checkpoint (a dict) that holds Python objects of "
-        "tests.researcher_code.TrainingConfig beside the weights",
+        "checkpoint.pth.tar is a training checkpoint (a dict) holding Python objects of "
+        "tests.researcher_code.TrainingConfig (a whole model, or objects of your code beside its weights)",
     )
     tag = imported_tag(run_import(path, "--arch", "mobilenet_v3_small", "--trust-pickle", "--name", "with-config"))
     assert stored(tag).info.metadata["source_format"] == "state_dict"

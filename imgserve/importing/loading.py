@@ -55,10 +55,10 @@ PICKLE_REFUSED = (
     "pass --arch, or save a torch.export archive (.pt2)."
 )
 CHECKPOINT_PICKLE_REFUSED = (
-    "{path} is a training checkpoint (a dict) that holds Python objects of {classes} beside the weights. "
-    "Loading them runs code named in the file, which can do anything on this machine. If you made this file "
-    "or trust its source, run again with --trust-pickle; or save the weights alone, e.g. "
-    "torch.save(checkpoint['state_dict'], 'weights.pth'), and import that."
+    "{path} is a training checkpoint (a dict) holding Python objects of {classes} (a whole model, or objects "
+    "of your code beside its weights). Loading them runs code named in the file, which can do anything on this "
+    "machine. If you made this file or trust its source, run again with --trust-pickle; or, where it loads, "
+    "save the weights alone, e.g. torch.save(model.state_dict(), 'weights.pth'), and import that with --arch."
 )
 # The modules of torch's quantized layers, as a pickle names their classes.
 QUANTIZED_MODULES = ("torch.ao.nn.quantized", "torch.ao.nn.intrinsic.quantized", "torch.nn.quantized",
