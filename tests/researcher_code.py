@@ -170,3 +170,10 @@ class LogitsAndFeatures(Net):
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         features = self.features(x)
         return {"logits": self.head(features), "features": features}
+
+
+class RednessSqueezed(Redness):
+    """Redness whose forward squeezes its one output away, shape (batch,), as BCE training code often does."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x).squeeze()

@@ -41,6 +41,7 @@ from tests.researcher_code import (
     OnTheGpu,
     Primaries,
     Redness,
+    RednessSqueezed,
     SmallDenseNet,
     TrainingConfig,
     WithFeatures,
@@ -188,6 +189,24 @@ def test_a_binary_classifier_with_one_output_answers_for_both_labels(tmp_path, e
     result = run_import(path, *arch, *unit, "--labels", labels, "--name", "redness")
     assert result.returncode == 2
     assert "has 1 labels but the model has one output: a binary classifier" in result.stderr
+
+
+def test_a_binary_classifier_squeezing_its_one_output_away_answers_for_both_labels(tmp_path):
+    """`.squeeze()` at the end of forward (BCEWithLogitsLoss wants shape (batch,)): one score per image, no
+    class dimension, shape () for one image. It is the one output of a binary classifier, served as such."""
+    path = tmp_path / "redness.pth"
+    torch.save(RednessSqueezed(ends_in_sigmoid=False).state_dict(), path)
+    labels = tmp_path / "labels.txt"
+    labels.write_text("not red\nred\n")
+    arch = ["--arch", f"{CODE}:RednessSqueezed", "--arch-kwargs", '{"ends_in_sigmoid": false}']
+    unit = ["--mean", "0", "0", "0", "--std", "1", "1", "1", "--resize", "32", "--crop", "32"]
+    result = run_import(path, *arch, *unit, "--labels", labels, "--name", "squeezed")
+    tag = imported_tag(result)
+    assert "note: it returns one score per image, shape (batch,) (squeezed)" in result.stderr
+    assert stored(tag).info.metadata["outputs"] == "one logit"
+    sure = pytest.approx(1 / (1 + math.exp(-4)), abs=1e-5)
+    assert classify_stored(tag, image_bytes((255, 0, 0)))[0] == {"label": "red", "score": sure}
+    assert classify_stored(tag, image_bytes((0, 0, 255)))[0] == {"label": "not red", "score": sure}
 
 
 def test_a_multi_label_model_gets_a_sigmoid_on_each_output_with_multi_label(tmp_path):

@@ -67,12 +67,27 @@ class KeyedLogits(NamedLogits):
         return self.model(x)["logits"]
 
 
+class PerImageScore(NamedLogits):
+    """A binary classifier's one score per image, its class dimension squeezed away (`.squeeze(1)` or
+    `.squeeze()` at the end of forward, as BCE training writes it), as a column: one output per image."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x).reshape(-1, 1)
+
+
 def with_class_scores(module: nn.Module, channels: int, size: tuple[int, int]) -> tuple[nn.Module, str | None]:
     """The model, or, when it returns its class scores named `logits` among other outputs, the model
-    answering with those, as the researcher's code reads them (`model(x).logits`), and a note saying so."""
+    answering with those, as the researcher's code reads them (`model(x).logits`), and a note saying so;
+    likewise a binary classifier's one score per image, squeezed to shape (batch,)."""
     try:
         with torch.inference_mode(), quiet_torch():
             out = module(torch.zeros(1, channels, *size))
+            if isinstance(out, torch.Tensor) and out.numel() == 1 and out.ndim <= 1:  # (batch,) or (classes,)?
+                pair = module(torch.zeros(2, channels, *size))
+                if isinstance(pair, torch.Tensor) and pair.shape == (2,):
+                    return PerImageScore(module), (
+                        "it returns one score per image, shape (batch,) (squeezed): a binary classifier's one output"
+                    )
     except Exception:  # not this size or not a batch: probe() and the export say why
         return module, None
     if isinstance(out, dict) and isinstance(out.get("logits"), torch.Tensor):
