@@ -177,3 +177,10 @@ class RednessSqueezed(Redness):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(x).squeeze()
+
+
+class DropsAtInference(Net):
+    """Dropout as F.dropout(x, p), whose training=True is the default: random in eval mode too."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.nn.functional.dropout(self.features(x), 0.5))

@@ -34,6 +34,7 @@ from tests.helpers import (
 )
 from tests.researcher_code import (
     At128,
+    DropsAtInference,
     HeadFirst,
     LogitsAndFeatures,
     Net,
@@ -427,6 +428,18 @@ def test_a_model_returning_its_logits_among_other_outputs_is_served_its_logits(t
         "return super().forward(x)[0]  # the class scores\nthen save the model's weights, "
         "torch.save(model.state_dict(), 'weights.pth'), and import those with --arch yourfile.py:Scores",
     )
+
+
+def test_a_model_random_in_eval_mode_is_told_why_not_blamed_on_the_export(tmp_path):
+    """F.dropout(x, p) drops at inference too (training=True is its default): the researcher's own answers vary
+    from run to run, and the ONNX parity check failed, as if the export were wrong. Refused with the cause."""
+    path = tmp_path / "drops.pth"
+    torch.save(DropsAtInference(num_classes=3).state_dict(), path)
+    arch = ["--arch", f"{CODE}:DropsAtInference", "--arch-kwargs", '{"num_classes": 3}']
+    result = run_import(path, *arch, "--crop", "64")
+    refused(result, "the model answers differently each time it sees the same image")
+    assert "write F.dropout(x, p, training=self.training)" in result.stderr
+    assert "ONNX" not in result.stderr.split("error:")[1]
 
 
 def test_channels_come_from_the_first_convolution_wherever_the_class_declares_it(tmp_path):

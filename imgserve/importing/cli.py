@@ -405,6 +405,7 @@ def import_model(args: argparse.Namespace) -> str:
     as_is = convert.Packaged(loaded.module, prep, convert.Outputs.PROBABILITIES)  # nothing added to the outputs
     with torch.inference_mode():
         floats = as_is.normalize(torch.from_numpy(inputs))
+    probing.check_deterministic(loaded.module, floats)
     with messages.quiet_torch():
         outputs = convert.read_outputs(loaded.module, floats, args.multi_label)
     packaged = convert.Packaged(loaded.module, prep, outputs)

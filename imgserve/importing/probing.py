@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from imgserve import config
-from imgserve.importing.messages import SHOWN_KEYS, error_line, quiet_torch
+from imgserve.importing.messages import SHOWN_KEYS, ImportRefused, error_line, quiet_torch
 
 # Where a layer's weight is kept, whole, once torch.nn.utils has reparametrized it: as it is, pruned
 # (weight_orig, with weight_mask beside it), weight_norm's direction (parametrizations.weight.original1,
@@ -95,6 +95,24 @@ def with_class_scores(module: nn.Module, channels: int, size: tuple[int, int]) -
     if not isinstance(out, torch.Tensor) and isinstance(getattr(out, "logits", None), torch.Tensor):
         return NamedLogits(module), f"it returns a {type(out).__name__}: its .logits are the class scores served"
     return module, None
+
+
+RANDOM_AT_INFERENCE = (
+    "the model answers differently each time it sees the same image (largest difference {diff:.2g}): its forward "
+    "is random in eval mode, so your own code's answers vary from run to run too. Usually it is dropout called as "
+    "F.dropout(x, p), whose training=True is the default: write F.dropout(x, p, training=self.training) or use "
+    "nn.Dropout, then import again (a TorchScript or .pt2 file saved again after that change)"
+)
+
+
+def check_deterministic(module: nn.Module, inputs: torch.Tensor) -> None:
+    """Refuse a model that answers the same input differently on a second run: no export or server can
+    answer as it does, and the parity check would blame the export."""
+    with torch.inference_mode(), quiet_torch():
+        first, second = module(inputs[:1]), module(inputs[:1])
+    diff = float((first - second).abs().max())
+    if diff > 1e-5:
+        raise ImportRefused(RANDOM_AT_INFERENCE.format(diff=diff))
 
 
 def is_scripted(module: nn.Module) -> bool:
