@@ -184,3 +184,13 @@ class DropsAtInference(Net):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(torch.nn.functional.dropout(self.features(x), 0.5))
+
+
+class RedAbove(Redness):
+    """A binary classifier of the mean red: logit 4 x (mean red - threshold), bare (BCEWithLogitsLoss)."""
+
+    def __init__(self, threshold: float = 0.5) -> None:
+        super().__init__(ends_in_sigmoid=False)
+        with torch.no_grad():
+            self.fc.weight.copy_(torch.tensor([[4.0, 0.0, 0.0]]))
+            self.fc.bias.fill_(-4.0 * threshold)

@@ -41,6 +41,7 @@ from tests.researcher_code import (
     OneAtATime,
     OnTheGpu,
     Primaries,
+    RedAbove,
     Redness,
     RednessSqueezed,
     SmallDenseNet,
@@ -1029,6 +1030,31 @@ def test_the_faithfulness_gate_refuses_a_model_the_server_would_answer_different
     tag = imported_tag(run_import(path, *args, "--accept-disagreement"))
     faithfulness = stored(tag).info.metadata["faithfulness"]
     assert faithfulness["accepted_anyway"] and faithfulness["max_prob_diff"] > config.FAITHFUL_MAX_PROB_DIFF
+
+
+def test_a_near_tie_that_rounding_flips_is_the_same_answer_not_a_disagreement(tmp_path):
+    """A binary model at its threshold on a photo of data/ from outside its domain scores it 0.5 give or take
+    rounding: the served path's decoding puts it at 0.4995, torch's at 0.5005. Either is the model's answer;
+    the gate refused the import for this top-1 'disagreement' (below ten photos, all must agree)."""
+    from torchvision import transforms as T
+
+    from imgserve.importing import transforms
+
+    text = "Resize((32, 32)), ToTensor()"
+    cat = DATA / "cat.jpg"
+    served = preprocess(cat.read_bytes(), transforms.to_preprocessing(transforms.parse(text), 3))[0].mean() / 255
+    reference = float(T.Compose([T.Resize((32, 32)), T.ToTensor()])(Image.open(cat).convert("RGB"))[0].mean())
+    assert served != reference  # the two pipelines differ by rounding: the threshold goes between them
+    path = tmp_path / "red.pth"
+    torch.save(RedAbove(threshold=float(served + reference) / 2).state_dict(), path)
+    labels = tmp_path / "labels.txt"
+    labels.write_text("not red\nred\n")
+    result = run_import(path, "--arch", f"{CODE}:RedAbove", "--transforms", text, "--labels", labels)
+    faithfulness = stored(imported_tag(result)).info.metadata["faithfulness"]
+    assert faithfulness["top1_agreement"] == 1.0 and faithfulness["max_prob_diff"] < config.FAITHFUL_TIE
+    assert not faithfulness["accepted_anyway"]
+    probabilities = classify_stored(imported_tag(result), cat.read_bytes())
+    assert [a["score"] for a in probabilities] == [pytest.approx(0.5, abs=config.FAITHFUL_TIE)] * 2
 
 
 def test_torchscript_imports_without_torchs_deprecation_warnings(tmp_path, labels3):
