@@ -973,6 +973,20 @@ def test_a_whole_pickle_of_a_class_from_the_training_script_needs_that_file(tmp_
     assert stored(tag).info.metadata["source_format"] == "pickle"
 
 
+def test_a_whole_pickle_of_a_class_from_a_module_not_installed_here_says_install_it_or_name_its_file(tmp_path):
+    """torch.save(model) of a class of a package (timm) or of a module beside the training script: where the
+    import runs it cannot be imported. The message names the module, the pip install, and the file to name."""
+    (tmp_path / "fancy_models.py").write_text((ROOT / "tests" / "researcher_code.py").read_text())
+    save = "import torch, fancy_models; torch.save(fancy_models.Net(num_classes=3).eval(), 'fancy.pth')"
+    subprocess.run([sys.executable, "-c", save], cwd=tmp_path, check=True)
+    result = run_import(tmp_path / "fancy.pth", "--trust-pickle", "--crop", "64")
+    refused(result, "unpickling needs the module 'fancy_models', which cannot be imported here")
+    assert "install it where the import runs: pip install fancy_models" in result.stderr
+    tag = imported_tag(run_import(tmp_path / "fancy.pth", "--trust-pickle", "--crop", "64",
+                                  "--arch", f"{tmp_path / 'fancy_models.py'}:Net"))  # fmt: skip
+    assert stored(tag).info.metadata["arch"] == "Net"
+
+
 def test_a_training_script_named_for_its_class_cannot_change_the_model_being_imported(tmp_path, labels3):
     """A notebook exported as a script trains and saves at top level, without a __main__ guard: naming
     it runs that too. The model imported is the file as it was given, and its sha256 is that file's."""
