@@ -662,6 +662,20 @@ def test_a_file_holding_no_model_says_what_it_holds(tmp_path):
     refused(run_import(path, "--arch", "resnet18"), "holds no model")
 
 
+def test_a_state_dict_with_the_class_names_added_to_it_imports_with_them(tmp_path):
+    """state = model.state_dict(); state["class_to_idx"] = ...; state["epoch"] = ...; torch.save(state): the
+    weights were all there, but the file was said to hold 'no model'. Its tensors are the weights."""
+    torch.manual_seed(0)
+    model = torchvision.models.mobilenet_v3_small(num_classes=3).eval()
+    state = model.state_dict()
+    state["class_to_idx"], state["epoch"] = {"daisy": 0, "dandelion": 1, "rose": 2}, 12
+    path = tmp_path / "flowers.pth"
+    torch.save(state, path)
+    tag = imported_tag(run_import(path, "--arch", "mobilenet_v3_small"))
+    assert stored(tag).info.metadata["labels"] == ["daisy", "dandelion", "rose"]
+    assert_served_as_torch(tag, model)
+
+
 def test_weights_under_a_key_of_their_own_are_found_and_two_sets_are_told_apart(tmp_path, labels3):
     sd = torchvision.models.mobilenet_v3_small(num_classes=3).state_dict()
     path = tmp_path / "ckpt.pth"
