@@ -995,7 +995,10 @@ def test_a_whole_pickle_of_a_class_from_a_module_not_installed_here_says_install
     subprocess.run([sys.executable, "-c", save], cwd=tmp_path, check=True)
     result = run_import(tmp_path / "fancy.pth", "--trust-pickle", "--crop", "64")
     refused(result, "unpickling needs the module 'fancy_models', which cannot be imported here")
-    assert "install it where the import runs: pip install fancy_models" in result.stderr
+    assert (
+        "If 'fancy_models' is a package (timm, transformers ...), install it where the import runs: pip install "
+        "fancy_models" in result.stderr
+    )
     tag = imported_tag(run_import(tmp_path / "fancy.pth", "--trust-pickle", "--crop", "64",
                                   "--arch", f"{tmp_path / 'fancy_models.py'}:Net"))  # fmt: skip
     assert stored(tag).info.metadata["arch"] == "Net"

@@ -352,10 +352,11 @@ def _unpickle(path: Path, classes: list[str], arch: str | None, trust_pickle: bo
         if isinstance(e, ModuleNotFoundError) and e.name and e.name != "__main__":
             top = e.name.partition(".")[0]
             raise ImportRefused(
-                f"unpickling needs the module {e.name!r}, which cannot be imported here ({e}). If it is a package "
-                f"(timm, transformers ...), install it where the import runs: pip install {top}. If it is your own "
-                "code, run the import from the folder your training ran in, or pass the file that defines the "
-                "class, e.g. --arch mynet.py:Net (with --trust-pickle)"
+                f"unpickling needs the module {e.name!r}, which cannot be imported here ({e}). If {top!r} is a "
+                f"package (timm, transformers ...), install it where the import runs: pip install {top}. If it is "
+                "your own code, run the import from the folder your training ran in, or pass the file that defines "
+                "the class, e.g. --arch mynet.py:Net (with --trust-pickle). Naming a file runs it whole: if the "
+                "class is in your training script, copy the class alone into a file of its own and name that"
             ) from None
         raise ImportRefused(
             f"unpickling needs the code that defined the model ({e}): it was defined in {where}. "
