@@ -720,6 +720,25 @@ def test_a_checkpoint_holding_its_arguments_and_numpy_values_imports_without_tru
     assert_served_as_torch(tag, model)
 
 
+def test_a_checkpoint_saved_on_windows_with_a_path_in_its_arguments_imports(tmp_path, labels3):
+    """args.data = WindowsPath('C:/data/flowers') in a checkpoint saved on Windows: a WindowsPath cannot be
+    built on Linux, and the file was called damaged. Paths are read as their pure flavour."""
+    import argparse
+    import zipfile
+    from pathlib import PureWindowsPath
+
+    sd = torchvision.models.mobilenet_v3_small(num_classes=3).eval().state_dict()
+    path = tmp_path / "checkpoint.pth"
+    torch.save({"state_dict": sd, "args": argparse.Namespace(data=PureWindowsPath("C:/data/flowers"))}, path)
+    with zipfile.ZipFile(path) as z:
+        members = [(info.filename, z.read(info)) for info in z.infolist()]
+    with zipfile.ZipFile(path, "w") as z:  # as pickled on Windows: the class is pathlib's WindowsPath
+        for name, data in members:
+            z.writestr(name, data.replace(b"pathlib\nPureWindowsPath\n", b"pathlib\nWindowsPath\n"))
+    assert "pathlib.WindowsPath" in torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+    imported_tag(run_import(path, "--arch", "mobilenet_v3_small", "--labels", labels3, "--name", "from-windows"))
+
+
 def test_the_legacy_torch_format_imports(tmp_path, labels3):
     path = tmp_path / "old.pth"
     torch.save(

@@ -88,21 +88,24 @@ class LoadedModel:
 
 def data_globals() -> list[object | tuple[object, str]]:
     """What training scripts keep beside the weights as plain data: their command-line arguments
-    (timm's and DeiT's `'args': args`, an argparse.Namespace), paths, numpy numbers and arrays (a best
-    accuracy from scikit-learn, class names). Rebuilding them runs no code of the file's, so torch's
-    weights-only loader may build them (torch's own advice for numpy); a checkpoint holding them
-    needs no --trust-pickle. Also under the names that numpy 1.x and Python 3.13 pickle them by."""
+    (timm's and DeiT's `'args': args`, an argparse.Namespace), paths (saved on Windows too), numpy
+    numbers and arrays (a best accuracy from scikit-learn, class names). Rebuilding them runs no code
+    of the file's, so torch's weights-only loader may build them (torch's own advice for numpy); a
+    checkpoint holding them needs no --trust-pickle. Also under the names that numpy 1.x and Python
+    3.13 pickle them by."""
     import argparse
     import pathlib
 
     import numpy as np
 
     multiarray = importlib.import_module("numpy._core.multiarray")  # where numpy 2 pickles its arrays from
-    paths = [pathlib.PurePosixPath, pathlib.PureWindowsPath, pathlib.PosixPath, pathlib.WindowsPath]
+    # Each path as its pure flavour, which any system builds: a WindowsPath saved on Windows cannot be
+    # instantiated here ("cannot instantiate 'WindowsPath' on your system"), and nothing reads the disk.
+    paths = {"PurePosixPath": pathlib.PurePosixPath, "PureWindowsPath": pathlib.PureWindowsPath,
+             "PosixPath": pathlib.PurePosixPath, "WindowsPath": pathlib.PureWindowsPath}  # fmt: skip
     return [
         argparse.Namespace,
-        *paths,
-        *((c, f"pathlib._local.{c.__name__}") for c in paths),
+        *((c, f"{module}.{name}") for name, c in paths.items() for module in ("pathlib", "pathlib._local")),
         np.dtype,
         np.ndarray,
         *(getattr(np.dtypes, name) for name in np.dtypes.__all__),
