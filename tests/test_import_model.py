@@ -109,17 +109,23 @@ def test_training_checkpoint_from_data_parallel_is_unwrapped(tmp_path, labels3):
     assert tag.startswith("checkpoint:")
 
 
-def test_a_lightning_checkpoint_is_read_under_its_prefix(tmp_path, labels3):
-    """A LightningModule saves its network as 'model.*', beside its loss's tensors; the model is served."""
+def test_a_lightning_checkpoint_is_read_under_its_prefix(tmp_path):
+    """A LightningModule saves its network as 'model.*', beside its loss's tensors, and the arguments of
+    save_hyperparameters(), class names among them: the model is served, with those names."""
     torch.manual_seed(0)
     model = torchvision.models.mobilenet_v3_small(num_classes=3).eval()
     weights = {f"model.{k}": v for k, v in model.state_dict().items()}
     path = tmp_path / "epoch=9-step=420.ckpt"
-    torch.save({"epoch": 9, "state_dict": {**weights, "loss_fn.weight": torch.ones(3)}, "lr": 0.01}, path)
-    result = run_import(path, "--arch", "mobilenet_v3_small", "--labels", labels3, "--name", "lightning")
+    hyper_parameters = {"num_classes": 3, "lr": 0.01, "class_names": ["daisy", "dandelion", "rose"]}
+    checkpoint = {"epoch": 9, "state_dict": {**weights, "loss_fn.weight": torch.ones(3)}, "lr": 0.01}
+    torch.save({**checkpoint, "hparams_name": "kwargs", "hyper_parameters": hyper_parameters}, path)
+    result = run_import(path, "--arch", "mobilenet_v3_small", "--name", "lightning")
     tag = imported_tag(result)
     assert "the weights are those under 'model.'" in result.stderr
     assert "left out 1 other tensors of the file (loss_fn.weight)" in result.stderr
+    meta = stored(tag).info.metadata
+    assert meta["labels"] == ["daisy", "dandelion", "rose"]
+    assert meta["sources"]["labels"] == "from the checkpoint's hyper_parameters['class_names']"
     assert_served_as_torch(tag, model)
 
 

@@ -299,14 +299,17 @@ LABEL_KEYS = ("class_to_idx", "idx_to_class", "classes", "class_names", "labels"
 def with_saved_labels(loaded: LoadedModel, saved: object) -> LoadedModel:
     """The class names a training script kept beside the weights, when it kept them: ImageFolder's
     `class_to_idx` in the checkpoint or set on the model (`model.class_to_idx = data.class_to_idx`),
-    an `idx_to_class`, or a list of `classes`."""
-    places = [("the checkpoint", saved)] if isinstance(saved, dict) else []
-    places.append(("the model", vars(loaded.module)))
+    an `idx_to_class`, or a list of `classes`; in a Lightning checkpoint, among its `hyper_parameters`
+    (a LightningModule's `save_hyperparameters()` of a `classes` argument)."""
+    places = [("the checkpoint's {!r}", saved)] if isinstance(saved, dict) else []
+    if isinstance(saved, dict) and isinstance(saved.get("hyper_parameters"), dict):
+        places.append(("the checkpoint's hyper_parameters[{!r}]", saved["hyper_parameters"]))
+    places.append(("the model's {!r}", vars(loaded.module)))
     for where, mapping in places:
         for key in LABEL_KEYS:
             labels = _as_labels(mapping.get(key))
             if labels:
-                loaded.labels, loaded.labels_from = labels, f"from {where}'s {key!r}"
+                loaded.labels, loaded.labels_from = labels, "from " + where.format(key)
                 return loaded
     return loaded
 
