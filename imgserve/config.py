@@ -76,6 +76,10 @@ DEFAULT_CROP = 224
 DEFAULT_INTERPOLATION = "bilinear"
 # A crop given without a resize keeps ImageNet's proportion (224 of 256): --crop 128 resizes to 146.
 DEFAULT_CROP_RATIO = DEFAULT_CROP / DEFAULT_RESIZE
+# torchvision's classes built for another input side than 224, the default for them: Inception v3
+# "expects tensors with a size of N x 3 x 299 x 299" (its docs; its weights: Resize(342), CenterCrop(299)),
+# and fine-tuning it at 299 is the rule (PyTorch's fine-tuning tutorial). At 224 it runs, answering otherwise.
+ARCH_INPUT_SIDE = {"Inception3": 299}
 # The largest model input side the import takes: 8 times ImageNet's 224 x 224 in pixels and beyond what
 # image classifiers are trained at (224 to 1024). A side of 20000 had the import's first run of the model
 # killed for memory; a batch of 8 at 2048 x 2048 is 400 MB of input alone.
@@ -99,6 +103,9 @@ ONNX_OPSET_DYNAMO = 18  # torch.export's exporter, for what the first cannot con
 # resampling); a wrong normalisation moved a probability by 0.45 and a top-1 in 6 photos.
 FAITHFUL_MIN_TOP1_AGREEMENT = 0.9  # of the photos, top-1 the same; with fewer than 10, all of them
 FAITHFUL_MAX_PROB_DIFF = 0.1  # largest difference of any class probability on any photo
+# Two classes the reference scores within this of each other are a tie: either as the served top-1 is the
+# same answer (a 0.5001 / 0.4999 binary model on a photo of data/ from outside its domain flips on rounding).
+FAITHFUL_TIE = 0.01
 FAITHFUL_MAX_PHOTOS = 200  # of --photos DIR: enough to measure, bounded in time (~0.1 s each)
 
 # --- Which models the service serves.

@@ -143,3 +143,54 @@ class SmallDenseNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.densenet(x)
+
+
+class TrainingConfig:
+    """A training run's settings, kept in its checkpoint beside the weights (`'config': config`)."""
+
+    def __init__(self, lr: float = 0.1, epochs: int = 30) -> None:
+        self.lr, self.epochs = lr, epochs
+
+
+class OnTheGpu(Net):
+    """Keeps the device it was trained on, as code written for a GPU does, and moves its input there."""
+
+    def __init__(self, num_classes: int = 10, hard_coded: bool = False) -> None:
+        super().__init__(num_classes)
+        self.device = torch.device("cuda")
+        self.hard_coded = hard_coded
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.cuda() if self.hard_coded else x.to(self.device))
+
+
+class LogitsAndFeatures(Net):
+    """Returns {"logits": ..., "features": ...}, as Hugging Face-style heads do."""
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        features = self.features(x)
+        return {"logits": self.head(features), "features": features}
+
+
+class RednessSqueezed(Redness):
+    """Redness whose forward squeezes its one output away, shape (batch,), as BCE training code often does."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x).squeeze()
+
+
+class DropsAtInference(Net):
+    """Dropout as F.dropout(x, p), whose training=True is the default: random in eval mode too."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.nn.functional.dropout(self.features(x), 0.5))
+
+
+class RedAbove(Redness):
+    """A binary classifier of the mean red: logit 4 x (mean red - threshold), bare (BCEWithLogitsLoss)."""
+
+    def __init__(self, threshold: float = 0.5) -> None:
+        super().__init__(ends_in_sigmoid=False)
+        with torch.no_grad():
+            self.fc.weight.copy_(torch.tensor([[4.0, 0.0, 0.0]]))
+            self.fc.bias.fill_(-4.0 * threshold)

@@ -18,7 +18,7 @@ from PIL import Image
 from torch import nn
 
 from imgserve import config
-from imgserve.importing import cli, convert, loading, messages
+from imgserve.importing import cli, convert, loading, messages, probing
 from imgserve.serving import predict, store
 from imgserve.serving.preprocess import Preprocessing, preprocess
 from tests.helpers import (
@@ -32,7 +32,22 @@ from tests.helpers import (
     run_import,
     sensitive,
 )
-from tests.researcher_code import At128, HeadFirst, Net, OneAtATime, Primaries, Redness, SmallDenseNet, WithFeatures
+from tests.researcher_code import (
+    At128,
+    DropsAtInference,
+    HeadFirst,
+    LogitsAndFeatures,
+    Net,
+    OneAtATime,
+    OnTheGpu,
+    Primaries,
+    RedAbove,
+    Redness,
+    RednessSqueezed,
+    SmallDenseNet,
+    TrainingConfig,
+    WithFeatures,
+)
 
 pytestmark = pytest.mark.model  # each test imports a real model, in a process of its own
 
@@ -94,17 +109,23 @@ def test_training_checkpoint_from_data_parallel_is_unwrapped(tmp_path, labels3):
     assert tag.startswith("checkpoint:")
 
 
-def test_a_lightning_checkpoint_is_read_under_its_prefix(tmp_path, labels3):
-    """A LightningModule saves its network as 'model.*', beside its loss's tensors; the model is served."""
+def test_a_lightning_checkpoint_is_read_under_its_prefix(tmp_path):
+    """A LightningModule saves its network as 'model.*', beside its loss's tensors, and the arguments of
+    save_hyperparameters(), class names among them: the model is served, with those names."""
     torch.manual_seed(0)
     model = torchvision.models.mobilenet_v3_small(num_classes=3).eval()
     weights = {f"model.{k}": v for k, v in model.state_dict().items()}
     path = tmp_path / "epoch=9-step=420.ckpt"
-    torch.save({"epoch": 9, "state_dict": {**weights, "loss_fn.weight": torch.ones(3)}, "lr": 0.01}, path)
-    result = run_import(path, "--arch", "mobilenet_v3_small", "--labels", labels3, "--name", "lightning")
+    hyper_parameters = {"num_classes": 3, "lr": 0.01, "class_names": ["daisy", "dandelion", "rose"]}
+    checkpoint = {"epoch": 9, "state_dict": {**weights, "loss_fn.weight": torch.ones(3)}, "lr": 0.01}
+    torch.save({**checkpoint, "hparams_name": "kwargs", "hyper_parameters": hyper_parameters}, path)
+    result = run_import(path, "--arch", "mobilenet_v3_small", "--name", "lightning")
     tag = imported_tag(result)
     assert "the weights are those under 'model.'" in result.stderr
     assert "left out 1 other tensors of the file (loss_fn.weight)" in result.stderr
+    meta = stored(tag).info.metadata
+    assert meta["labels"] == ["daisy", "dandelion", "rose"]
+    assert meta["sources"]["labels"] == "from the checkpoint's hyper_parameters['class_names']"
     assert_served_as_torch(tag, model)
 
 
@@ -176,6 +197,24 @@ def test_a_binary_classifier_with_one_output_answers_for_both_labels(tmp_path, e
     result = run_import(path, *arch, *unit, "--labels", labels, "--name", "redness")
     assert result.returncode == 2
     assert "has 1 labels but the model has one output: a binary classifier" in result.stderr
+
+
+def test_a_binary_classifier_squeezing_its_one_output_away_answers_for_both_labels(tmp_path):
+    """`.squeeze()` at the end of forward (BCEWithLogitsLoss wants shape (batch,)): one score per image, no
+    class dimension, shape () for one image. It is the one output of a binary classifier, served as such."""
+    path = tmp_path / "redness.pth"
+    torch.save(RednessSqueezed(ends_in_sigmoid=False).state_dict(), path)
+    labels = tmp_path / "labels.txt"
+    labels.write_text("not red\nred\n")
+    arch = ["--arch", f"{CODE}:RednessSqueezed", "--arch-kwargs", '{"ends_in_sigmoid": false}']
+    unit = ["--mean", "0", "0", "0", "--std", "1", "1", "1", "--resize", "32", "--crop", "32"]
+    result = run_import(path, *arch, *unit, "--labels", labels, "--name", "squeezed")
+    tag = imported_tag(result)
+    assert "note: it returns one score per image, shape (batch,) (squeezed)" in result.stderr
+    assert stored(tag).info.metadata["outputs"] == "one logit"
+    sure = pytest.approx(1 / (1 + math.exp(-4)), abs=1e-5)
+    assert classify_stored(tag, image_bytes((255, 0, 0)))[0] == {"label": "red", "score": sure}
+    assert classify_stored(tag, image_bytes((0, 0, 255)))[0] == {"label": "not red", "score": sure}
 
 
 def test_a_multi_label_model_gets_a_sigmoid_on_each_output_with_multi_label(tmp_path):
@@ -296,6 +335,21 @@ def test_a_googlenet_fine_tuned_from_imagenet_weights_is_built_as_torchvision_bu
     assert_served_as_torch(tag, model)
 
 
+def test_an_inception_v3_is_served_at_the_299_pixels_it_is_built_for(tmp_path, labels3):
+    """Inception v3 expects 299 x 299 (torchvision's docs and weights, PyTorch's fine-tuning tutorial); at
+    ImageNet's default 224 it runs and answers otherwise, so without --crop it is served at 299, and said."""
+    torch.manual_seed(0)
+    model = torchvision.models.inception_v3(num_classes=3, aux_logits=True, init_weights=False)
+    path = tmp_path / "inception_birds.pth"
+    torch.save(model.eval().state_dict(), path)
+    result = run_import(path, "--arch", "inception_v3", "--labels", labels3)
+    meta = stored(imported_tag(result)).info.metadata
+    assert meta["input"] == {"channels": 3, "height": 299, "width": 299}
+    assert meta["transforms"].startswith("Resize(342), CenterCrop(299), ToTensor()")
+    assert meta["sources"]["size"] == "default (torchvision's Inception3 is built for 299; or --crop)"
+    assert_served_as_torch(imported_tag(result), model)
+
+
 def test_a_model_written_for_one_image_at_a_time_is_served_one_image_per_call(tmp_path):
     """x.view(1, -1) in forward: the batched export cannot run, so the model is exported for one image
     and the server calls it once per image (it was a traceback)."""
@@ -349,6 +403,50 @@ def test_a_model_returning_scores_and_features_is_told_the_subclass_to_write_and
     (tmp_path / "scores.py").write_text("from tests.researcher_code import WithFeatures\n\n\n" + textwrap.dedent(shown))
     tag = imported_tag(run_import(path, "--arch", f"{tmp_path / 'scores.py'}:Scores"))
     assert stored(tag).info.metadata["num_classes"] == 10
+
+
+def test_a_model_returning_its_logits_among_other_outputs_is_served_its_logits(tmp_path, labels3):
+    """torchvision's GoogLeNet, scripted, returns GoogLeNetOutputs(logits, aux_logits2, aux_logits1) even in eval
+    mode; a class of the researcher's returns {"logits", "features"}: the logits are served, as `model(x).logits`
+    reads them. A tuple's scores have no name: refused, with the way forward of the file's form."""
+    torch.manual_seed(0)
+    googlenet = torchvision.models.googlenet(num_classes=3, aux_logits=False, init_weights=False).eval()
+    path = tmp_path / "googlenet.pt"
+    with messages.quiet_torch():
+        torch.jit.script(googlenet).save(str(path))
+    result = run_import(path, "--labels", labels3, "--name", "scripted-googlenet")
+    tag = imported_tag(result)
+    assert "note: it returns a GoogLeNetOutputs: its .logits are the class scores served" in result.stderr
+    assert "Warning" not in result.stderr  # nor the scripted GoogLeNet's own, on every call
+    assert_served_as_torch(tag, googlenet)  # in eager eval mode, GoogLeNet returns its logits alone
+
+    model = LogitsAndFeatures(num_classes=3).eval()
+    path = tmp_path / "dict.pth"
+    torch.save(model.state_dict(), path)
+    arch = ["--arch", f"{CODE}:LogitsAndFeatures", "--arch-kwargs", '{"num_classes": 3}']
+    result = run_import(path, *arch, "--labels", labels3, "--crop", "64")
+    tag = imported_tag(result)
+    assert "note: it returns a dict: its 'logits' are the class scores served" in result.stderr
+    assert_served_as_torch(tag, probing.KeyedLogits(model))
+
+    torch.save(WithFeatures(num_classes=3).eval(), path)
+    refused(
+        run_import(path, "--trust-pickle", "--labels", labels3, "--crop", "64"),
+        "return super().forward(x)[0]  # the class scores\nthen save the model's weights, "
+        "torch.save(model.state_dict(), 'weights.pth'), and import those with --arch yourfile.py:Scores",
+    )
+
+
+def test_a_model_random_in_eval_mode_is_told_why_not_blamed_on_the_export(tmp_path):
+    """F.dropout(x, p) drops at inference too (training=True is its default): the researcher's own answers vary
+    from run to run, and the ONNX parity check failed, as if the export were wrong. Refused with the cause."""
+    path = tmp_path / "drops.pth"
+    torch.save(DropsAtInference(num_classes=3).state_dict(), path)
+    arch = ["--arch", f"{CODE}:DropsAtInference", "--arch-kwargs", '{"num_classes": 3}']
+    result = run_import(path, *arch, "--crop", "64")
+    refused(result, "the model answers differently each time it sees the same image")
+    assert "write F.dropout(x, p, training=self.training)" in result.stderr
+    assert "ONNX" not in result.stderr.split("error:")[1]
 
 
 def test_channels_come_from_the_first_convolution_wherever_the_class_declares_it(tmp_path):
@@ -570,6 +668,20 @@ def test_a_file_holding_no_model_says_what_it_holds(tmp_path):
     refused(run_import(path, "--arch", "resnet18"), "holds no model")
 
 
+def test_a_state_dict_with_the_class_names_added_to_it_imports_with_them(tmp_path):
+    """state = model.state_dict(); state["class_to_idx"] = ...; state["epoch"] = ...; torch.save(state): the
+    weights were all there, but the file was said to hold 'no model'. Its tensors are the weights."""
+    torch.manual_seed(0)
+    model = torchvision.models.mobilenet_v3_small(num_classes=3).eval()
+    state = model.state_dict()
+    state["class_to_idx"], state["epoch"] = {"daisy": 0, "dandelion": 1, "rose": 2}, 12
+    path = tmp_path / "flowers.pth"
+    torch.save(state, path)
+    tag = imported_tag(run_import(path, "--arch", "mobilenet_v3_small"))
+    assert stored(tag).info.metadata["labels"] == ["daisy", "dandelion", "rose"]
+    assert_served_as_torch(tag, model)
+
+
 def test_weights_under_a_key_of_their_own_are_found_and_two_sets_are_told_apart(tmp_path, labels3):
     sd = torchvision.models.mobilenet_v3_small(num_classes=3).state_dict()
     path = tmp_path / "ckpt.pth"
@@ -580,6 +692,57 @@ def test_weights_under_a_key_of_their_own_are_found_and_two_sets_are_told_apart(
         run_import(path, "--arch", "mobilenet_v3_small"),
         "holds 2 sets of weights ('student', 'teacher'): save the one to serve on its own",
     )
+
+
+def test_a_checkpoint_holding_its_arguments_and_numpy_values_imports_without_trust(tmp_path):
+    """timm and DeiT keep `'args': args` (an argparse.Namespace, paths in it), scikit-learn gives numpy numbers,
+    class names are often a numpy array: data, not code, so no --trust-pickle; the labels are the array's.
+    A config object of the researcher's own is code: refused as a checkpoint, imported with trust."""
+    import argparse
+
+    torch.manual_seed(0)
+    model = torchvision.models.mobilenet_v3_small(num_classes=3).eval()
+    args = argparse.Namespace(arch="mobilenet_v3_small", lr=0.1, data=Path("/data/flowers"))
+    checkpoint = {"epoch": 30, "arch": "mobilenet_v3_small", "state_dict": model.state_dict(), "args": args}
+    checkpoint |= {"best_acc1": np.float64(0.93), "classes": np.array(["daisy", "dandelion", "rose"])}
+    path = tmp_path / "checkpoint.pth.tar"
+    torch.save(checkpoint, path)
+    tag = imported_tag(run_import(path, "--name", "timm-style"))
+    meta = stored(tag).info.metadata
+    assert (meta["labels"], meta["sources"]["labels"]) == (
+        ["daisy", "dandelion", "rose"],
+        "from the checkpoint's 'classes'",
+    )
+    assert_served_as_torch(tag, model)
+
+    torch.save({"state_dict": model.state_dict(), "config": TrainingConfig()}, path)
+    refused(
+        run_import(path, "--arch", "mobilenet_v3_small"),
+        "checkpoint.pth.tar is a training checkpoint (a dict) holding Python objects of "
+        "tests.researcher_code.TrainingConfig (a whole model, or objects of your code beside its weights)",
+    )
+    tag = imported_tag(run_import(path, "--arch", "mobilenet_v3_small", "--trust-pickle", "--name", "with-config"))
+    assert stored(tag).info.metadata["source_format"] == "state_dict"
+    assert_served_as_torch(tag, model)
+
+
+def test_a_checkpoint_saved_on_windows_with_a_path_in_its_arguments_imports(tmp_path, labels3):
+    """args.data = WindowsPath('C:/data/flowers') in a checkpoint saved on Windows: a WindowsPath cannot be
+    built on Linux, and the file was called damaged. Paths are read as their pure flavour."""
+    import argparse
+    import zipfile
+    from pathlib import PureWindowsPath
+
+    sd = torchvision.models.mobilenet_v3_small(num_classes=3).eval().state_dict()
+    path = tmp_path / "checkpoint.pth"
+    torch.save({"state_dict": sd, "args": argparse.Namespace(data=PureWindowsPath("C:/data/flowers"))}, path)
+    with zipfile.ZipFile(path) as z:
+        members = [(info.filename, z.read(info)) for info in z.infolist()]
+    with zipfile.ZipFile(path, "w") as z:  # as pickled on Windows: the class is pathlib's WindowsPath
+        for name, data in members:
+            z.writestr(name, data.replace(b"pathlib\nPureWindowsPath\n", b"pathlib\nWindowsPath\n"))
+    assert "pathlib.WindowsPath" in torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+    imported_tag(run_import(path, "--arch", "mobilenet_v3_small", "--labels", labels3, "--name", "from-windows"))
 
 
 def test_the_legacy_torch_format_imports(tmp_path, labels3):
@@ -694,6 +857,33 @@ def test_a_model_pickled_in_dataparallel_on_a_gpu_machine_is_served_from_the_mod
     assert "note: the model inside its DataParallel wrapper (model.module)" in result.stderr
     assert stored(tag).info.metadata["arch"] == "Net"
     assert_served_as_torch(tag, model)
+
+
+def test_a_pickled_model_that_names_its_gpu_or_was_compiled_is_served_from_the_model_on_the_cpu(tmp_path, labels3):
+    """self.device = torch.device("cuda") and x.to(self.device) in forward: set to the CPU, said; torch.save
+    of a torch.compile'd model: the model inside (compiling it took a minute); .cuda() in forward: told."""
+    torch.manual_seed(0)
+    model = OnTheGpu(num_classes=3).eval()
+    path = tmp_path / "on_gpu.pth"
+    torch.save(model, path)
+    result = run_import(path, "--trust-pickle", "--labels", labels3, "--crop", "64", "--name", "on-gpu")
+    tag = imported_tag(result)
+    assert "note: the model's device (cuda): set to the CPU, where it is served" in result.stderr
+    model.device = torch.device("cpu")
+    assert_served_as_torch(tag, model)
+
+    torch.save(torch.compile(model), path)
+    result = run_import(path, "--trust-pickle", "--labels", labels3, "--crop", "64", "--name", "compiled")
+    tag = imported_tag(result)
+    assert "note: the model inside its torch.compile wrapper (model._orig_mod)" in result.stderr
+    assert stored(tag).info.metadata["arch"] == "OnTheGpu"
+    assert_served_as_torch(tag, model)
+
+    torch.save(OnTheGpu(num_classes=3, hard_coded=True).eval(), path)
+    refused(
+        run_import(path, "--trust-pickle", "--labels", labels3, "--crop", "64"),
+        "the model's code asks for a GPU (",
+    )
 
 
 @pytest.mark.parametrize(
@@ -823,6 +1013,23 @@ def test_a_whole_pickle_of_a_class_from_the_training_script_needs_that_file(tmp_
     assert stored(tag).info.metadata["source_format"] == "pickle"
 
 
+def test_a_whole_pickle_of_a_class_from_a_module_not_installed_here_says_install_it_or_name_its_file(tmp_path):
+    """torch.save(model) of a class of a package (timm) or of a module beside the training script: where the
+    import runs it cannot be imported. The message names the module, the pip install, and the file to name."""
+    (tmp_path / "fancy_models.py").write_text((ROOT / "tests" / "researcher_code.py").read_text())
+    save = "import torch, fancy_models; torch.save(fancy_models.Net(num_classes=3).eval(), 'fancy.pth')"
+    subprocess.run([sys.executable, "-c", save], cwd=tmp_path, check=True)
+    result = run_import(tmp_path / "fancy.pth", "--trust-pickle", "--crop", "64")
+    refused(result, "unpickling needs the module 'fancy_models', which cannot be imported here")
+    assert (
+        "If 'fancy_models' is a package (timm, transformers ...), install it where the import runs: pip install "
+        "fancy_models" in result.stderr
+    )
+    tag = imported_tag(run_import(tmp_path / "fancy.pth", "--trust-pickle", "--crop", "64",
+                                  "--arch", f"{tmp_path / 'fancy_models.py'}:Net"))  # fmt: skip
+    assert stored(tag).info.metadata["arch"] == "Net"
+
+
 def test_a_training_script_named_for_its_class_cannot_change_the_model_being_imported(tmp_path, labels3):
     """A notebook exported as a script trains and saves at top level, without a __main__ guard: naming
     it runs that too. The model imported is the file as it was given, and its sha256 is that file's."""
@@ -888,6 +1095,31 @@ def test_the_faithfulness_gate_refuses_a_model_the_server_would_answer_different
     tag = imported_tag(run_import(path, *args, *given, "--accept-disagreement"))
     faithfulness = stored(tag).info.metadata["faithfulness"]
     assert faithfulness["accepted_anyway"] and faithfulness["max_prob_diff"] > config.FAITHFUL_MAX_PROB_DIFF
+
+
+def test_a_near_tie_that_rounding_flips_is_the_same_answer_not_a_disagreement(tmp_path):
+    """A binary model at its threshold on a photo of data/ from outside its domain scores it 0.5 give or take
+    rounding: the served path's decoding puts it at 0.4995, torch's at 0.5005. Either is the model's answer;
+    the gate refused the import for this top-1 'disagreement' (below ten photos, all must agree)."""
+    from torchvision import transforms as T
+
+    from imgserve.importing import transforms
+
+    text = "Resize((32, 32)), ToTensor()"
+    cat = DATA / "cat.jpg"
+    served = preprocess(cat.read_bytes(), transforms.to_preprocessing(transforms.parse(text), 3))[0].mean() / 255
+    reference = float(T.Compose([T.Resize((32, 32)), T.ToTensor()])(Image.open(cat).convert("RGB"))[0].mean())
+    assert served != reference  # the two pipelines differ by rounding: the threshold goes between them
+    path = tmp_path / "red.pth"
+    torch.save(RedAbove(threshold=float(served + reference) / 2).state_dict(), path)
+    labels = tmp_path / "labels.txt"
+    labels.write_text("not red\nred\n")
+    result = run_import(path, "--arch", f"{CODE}:RedAbove", "--transforms", text, "--labels", labels)
+    faithfulness = stored(imported_tag(result)).info.metadata["faithfulness"]
+    assert faithfulness["top1_agreement"] == 1.0 and faithfulness["max_prob_diff"] < config.FAITHFUL_TIE
+    assert not faithfulness["accepted_anyway"]
+    probabilities = classify_stored(imported_tag(result), cat.read_bytes())
+    assert [a["score"] for a in probabilities] == [pytest.approx(0.5, abs=config.FAITHFUL_TIE)] * 2
 
 
 def test_torchscript_imports_without_torchs_deprecation_warnings(tmp_path, labels3):

@@ -236,7 +236,7 @@ def resolve_preprocessing(args: argparse.Namespace, plan: Plan, loaded: loading.
             plan.sources["preprocessing"] = "given (--transforms)"
             plan.sources.setdefault("size", "given (--transforms)")
         else:
-            prep = _short_form(args, channels or 3, size, plan.sources)
+            prep = _short_form(args, channels or 3, size, plan.sources, probing.built_for(loaded.module))
     except (transforms.TransformsRefused, ValueError) as e:
         raise ImportRefused(str(e)) from None
     if max(prep.input_size) > config.MAX_INPUT_SIDE:
@@ -253,18 +253,28 @@ def resolve_preprocessing(args: argparse.Namespace, plan: Plan, loaded: loading.
     return prep
 
 
-def _short_form(args: argparse.Namespace, channels: int, size: tuple[int, int] | None, sources: dict) -> Preprocessing:
-    """--resize/--crop/--mean/--std/--interpolation, with defaults that follow what the weights say."""
-    crop = args.crop or (size[0] if size and size[0] == size[1] else size) or config.DEFAULT_CROP
+def _short_form(
+    args: argparse.Namespace,
+    channels: int,
+    size: tuple[int, int] | None,
+    sources: dict,
+    arch_size: tuple[str, int] | None = None,
+) -> Preprocessing:
+    """--resize/--crop/--mean/--std/--interpolation, with defaults that follow what the weights say, and
+    the architecture's size where it was built for another (probing.built_for)."""
+    built_for = None if args.crop or size or not arch_size else arch_size[1]
+    crop = args.crop or (size[0] if size and size[0] == size[1] else size) or built_for or config.DEFAULT_CROP
     resize: int | tuple[int, int]
     if args.resize:
         resize = args.resize
     elif isinstance(crop, tuple):  # a .pt2 of a non-square input: an exact resize in proportion
         resize = (round(crop[0] / config.DEFAULT_CROP_RATIO), round(crop[1] / config.DEFAULT_CROP_RATIO))
-    elif args.crop or size:  # ImageNet's proportion for a model of another size
+    elif args.crop or size or built_for:  # ImageNet's proportion for a model of another size
         resize = round(crop / config.DEFAULT_CROP_RATIO)
     else:
         resize = config.DEFAULT_RESIZE
+    if arch_size and built_for:
+        sources.setdefault("size", f"default (torchvision's {arch_size[0]} is built for {built_for}; or --crop)")
     sources.setdefault("size", "given (--crop)" if args.crop else "default (ImageNet's 224)")
     gray = channels == 1
     mean = args.mean or (config.GRAY_MEAN if gray else config.IMAGENET_MEAN)
@@ -292,15 +302,22 @@ def _short_form(args: argparse.Namespace, channels: int, size: tuple[int, int] |
     )
 
 
-def check_input_size(module: torch.nn.Module, prep: Preprocessing) -> None:
+def check_input_size(loaded: loading.LoadedModel, prep: Preprocessing) -> None:
     """Exit with a message, not a traceback, when the model refuses the size it is to be served at."""
     h, w = prep.input_size
-    refusal = probing.probe(module, prep.channels, (h, w))
+    module = loaded.module
+    refusal = probing.probe(module, prep.channels, (h, w), loaded.source_format)
     if refusal is None:
         return
     if refusal.ran:  # the size is fine; what it returns is not
         raise ImportRefused(refusal.message)
     error = refusal.message
+    if any(gpu in error for gpu in ("CUDA", "NVIDIA")):  # torch's words when asked for a GPU there is none of
+        raise ImportRefused(
+            f"the model's code asks for a GPU ({error}); the server runs it on the CPU. Where its code names the "
+            "GPU (x.cuda(), device='cuda'), use the input's device instead (x.device), and import again; a "
+            "TorchScript or .pt2 file must be saved again after that change"
+        )
     runs_at = probing.accepted_sizes(module, prep.channels)
     hint = f" It does run at {', '.join(f'{s} x {s}' for s in runs_at)}." if runs_at else ""
     raise ImportRefused(
@@ -387,11 +404,14 @@ def import_model(args: argparse.Namespace) -> str:
     source_sha256 = convert.sha256_of(args.model)  # the file as given, before any code of yours runs
     loaded = loading.load_model(args.model, args.arch, args.trust_pickle, plan.arch_kwargs)
     prep = resolve_preprocessing(args, plan, loaded)
-    check_input_size(loaded.module, prep)
+    loaded.module, scores = probing.with_class_scores(loaded.module, prep.channels, prep.input_size)
+    loaded.notes += [scores] if scores else []
+    check_input_size(loaded, prep)
     inputs = parity_inputs(prep)
     as_is = convert.Packaged(loaded.module, prep, convert.Outputs.PROBABILITIES)  # nothing added to the outputs
     with torch.inference_mode():
         floats = as_is.normalize(torch.from_numpy(inputs))
+    probing.check_deterministic(loaded.module, floats)
     with messages.quiet_torch():
         outputs = convert.read_outputs(loaded.module, floats, args.multi_label)
     packaged = convert.Packaged(loaded.module, prep, outputs)

@@ -19,6 +19,7 @@ from torch.utils._python_dispatch import TorchDispatchMode  # public API, docume
 
 from imgserve import config
 from imgserve.importing.messages import ImportRefused, error_line, quiet_torch
+from imgserve.importing.probing import is_scripted
 from imgserve.serving.predict import INPUT_NAME, OUTPUT_NAME, open_session, run
 from imgserve.serving.preprocess import Preprocessing
 
@@ -160,7 +161,7 @@ def export_onnx(packaged: Packaged, prep: Preprocessing, destination: Path, one_
     try:
         _export_torchscript_based(packaged, example, destination, one_image_per_call)
     except Exception as first:  # the exporter's own errors have no common base class
-        if isinstance(packaged.model, torch.jit.ScriptModule):
+        if is_scripted(packaged.model):
             raise ImportRefused(
                 f"the ONNX exporter cannot convert this TorchScript model: {error_line(first)}"
             ) from None
@@ -175,7 +176,7 @@ def export_onnx(packaged: Packaged, prep: Preprocessing, destination: Path, one_
 def _export_torchscript_based(packaged: Packaged, example: torch.Tensor, destination: Path, one: bool) -> None:
     buffer = io.BytesIO()
     # A loaded TorchScript model cannot be traced from a Python wrapper; script the wrapper.
-    scripted = isinstance(packaged.model, torch.jit.ScriptModule)
+    scripted = is_scripted(packaged.model)
     with quiet_torch():
         torch.onnx.export(
             torch.jit.script(packaged) if scripted else packaged,

@@ -13,9 +13,11 @@ do. A state_dict's model is built by archs.py and its weights fitted by state_di
 
 from __future__ import annotations
 
+import importlib
 import io
 import json
 import pickle
+import pickletools
 import types
 import zipfile
 from dataclasses import dataclass, field
@@ -33,7 +35,7 @@ from imgserve.importing.archs import (
     import_code,
     is_code_arch,
 )
-from imgserve.importing.messages import ImportRefused, quiet_torch
+from imgserve.importing.messages import SHOWN_KEYS, ImportRefused, quiet_torch
 from imgserve.importing.state_dicts import (
     CHECKPOINT_KEYS,
     QUANTIZED_REFUSED,
@@ -51,6 +53,12 @@ PICKLE_REFUSED = (
     "code stored in the file, which can do anything on this machine. If you made this file or trust "
     "its source, run again with --trust-pickle. To avoid the question, save model.state_dict() and "
     "pass --arch, or save a torch.export archive (.pt2)."
+)
+CHECKPOINT_PICKLE_REFUSED = (
+    "{path} is a training checkpoint (a dict) holding Python objects of {classes} (a whole model, or objects "
+    "of your code beside its weights). Loading them runs code named in the file, which can do anything on this "
+    "machine. If you made this file or trust its source, run again with --trust-pickle; or, where it loads, "
+    "save the weights alone, e.g. torch.save(model.state_dict(), 'weights.pth'), and import that with --arch."
 )
 # The modules of torch's quantized layers, as a pickle names their classes.
 QUANTIZED_MODULES = ("torch.ao.nn.quantized", "torch.ao.nn.intrinsic.quantized", "torch.nn.quantized",
@@ -76,6 +84,41 @@ class LoadedModel:
     # Class names the training script saved with the model (ImageFolder's class_to_idx...), and where
     labels: list[str] | None = None
     labels_from: str = ""
+
+
+def data_globals() -> list[object | tuple[object, str]]:
+    """What training scripts keep beside the weights as plain data: their command-line arguments
+    (timm's and DeiT's `'args': args`, an argparse.Namespace), paths (saved on Windows too), numpy
+    numbers and arrays (a best accuracy from scikit-learn, class names). Rebuilding them runs no code
+    of the file's, so torch's weights-only loader may build them (torch's own advice for numpy); a
+    checkpoint holding them needs no --trust-pickle. Also under the names that numpy 1.x and Python
+    3.13 pickle them by."""
+    import argparse
+    import pathlib
+
+    import numpy as np
+
+    multiarray = importlib.import_module("numpy._core.multiarray")  # where numpy 2 pickles its arrays from
+    # Each path as its pure flavour, which any system builds: a WindowsPath saved on Windows cannot be
+    # instantiated here ("cannot instantiate 'WindowsPath' on your system"), and nothing reads the disk.
+    paths = {"PurePosixPath": pathlib.PurePosixPath, "PureWindowsPath": pathlib.PureWindowsPath,
+             "PosixPath": pathlib.PurePosixPath, "WindowsPath": pathlib.PureWindowsPath}  # fmt: skip
+    return [
+        argparse.Namespace,
+        *((c, f"{module}.{name}") for name, c in paths.items() for module in ("pathlib", "pathlib._local")),
+        np.dtype,
+        np.ndarray,
+        *(getattr(np.dtypes, name) for name in np.dtypes.__all__),
+        multiarray.scalar,
+        multiarray._reconstruct,
+        (multiarray.scalar, "numpy.core.multiarray.scalar"),
+        (multiarray._reconstruct, "numpy.core.multiarray._reconstruct"),
+    ]
+
+
+def data_global_names() -> set[str]:
+    """The names a pickle gives the classes of data_globals()."""
+    return {g[1] if isinstance(g, tuple) else f"{g.__module__}.{g.__qualname__}" for g in data_globals()}  # type: ignore[attr-defined]
 
 
 # --- What a file is, from its bytes.
@@ -117,13 +160,28 @@ def file_kind(path: Path) -> str:
 
 
 def unsafe_globals(source: Path | bytes) -> list[str]:
-    """Classes and functions a torch.save pickle would import to load: empty for plain tensors."""
+    """Classes and functions a torch.save pickle would import to load: empty for plain tensors and the
+    plain data of data_globals()."""
     f = io.BytesIO(source) if isinstance(source, bytes) else source
     try:
-        return sorted(torch.serialization.get_unsafe_globals_in_checkpoint(f))
+        found = torch.serialization.get_unsafe_globals_in_checkpoint(f)
     except Exception as e:  # torch reads the pickle's opcodes only; any failure means a damaged file
         name = "an entry of the archive" if isinstance(source, bytes) else source.name
         raise ImportRefused(f"{name} is damaged: torch cannot read its pickle ({e})") from None
+    return sorted(set(found) - data_global_names())
+
+
+def holds_a_dict(path: Path) -> bool:
+    """Whether a torch.save archive's object is a dict (a training checkpoint), read from its pickle's
+    first opcode without unpickling: a whole model starts with its class instead."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            pickled = next(n for n in z.namelist() if n.endswith("data.pkl"))
+            ops = pickletools.genops(z.read(pickled))
+            first = next(op for op, _, _ in ops if op.name != "PROTO")
+    except Exception:  # damaged: torch.load says so next
+        return False
+    return first.name == "EMPTY_DICT"
 
 
 # --- Loading each form.
@@ -134,7 +192,22 @@ def load_model(
 ) -> LoadedModel:
     """Load a model file in any of the forms above; refuse with a message that says what to do."""
     with code_importable(arch):
-        return in_float32(_load_model(path, arch, trust_pickle, arch_kwargs))
+        return on_the_cpu(in_float32(_load_model(path, arch, trust_pickle, arch_kwargs)))
+
+
+def on_the_cpu(loaded: LoadedModel) -> LoadedModel:
+    """A model that keeps the GPU it was trained on as an attribute (`self.device = torch.device("cuda")`,
+    its forward then `x.to(self.device)`) runs on the CPU, where map_location put its weights: the
+    attribute is set to the CPU, as the researcher's code would set it on a machine without a GPU."""
+    moved = []
+    for name, module in loaded.module.named_modules():
+        for attribute, value in list(vars(module).items()):
+            if isinstance(value, torch.device) and value.type != "cpu":
+                setattr(module, attribute, torch.device("cpu"))
+                moved.append(f"{name}.{attribute} ({value})" if name else f"{attribute} ({value})")
+    if moved:
+        loaded.notes.append(f"the model's {', '.join(moved[:SHOWN_KEYS])}: set to the CPU, where it is served")
+    return loaded
 
 
 def in_float32(loaded: LoadedModel) -> LoadedModel:
@@ -173,13 +246,18 @@ def _load_model(path: Path, arch: str | None, trust_pickle: bool, arch_kwargs: d
             return loaded
         classes = unsafe_globals(path) if kind == "torch" else []
         if classes:
-            return _load_pickle(path, classes, arch, trust_pickle)
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError:  # the legacy format, read without a scan first: a pickled model
-            return _load_pickle(path, [], arch, trust_pickle)
-        except Exception as e:
-            raise ImportRefused(f"{path.name} is damaged: torch.load cannot read it ({e})") from None
+            obj = _unpickle(path, classes, arch, trust_pickle)
+        else:
+            try:
+                with torch.serialization.safe_globals(data_globals()):
+                    obj = torch.load(path, map_location="cpu", weights_only=True)
+            except pickle.UnpicklingError:  # the legacy format, read without a scan first: a pickled model
+                obj = _unpickle(path, [], arch, trust_pickle)
+            except Exception as e:
+                raise ImportRefused(f"{path.name} is damaged: torch.load cannot read it ({e})") from None
+    whole = _whole_model(path, obj)
+    if whole is not None:
+        return whole
     notes = []
     if not arch and isinstance(obj, dict) and obj.get("arch") in classification_archs():
         arch = obj["arch"]  # pytorch/examples' ImageNet script saves {"arch": "resnet18", "state_dict": ...}
@@ -221,20 +299,26 @@ LABEL_KEYS = ("class_to_idx", "idx_to_class", "classes", "class_names", "labels"
 def with_saved_labels(loaded: LoadedModel, saved: object) -> LoadedModel:
     """The class names a training script kept beside the weights, when it kept them: ImageFolder's
     `class_to_idx` in the checkpoint or set on the model (`model.class_to_idx = data.class_to_idx`),
-    an `idx_to_class`, or a list of `classes`."""
-    places = [("the checkpoint", saved)] if isinstance(saved, dict) else []
-    places.append(("the model", vars(loaded.module)))
+    an `idx_to_class`, or a list of `classes`; in a Lightning checkpoint, among its `hyper_parameters`
+    (a LightningModule's `save_hyperparameters()` of a `classes` argument)."""
+    places = [("the checkpoint's {!r}", saved)] if isinstance(saved, dict) else []
+    if isinstance(saved, dict) and isinstance(saved.get("hyper_parameters"), dict):
+        places.append(("the checkpoint's hyper_parameters[{!r}]", saved["hyper_parameters"]))
+    places.append(("the model's {!r}", vars(loaded.module)))
     for where, mapping in places:
         for key in LABEL_KEYS:
             labels = _as_labels(mapping.get(key))
             if labels:
-                loaded.labels, loaded.labels_from = labels, f"from {where}'s {key!r}"
+                loaded.labels, loaded.labels_from = labels, "from " + where.format(key)
                 return loaded
     return loaded
 
 
 def _as_labels(value: object) -> list[str] | None:
-    """Class names in output order from {name: index}, {index: name} or [name, ...]; else None."""
+    """Class names in output order from {name: index}, {index: name} or [name, ...] (a numpy array of
+    them too); else None."""
+    if hasattr(value, "tolist") and getattr(value, "ndim", None) == 1:  # np.array(class_names)
+        value = value.tolist()
     if isinstance(value, dict) and value:
         items = list(value.items())
         if all(isinstance(k, str) and isinstance(v, int) for k, v in items):
@@ -249,18 +333,37 @@ def _as_labels(value: object) -> list[str] | None:
     return None
 
 
-def _load_pickle(path: Path, classes: list[str], arch: str | None, trust_pickle: bool) -> LoadedModel:
+def _unpickle(path: Path, classes: list[str], arch: str | None, trust_pickle: bool) -> object:
+    """What the file holds, unpickled with its code: only with --trust-pickle."""
     if any(c.startswith(QUANTIZED_MODULES) for c in classes):  # unusable whatever the trust: said first
         raise ImportRefused(QUANTIZED_REFUSED.format(path=path.name))
     if not trust_pickle:
         shown = ", ".join(c for c in classes if not c.startswith("torch."))[:200]
+        if classes and holds_a_dict(path):
+            raise ImportRefused(CHECKPOINT_PICKLE_REFUSED.format(path=path.name, classes=shown or ", ".join(classes)))
         raise ImportRefused(PICKLE_REFUSED.format(path=path.name, classes=f" of {shown}" if shown else ""))
     data = path.read_bytes()  # before any code of yours runs: a training script could write the file anew
     code = import_code(arch) if arch and is_code_arch(arch) else None
     try:
-        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False, pickle_module=_pickle_module(code))
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False, pickle_module=_pickle_module(code))
     except (AttributeError, ModuleNotFoundError) as e:
         where = "the script that saved it" if "__main__" in str(e) else "a module that cannot be imported here"
+        if holds_a_dict(path):
+            raise ImportRefused(
+                f"unpickling {path.name}, a training checkpoint (a dict), needs code defined in {where} ({e}). "
+                "Where it loads, save the weights alone, e.g. torch.save(checkpoint['state_dict'], 'weights.pth'), "
+                "and import that file; or, if it is the class of a whole model in the checkpoint, pass the file "
+                "that defines it (--arch mynet.py:Net, with --trust-pickle)"
+            ) from None
+        if isinstance(e, ModuleNotFoundError) and e.name and e.name != "__main__":
+            top = e.name.partition(".")[0]
+            raise ImportRefused(
+                f"unpickling needs the module {e.name!r}, which cannot be imported here ({e}). If {top!r} is a "
+                f"package (timm, transformers ...), install it where the import runs: pip install {top}. If it is "
+                "your own code, run the import from the folder your training ran in, or pass the file that defines "
+                "the class, e.g. --arch mynet.py:Net (with --trust-pickle). Naming a file runs it whole: if the "
+                "class is in your training script, copy the class alone into a file of its own and name that"
+            ) from None
         raise ImportRefused(
             f"unpickling needs the code that defined the model ({e}): it was defined in {where}. "
             "Pass the file that defines the class, e.g. --arch mynet.py:Net (with --trust-pickle), or run "
@@ -269,21 +372,35 @@ def _load_pickle(path: Path, classes: list[str], arch: str | None, trust_pickle:
         ) from None
     except Exception as e:  # code from the file ran and failed
         raise ImportRefused(f"unpickling {path.name} failed: {type(e).__name__}: {e}") from None
+
+
+def _whole_model(path: Path, obj: object) -> LoadedModel | None:
+    """The model a file holds whole, alone or in a checkpoint dict; None for a dict of weights (a
+    checkpoint, whatever else it holds), which is built from them."""
     saved = obj
     for key in CHECKPOINT_KEYS:  # a checkpoint dict holding the whole model
         if isinstance(obj, dict) and isinstance(obj.get(key), nn.Module):
             obj = obj[key]
             break
+    if isinstance(obj, dict):
+        return None
     notes = []
-    if isinstance(obj, nn.DataParallel | nn.parallel.DistributedDataParallel):
-        # Saved wrapped for several GPUs: the wrapper insists on them (saved on a GPU machine, it refuses
-        # to run on the CPU); the model is the one inside, as model.module gives it.
-        notes.append(f"the model inside its {type(obj).__name__} wrapper (model.module)")
-        obj = obj.module
+    while True:
+        compiled = getattr(obj, "_orig_mod", None) if type(obj).__name__ == "OptimizedModule" else None
+        if isinstance(obj, nn.DataParallel | nn.parallel.DistributedDataParallel):
+            # Saved wrapped for several GPUs: the wrapper insists on them (saved on a GPU machine, it refuses
+            # to run on the CPU); the model is the one inside, as model.module gives it.
+            notes.append(f"the model inside its {type(obj).__name__} wrapper (model.module)")
+            obj = obj.module
+        elif isinstance(compiled, nn.Module):
+            # torch.compile's wrapper compiles the model on its first call (a minute, and a C compiler);
+            # what it runs is the model inside, which the ONNX export converts as it is.
+            notes.append("the model inside its torch.compile wrapper (model._orig_mod)")
+            obj = compiled
+        else:
+            break
     if isinstance(obj, nn.Module):
         return with_saved_labels(LoadedModel(obj.eval(), "pickle", type(obj).__name__, notes=notes), saved)
-    if isinstance(obj, torch.jit.ScriptModule):
-        return LoadedModel(obj.eval(), "torchscript", "torchscript")
     raise ImportRefused(f"{path.name} holds a {type(obj).__name__}, not a model or a state_dict")
 
 

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from imgserve.importing.messages import SHOWN_KEYS, error_line, quiet_torch
+from imgserve import config
+from imgserve.importing.messages import SHOWN_KEYS, ImportRefused, error_line, quiet_torch
 
 # Where a layer's weight is kept, whole, once torch.nn.utils has reparametrized it: as it is, pruned
 # (weight_orig, with weight_mask beside it), weight_norm's direction (parametrizations.weight.original1,
@@ -47,6 +48,87 @@ def first_layer_input(module: nn.Module) -> tuple[int | None, tuple[int, int] | 
     return None, None
 
 
+class NamedLogits(nn.Module):
+    """The `logits` field of what the model returns: torchvision's GoogLeNet and Inception outputs (which
+    a scripted one returns even in eval mode, its auxiliary outputs None), Hugging Face's outputs."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x).logits
+
+
+class KeyedLogits(NamedLogits):
+    """The `"logits"` entry of the dict the model returns."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)["logits"]
+
+
+class PerImageScore(NamedLogits):
+    """A binary classifier's one score per image, its class dimension squeezed away (`.squeeze(1)` or
+    `.squeeze()` at the end of forward, as BCE training writes it), as a column: one output per image."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x).reshape(-1, 1)
+
+
+def with_class_scores(module: nn.Module, channels: int, size: tuple[int, int]) -> tuple[nn.Module, str | None]:
+    """The model, or, when it returns its class scores named `logits` among other outputs, the model
+    answering with those, as the researcher's code reads them (`model(x).logits`), and a note saying so;
+    likewise a binary classifier's one score per image, squeezed to shape (batch,)."""
+    try:
+        with torch.inference_mode(), quiet_torch():
+            out = module(torch.zeros(1, channels, *size))
+            if isinstance(out, torch.Tensor) and out.numel() == 1 and out.ndim <= 1:  # (batch,) or (classes,)?
+                pair = module(torch.zeros(2, channels, *size))
+                if isinstance(pair, torch.Tensor) and pair.shape == (2,):
+                    return PerImageScore(module), (
+                        "it returns one score per image, shape (batch,) (squeezed): a binary classifier's one output"
+                    )
+    except Exception:  # not this size or not a batch: probe() and the export say why
+        return module, None
+    if isinstance(out, dict) and isinstance(out.get("logits"), torch.Tensor):
+        return KeyedLogits(module), "it returns a dict: its 'logits' are the class scores served"
+    if not isinstance(out, torch.Tensor) and isinstance(getattr(out, "logits", None), torch.Tensor):
+        return NamedLogits(module), f"it returns a {type(out).__name__}: its .logits are the class scores served"
+    return module, None
+
+
+RANDOM_AT_INFERENCE = (
+    "the model answers differently each time it sees the same image (largest difference {diff:.2g}): its forward "
+    "is random in eval mode, so your own code's answers vary from run to run too. Usually it is dropout called as "
+    "F.dropout(x, p), whose training=True is the default: write F.dropout(x, p, training=self.training) or use "
+    "nn.Dropout, then import again (a TorchScript or .pt2 file saved again after that change)"
+)
+
+
+def check_deterministic(module: nn.Module, inputs: torch.Tensor) -> None:
+    """Refuse a model that answers the same input differently on a second run: no export or server can
+    answer as it does, and the parity check would blame the export."""
+    with torch.inference_mode(), quiet_torch():
+        first, second = module(inputs[:1]), module(inputs[:1])
+    diff = float((first - second).abs().max())
+    if diff > 1e-5:
+        raise ImportRefused(RANDOM_AT_INFERENCE.format(diff=diff))
+
+
+def is_scripted(module: nn.Module) -> bool:
+    """A TorchScript model, alone or inside the wrapper that takes its logits: scripted, not traced, on export."""
+    return isinstance(module.model if isinstance(module, NamedLogits) else module, torch.jit.ScriptModule)
+
+
+def built_for(module: nn.Module) -> tuple[str, int] | None:
+    """(class, side) when the model is one of torchvision's built for another input side than 224
+    (config.ARCH_INPUT_SIDE), whatever form it came in or head it was given."""
+    for cls in type(module).__mro__:
+        if cls.__module__.startswith("torchvision.") and cls.__name__ in config.ARCH_INPUT_SIDE:
+            return cls.__name__, config.ARCH_INPUT_SIDE[cls.__name__]
+    return None
+
+
 INPUT_SIZES_TRIED = (224, 256, 299, 384, 128, 96, 64, 32, 28)  # common training sizes, probed on refusal
 
 
@@ -59,8 +141,21 @@ class Refusal:
     ran: bool = False
 
 
-def probe(module: nn.Module, channels: int, size: tuple[int, int]) -> Refusal | None:
-    """None if the model runs on a (1, channels, *size) input and gives one row of scores, else why not."""
+# How a subclass that returns the class scores is imported, by the form the model came in: a pickle
+# names its own class, TorchScript and .pt2 files hold their code.
+USE_SUBCLASS = {
+    "state_dict": "and pass --arch yourfile.py:Scores (the weights are the same)",
+    "safetensors": "and pass --arch yourfile.py:Scores (the weights are the same)",
+    "pickle": "then save the model's weights, torch.save(model.state_dict(), 'weights.pth'), and import those with "
+    "--arch yourfile.py:Scores",
+    "torchscript": "build Scores with the same weights (model.state_dict()), and script or trace it and save it again",
+    "exported": "build Scores with the same weights (model.state_dict()), and export it and save it again",
+}
+
+
+def probe(module: nn.Module, channels: int, size: tuple[int, int], form: str = "state_dict") -> Refusal | None:
+    """None if the model runs on a (1, channels, *size) input and gives one row of scores, else why not;
+    `form`, the file's (LoadedModel.source_format), says how a changed model is imported."""
     try:
         with torch.inference_mode(), quiet_torch():
             out = module(torch.zeros(1, channels, *size))
@@ -68,14 +163,15 @@ def probe(module: nn.Module, channels: int, size: tuple[int, int]) -> Refusal | 
         return Refusal(error_line(e))
     if isinstance(out, torch.Tensor) and out.ndim == 2 and out.shape[0] == 1:
         return None
-    return Refusal(_not_one_row(out, type(module).__name__), ran=True)
+    name = getattr(module, "original_name", type(module).__name__)  # a TorchScript model: its class, as written
+    return Refusal(_not_one_row(out, name, form), ran=True)
 
 
-def _not_one_row(out: object, model_class: str) -> str:
+def _not_one_row(out: object, model_class: str, form: str) -> str:
     """What the model returned instead of (1, classes), and the change to its forward that serves it."""
     subclass = (
         f"write a subclass in your model file, e.g.\n    class Scores({model_class}):\n        def forward(self, x):\n"
-        "            return super().forward(x){pick}\nand pass --arch yourfile.py:Scores (the weights are the same)"
+        "            return super().forward(x){pick}\n" + USE_SUBCLASS.get(form, USE_SUBCLASS["state_dict"])
     )
     if isinstance(out, tuple | list):
         what, fix = f"a {type(out).__name__} of {len(out)} values", subclass.format(pick="[0]  # the class scores")

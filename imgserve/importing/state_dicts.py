@@ -51,6 +51,11 @@ def unwrap_state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:
                 )
             if sets:
                 obj = checkpoint[sets[0]]
+            else:  # model.state_dict() with the class names or the epoch added to it: its tensors are the weights
+                weights = {
+                    k: v for k, v in checkpoint.items() if isinstance(v, torch.Tensor) and ("." in str(k) or v.ndim)
+                }
+                obj = weights if any("." in str(k) for k in weights) else obj
     if isinstance(obj, dict) and any(
         str(k).endswith("_packed_params") or (isinstance(v, torch.Tensor) and v.is_quantized) for k, v in obj.items()
     ):
