@@ -6,6 +6,7 @@ float prologue and the softmax that `convert.Packaged` adds, and the classifier 
 logits the softmax turns into the probabilities clients see. Every convolution is int8: a graph
 that switches between float and int8 layers pays a QuantizeLinear/DequantizeLinear pair at each
 switch, about what its int8 layers save (README "An int8 model": measured, no faster than fp32).
+Then each int8 convolution's bias takes back the shift that rounding gave its output (`correct_biases`).
 
 The gate: top-1 must agree with the fp32 model's on `config.QUANT_MIN_AGREEMENT` of all the views
 of the held-back photos (photos that calibration never saw). Otherwise nothing is stored. Only
