@@ -771,6 +771,20 @@ def test_a_model_traced_in_training_mode_is_told_to_trace_after_eval_and_the_siz
     assert_served_as_torch(tag, model)
 
 
+def test_a_traced_batch_norm_without_running_statistics_is_no_training_mode(tmp_path, labels3):
+    """BatchNorm2d(track_running_stats=False) normalises by the batch's own statistics in eval mode too, so a
+    trace made after model.eval() records it so: it was refused as traced in training mode."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8, track_running_stats=False), nn.ReLU(),
+                          nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(8, 3)).eval()  # fmt: skip
+    path = tmp_path / "no_stats.pt"
+    torch.jit.trace(model, torch.randn(1, 3, 64, 64)).save(str(path))
+    result = run_import(path, "--crop", "64", "--labels", labels3, "--name", "no-stats")
+    # Each image's statistics are its own, as in the researcher's code: never batched with others.
+    assert "served one image per model call" in result.stderr
+    assert_served_as_torch(imported_tag(result), model)
+
+
 def pruned_and_weight_normed(normed: bool = True) -> nn.Module:
     """A model compressed as torch.nn.utils does it: pruned layers keep weight_orig and weight_mask, a
     weight-normed one g and v; each computes its weight from them as it runs."""

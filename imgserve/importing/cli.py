@@ -423,8 +423,8 @@ def import_model(args: argparse.Namespace) -> str:
     with tempfile.TemporaryDirectory() as tmp:
         onnx_path = Path(tmp) / store.ONNX_FILE
         log.info("exporting to ONNX")
-        convert.export_onnx(packaged, prep, onnx_path, loaded.one_image_per_call)
         try:
+            convert.export_onnx(packaged, prep, onnx_path, loaded.one_image_per_call)
             parity = convert.check_parity(packaged, onnx_path, inputs)
         except convert.NoBatches:
             loaded.one_image_per_call = True

@@ -162,6 +162,8 @@ def export_onnx(packaged: Packaged, prep: Preprocessing, destination: Path, one_
         _export_torchscript_based(packaged, example, destination, one_image_per_call)
     except Exception as first:  # the exporter's own errors have no common base class
         if is_scripted(packaged.model):
+            if not one_image_per_call and _exports_one_image(packaged, example, destination):
+                raise NoBatches from None
             raise ImportRefused(
                 f"the ONNX exporter cannot convert this TorchScript model: {error_line(first)}"
             ) from None
@@ -171,6 +173,16 @@ def export_onnx(packaged: Packaged, prep: Preprocessing, destination: Path, one_
             raise ImportRefused(
                 f"neither ONNX exporter can convert this model: {error_line(first)}; {error_line(second)}"
             ) from None
+
+
+def _exports_one_image(packaged: Packaged, example: torch.Tensor, destination: Path) -> bool:
+    """Whether a TorchScript model the exporter cannot convert for a batch of any size converts for one
+    image: a graph whose shapes the exporter needs fixed (batch norm without running statistics)."""
+    try:
+        _export_torchscript_based(packaged, example, destination, one=True)
+    except Exception:
+        return False
+    return True
 
 
 def _export_torchscript_based(packaged: Packaged, example: torch.Tensor, destination: Path, one: bool) -> None:
@@ -210,7 +222,7 @@ def _export_dynamo(packaged: Packaged, example: torch.Tensor, destination: Path,
 
 
 class NoBatches(Exception):
-    """The exported graph answers one image at a time but not a batch: export it for one image a call."""
+    """The model exports or answers for one image at a time but not a batch: export it for one image a call."""
 
 
 def check_parity(packaged: Packaged, onnx_path: Path, inputs: np.ndarray) -> dict:

@@ -66,10 +66,17 @@ QUANTIZED_MODULES = ("torch.ao.nn.quantized", "torch.ao.nn.intrinsic.quantized",
 # The pickle protocol 2 header of torch.save's legacy (pre-1.6, non-zip) format: its magic number.
 LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
 SAFETENSORS_MAX_HEADER = 100_000_000  # the largest header the safetensors format allows, in bytes
-# The ops a torch.jit.trace records with the mode the model ran in, fixed in the graph: the position of
-# their `train` (dropout) or `training` (batch_norm) argument.
-TRACED_MODE = {"aten::dropout": 2, "aten::dropout_": 2, "aten::feature_dropout": 2, "aten::feature_dropout_": 2,
-               "aten::alpha_dropout": 2, "aten::feature_alpha_dropout": 2, "aten::batch_norm": 5}  # fmt: skip
+# The ops a torch.jit.trace or a torch.export records with the mode the model ran in, fixed in the graph:
+# the position of their `train` (dropout) or `training` (batch norm) argument. Batch norm's running_mean
+# is its argument 3.
+RECORDED_MODE = {"aten::dropout": 2, "aten::dropout_": 2, "aten::feature_dropout": 2, "aten::feature_dropout_": 2,
+                 "aten::alpha_dropout": 2, "aten::feature_alpha_dropout": 2, "aten::native_dropout": 2,
+                 "aten::batch_norm": 5, "aten::native_batch_norm": 5, "aten::_native_batch_norm_legit": 5,
+                 "aten::_native_batch_norm_legit_functional": 5}  # fmt: skip
+RECORDED_IN_TRAINING = (
+    "{path} was {done} in training mode: its {layers} as in training (dropout at random, batch norm on each "
+    "batch's own statistics), and {kept} keeps that whatever .eval() says later. {again}"
+)
 
 
 @dataclass
@@ -231,10 +238,14 @@ def _load_model(path: Path, arch: str | None, trust_pickle: bool, arch_kwargs: d
                 raise ImportRefused(f"{path.name} is a damaged TorchScript archive ({e})") from None
             if training := traced_in_training(module.inlined_graph):
                 raise ImportRefused(
-                    f"{path.name} was traced in training mode: its {' and '.join(training)} run as in training "
-                    "(dropout at random, batch norm on each batch's own statistics), and a trace keeps that "
-                    "whatever .eval() says later. Trace it again after model.eval(): model.eval(), then "
-                    "torch.jit.trace(model, example).save(...)"
+                    RECORDED_IN_TRAINING.format(
+                        path=path.name,
+                        done="traced",
+                        layers=in_training_said(training),
+                        kept="a trace",
+                        again="Trace it again after model.eval(): model.eval(), then "
+                        "torch.jit.trace(model, example).save(...)",
+                    )
                 )
             return LoadedModel(module.eval(), "torchscript", arch or "torchscript")
         if kind == "exported":
@@ -270,17 +281,31 @@ def _load_model(path: Path, arch: str | None, trust_pickle: bool, arch_kwargs: d
 def traced_in_training(graph: torch.Graph) -> list[str]:
     """The layers a trace recorded in training mode (model.eval() not called before torch.jit.trace):
     their mode is a constant in the graph. A scripted model reads self.training instead: never listed."""
-    found = set()
+    found: set[str | None] = set()
     nodes = list(graph.nodes())
     while nodes:
         node = nodes.pop()
         nodes += [n for block in node.blocks() for n in block.nodes()]
-        position = TRACED_MODE.get(node.kind())
-        if position is not None and position < len(list(node.inputs())):
-            flag = node.inputsAt(position)
-            if flag.node().kind() == "prim::Constant" and flag.toIValue() is True:
-                found.add("batch norm" if "batch_norm" in node.kind() else "dropout")
-    return sorted(found)
+        if node.kind() in RECORDED_MODE:
+            args = [i.toIValue() if i.node().kind() == "prim::Constant" else i for i in node.inputs()]
+            found.add(_in_training(node.kind(), args))
+    return sorted(layer for layer in found if layer)
+
+
+def in_training_said(layers: list[str]) -> str:
+    """'batch norm runs', 'batch norm and dropout run'."""
+    return " and ".join(layers) + (" run" if len(layers) > 1 else " runs")
+
+
+def _in_training(op: str, args: list[object]) -> str | None:
+    """'dropout' or 'batch norm' when the op's recorded mode is training; batch norm without running
+    statistics (track_running_stats=False) uses the batch's own in eval mode too: not listed."""
+    position = RECORDED_MODE[op]
+    if position >= len(args) or args[position] is not True:
+        return None
+    if "batch_norm" in op:
+        return "batch norm" if args[3] is not None else None
+    return "dropout"
 
 
 def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
