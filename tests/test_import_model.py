@@ -785,6 +785,25 @@ def test_a_traced_batch_norm_without_running_statistics_is_no_training_mode(tmp_
     assert_served_as_torch(imported_tag(result), model)
 
 
+def test_a_pt2_exported_in_training_mode_is_told_to_export_after_eval(tmp_path, labels3):
+    """torch.export.export without model.eval() first records batch norm in training mode: the import stored
+    a model normalising each image by its own statistics, not the trained ones, and called it faithful."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(8, 3))  # fmt: skip
+    with torch.no_grad():
+        model[1].running_mean.uniform_(-1, 1), model[1].running_var.uniform_(0.5, 2)  # as training leaves them
+    path = tmp_path / "exported.pt2"
+    batch = {"input": {0: torch.export.Dim("batch")}}
+    torch.export.save(torch.export.export(model.train(), (torch.randn(2, 3, 64, 64),), dynamic_shapes=batch), path)
+    refused(
+        run_import(path, "--labels", labels3),
+        "exported.pt2 was exported in training mode: its batch norm runs as in training (dropout at random, batch "
+        "norm on each batch's own statistics), and an exported program keeps that whatever .eval() says later. "
+        "Export it again after model.eval()",
+    )
+
+
 def pruned_and_weight_normed(normed: bool = True) -> nn.Module:
     """A model compressed as torch.nn.utils does it: pruned layers keep weight_orig and weight_mask, a
     weight-normed one g and v; each computes its weight from them as it runs."""

@@ -292,6 +292,19 @@ def traced_in_training(graph: torch.Graph) -> list[str]:
     return sorted(layer for layer in found if layer)
 
 
+def exported_in_training(program: torch.export.ExportedProgram) -> list[str]:
+    """The layers a torch.export recorded in training mode (model.eval() not called before it): as in a
+    trace, their mode is an argument of the graph's op, and the exported module refuses .eval()."""
+    found: set[str | None] = set()
+    for graph in (m.graph for m in program.graph_module.modules() if isinstance(m, torch.fx.GraphModule)):
+        for node in graph.nodes:
+            schema = getattr(node.target, "_schema", None)
+            if node.op == "call_function" and schema is not None and schema.name in RECORDED_MODE:
+                named = [node.kwargs.get(a.name, a.name) for a in schema.arguments[len(node.args) :]]
+                found.add(_in_training(schema.name, [*node.args, *named]))
+    return sorted(layer for layer in found if layer)
+
+
 def in_training_said(layers: list[str]) -> str:
     """'batch norm runs', 'batch norm and dropout run'."""
     return " and ".join(layers) + (" run" if len(layers) > 1 else " runs")
@@ -485,6 +498,17 @@ def _load_exported(path: Path, trust_pickle: bool) -> LoadedModel:
         raise ImportRefused(f"{path.name} takes an input of shape {list(shape)}, not an image batch (N, C, H, W)")
     fixed = [d for d in shape[1:] if isinstance(d, int)]  # a dynamic dimension is a symbol, not an int
     input_shape = (fixed[0], fixed[1], fixed[2]) if len(fixed) == 3 else None
+    if training := exported_in_training(program):
+        raise ImportRefused(
+            RECORDED_IN_TRAINING.format(
+                path=path.name,
+                done="exported",
+                layers=in_training_said(training),
+                kept="an exported program",
+                again="Export it again after model.eval(): model.eval(), then "
+                "torch.export.save(torch.export.export(model, (example,)), ...)",
+            )
+        )
     module = program.module()
     loaded = LoadedModel(module, "exported", "torch.export", input_shape, one_image_per_call=isinstance(shape[0], int))
     if loaded.one_image_per_call and shape[0] != 1:
