@@ -654,6 +654,47 @@ def test_a_file_that_is_no_torch_model_is_called_that(tmp_path, content, message
     assert len(bentoml.models.list()) == before
 
 
+def test_a_model_compressed_archived_or_in_another_format_is_named_with_the_way_to_the_model(tmp_path):
+    """A download or an e-mail gives checkpoint.pth.gz, a .tar or a .zip; a colleague sends the ONNX file or a
+    Keras .h5: each was 'not a PyTorch model file (corrupt, truncated, or another kind of file)'."""
+    import gzip
+    import tarfile
+    import zipfile
+
+    import onnx
+
+    model = tmp_path / "weights.pth"
+    torch.save(nn.Linear(2, 2).state_dict(), model)
+    given = tmp_path / "given.pth"
+
+    def tar() -> None:
+        with tarfile.open(given, "w") as archive:
+            archive.add(model, "weights.pth")
+
+    def zipped() -> None:
+        with zipfile.ZipFile(given, "w") as archive:
+            archive.write(model, "run3/weights.pth")
+
+    def exported() -> None:
+        graph = onnx.helper.make_graph([onnx.helper.make_node("Identity", ["x"], ["y"])], "g", [], [])
+        onnx.save(onnx.helper.make_model(graph), given)
+
+    for write, message in [
+        (lambda: given.write_bytes(gzip.compress(model.read_bytes())),
+         "given.pth is gzip-compressed: decompress it (gunzip -c given.pth > model.pth) and import the file it gives"),
+        (tar, "given.pth is a tar archive holding weights.pth: extract it (tar xf given.pth) and import the model"),
+        (zipped, "given.pth is a zip archive holding run3/weights.pth: unzip it (unzip given.pth) and import"),
+        (exported, "given.pth is an ONNX model, not a PyTorch model: the import takes a model saved with torch"),
+        (lambda: given.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(1024)),
+         "given.pth is an HDF5 file (a Keras .h5 model or weights), not a PyTorch model"),
+    ]:  # fmt: skip
+        write()
+        with pytest.raises(messages.ImportRefused) as refusal:
+            loading.file_kind(given)
+        assert message in str(refusal.value)
+    assert loading.file_kind(model) == "torch"
+
+
 def test_a_truncated_torch_file_is_called_damaged_or_not_a_model(tmp_path):
     whole = tmp_path / "whole.pth"
     torch.save(torchvision.models.mobilenet_v3_small(num_classes=3).state_dict(), whole)

@@ -18,6 +18,7 @@ import io
 import json
 import pickle
 import pickletools
+import tarfile
 import types
 import zipfile
 from dataclasses import dataclass, field
@@ -66,6 +67,15 @@ QUANTIZED_MODULES = ("torch.ao.nn.quantized", "torch.ao.nn.intrinsic.quantized",
 # The pickle protocol 2 header of torch.save's legacy (pre-1.6, non-zip) format: its magic number.
 LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
 SAFETENSORS_MAX_HEADER = 100_000_000  # the largest header the safetensors format allows, in bytes
+# What a model file is mistaken for, by its first bytes, and how to get the model out of it.
+COMPRESSED = {b"\x1f\x8b": ("gzip", "gunzip -c"), b"BZh": ("bzip2", "bunzip2 -c"), b"\xfd7zXZ\x00": ("xz", "unxz -c"),
+              b"\x28\xb5\x2f\xfd": ("zstd", "unzstd -c")}  # fmt: skip
+HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"  # Keras's .h5 models and weights
+MODEL_SUFFIXES = (".pth", ".pt", ".pt2", ".safetensors", ".ckpt", ".bin", ".pkl", ".tar")  # as a folder holds them
+NOT_PYTORCH = (
+    "{path} is {what}, not a PyTorch model: the import takes a model saved with torch (a .pth state_dict with "
+    "--arch, a whole model, TorchScript, a .pt2 or .safetensors) and makes the ONNX itself, checked against it"
+)
 # The ops a torch.jit.trace or a torch.export records with the mode the model ran in, fixed in the graph:
 # the position of their `train` (dropout) or `training` (batch norm) argument. Batch norm's running_mean
 # is its argument 3.
@@ -135,6 +145,8 @@ def file_kind(path: Path) -> str:
     """'torch' (torch.save archive), 'torchscript', 'exported' (.pt2), 'legacy' or 'safetensors'; else ImportRefused."""
     with open(path, "rb") as f:
         head = f.read(len(LEGACY_TORCH_MAGIC))
+    if not head.startswith(b"PK"):  # a tar holding a torch file is found a zip by its end: told first
+        _refuse_other_formats(path, head)
     if zipfile.is_zipfile(path):
         try:
             with zipfile.ZipFile(path) as z:
@@ -147,6 +159,14 @@ def file_kind(path: Path) -> str:
             return "exported"
         if any(n.endswith("data.pkl") for n in names):
             return "torch"
+        inner = [n for n in names if n.lower().endswith(MODEL_SUFFIXES)]
+        if inner:
+            raise ImportRefused(
+                f"{path.name} is a zip archive holding {', '.join(inner[:SHOWN_KEYS])}: unzip it (unzip "
+                f"{path.name}) and import the model file"
+            )
+        if "model.weights.h5" in names:
+            raise ImportRefused(NOT_PYTORCH.format(path=path.name, what="a Keras model (.keras)"))
         raise ImportRefused(
             f"{path.name} is a zip archive but not one that torch wrote (no data.pkl, TorchScript code "
             "or torch.export program in it)"
@@ -164,6 +184,35 @@ def file_kind(path: Path) -> str:
         f"{path.name} is not a PyTorch model file: it is none of torch.save's formats, TorchScript, a "
         ".pt2 archive or safetensors (corrupt, truncated, or another kind of file)"
     )
+
+
+def _refuse_other_formats(path: Path, head: bytes) -> None:
+    """What researchers give by mistake, named with the way to the model: an archive or a compressed file
+    (downloaded or sent so), another framework's model, the ONNX file instead of the model it came from."""
+    if tarfile.is_tarfile(path):  # compressed or not
+        with tarfile.open(path) as tar:
+            members = [m.name for m in tar.getmembers() if m.isfile()]
+        raise ImportRefused(
+            f"{path.name} is a tar archive holding {', '.join(members[:SHOWN_KEYS]) or 'no files'}: extract it "
+            f"(tar xf {path.name}) and import the model file"
+        )
+    for magic, (kind, command) in COMPRESSED.items():
+        if head.startswith(magic):
+            raise ImportRefused(
+                f"{path.name} is {kind}-compressed: decompress it ({command} {path.name} > model.pth) and import "
+                "the file it gives"
+            )
+    if head.startswith(HDF5_MAGIC):
+        raise ImportRefused(NOT_PYTORCH.format(path=path.name, what="an HDF5 file (a Keras .h5 model or weights)"))
+    if head[:1] == b"\x08":  # a protobuf's first field, as ONNX's ir_version is
+        import onnx
+
+        try:
+            is_onnx = bool(onnx.load(str(path), load_external_data=False).graph.node)
+        except Exception:  # not a protobuf of ONNX's
+            is_onnx = False
+        if is_onnx:
+            raise ImportRefused(NOT_PYTORCH.format(path=path.name, what="an ONNX model"))
 
 
 def unsafe_globals(source: Path | bytes) -> list[str]:
