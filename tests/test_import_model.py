@@ -269,6 +269,29 @@ def test_a_training_scripts_checkpoint_gives_its_architecture_and_class_names(tm
     assert "the checkpoint's 'classes' has 2 labels but the model has 3 outputs" in result.stderr
 
 
+def test_a_checkpoint_with_an_ema_copy_says_which_model_is_served_and_how_to_serve_the_other(tmp_path):
+    """timm's train.py saves 'state_dict' and 'state_dict_ema', many scripts 'model' and 'model_ema': the
+    first was imported and the EMA, often the one evaluated, left out without a word."""
+    torch.manual_seed(0)
+    model, ema = (
+        torchvision.models.mobilenet_v3_small(num_classes=3),
+        torchvision.models.mobilenet_v3_small(num_classes=3),
+    )
+    path = tmp_path / "last.pth.tar"
+    said = "left out: 'state_dict_ema'. To serve that instead (an EMA copy), save it alone, e.g. torch.save("
+    torch.save({"epoch": 90, "state_dict": model.state_dict(), "state_dict_ema": ema.state_dict()}, path)
+    loaded = loading.load_model(path, "mobilenet_v3_small")
+    assert loaded.notes == [
+        f"the model is the checkpoint's 'state_dict'; {said}checkpoint['state_dict_ema'], 'ema.pth'), and import that"
+    ]
+    assert torch.equal(loaded.module.classifier[3].weight, model.classifier[3].weight)
+    torch.save({"model": model, "model_ema": ema, "optimizer": {"state": {}}}, path)  # whole models
+    loaded = loading.load_model(path, trust_pickle=True)
+    assert any("the model is the checkpoint's 'model'; left out: 'model_ema'" in note for note in loaded.notes)
+    torch.save({"state_dict": model.state_dict(), "criterion": nn.CrossEntropyLoss(torch.ones(3)).state_dict()}, path)
+    assert loading.load_model(path, "mobilenet_v3_small").notes == []  # a loss's weights are no copy of the model
+
+
 def test_the_flowers_tutorials_cat_to_name_json_is_put_in_output_order_by_class_to_idx(tmp_path):
     """The checkpoint keeps ImageFolder's class_to_idx (folder names "1", "10", "2" sorted as text) and
     cat_to_name.json names the folders: the labels are the names, in the model's output order."""

@@ -45,6 +45,7 @@ from imgserve.importing.state_dicts import (
     closest_archs,
     fit_state_dict,
     fit_stem_channels,
+    left_beside,
     under_wrapper,
     unwrap_state_dict,
 )
@@ -317,8 +318,9 @@ def _load_model(path: Path, arch: str | None, trust_pickle: bool, arch_kwargs: d
                 raise ImportRefused(f"{path.name} is damaged: torch.load cannot read it ({e})") from None
     whole = _whole_model(path, obj)
     if whole is not None:
+        whole.notes += left_beside(obj)
         return whole
-    notes = []
+    notes = left_beside(obj)
     if not arch and isinstance(obj, dict) and obj.get("arch") in classification_archs():
         arch = obj["arch"]  # pytorch/examples' ImageNet script saves {"arch": "resnet18", "state_dict": ...}
         notes.append(f"the architecture, {arch}, is the one the checkpoint names ('arch')")

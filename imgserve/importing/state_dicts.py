@@ -68,6 +68,37 @@ def unwrap_state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in obj.items()}
 
 
+def left_beside(checkpoint: object) -> list[str]:
+    """A note naming the other copies of the model a checkpoint holds beside the one imported (an EMA copy:
+    'state_dict_ema' beside 'state_dict', 'model_ema' beside 'model'), whose answers differ: a researcher
+    who evaluated the EMA learns which one is served, and how to serve the other."""
+    if not isinstance(checkpoint, dict):
+        return []
+    kinds = (nn.Module, dict)
+    key = next((k for kind in kinds for k in CHECKPOINT_KEYS if isinstance(checkpoint.get(k), kind)), None)
+    if key is None:
+        return []
+    chosen = checkpoint[key]
+    if isinstance(chosen, nn.Module):
+        copies = [k for k, v in checkpoint.items() if k != key and isinstance(v, nn.Module)]
+    elif _is_state_dict(chosen):
+        copies = [k for k, v in checkpoint.items() if k != key and _is_state_dict(v) and _names(v) == _names(chosen)]
+    else:
+        return []
+    if not copies:
+        return []
+    return [
+        f"the model is the checkpoint's {key!r}; left out: {', '.join(map(repr, copies[:SHOWN_KEYS]))}. To "
+        f"serve that instead (an EMA copy), save it alone, e.g. torch.save(checkpoint[{copies[0]!r}], 'ema.pth'), "
+        "and import that"
+    ]
+
+
+def _names(state_dict: dict) -> set[str]:
+    """A state_dict's parameter names, whether saved from the model or from a DataParallel around it."""
+    return {str(k).removeprefix("module.") for k in state_dict}
+
+
 def _is_state_dict(obj: object) -> TypeGuard[dict[str, torch.Tensor]]:
     return isinstance(obj, dict) and bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
 
