@@ -34,6 +34,20 @@ def test_lines_that_all_start_with_their_output_index_lose_it(tmp_path):
     assert read_labels(f) == ["1 daisy", "2 rose"]
 
 
+def test_lines_with_their_output_index_last_or_out_of_order_are_put_in_its_order(tmp_path):
+    """class_to_idx written as a CSV (`f"{name},{index}"`), or any indexed lines not sorted by index, were
+    kept as written: labels 'daisy,0', or '2,rose' answering for output 0."""
+    f = tmp_path / "classes.csv"
+    f.write_text("class,idx\nrose,2\ndaisy,0\ndandelion,1\n")
+    assert read_labels(f) == ["daisy", "dandelion", "rose"]
+    f.write_text("2\trose\n0\tdaisy\n1\tdandelion\n")
+    assert read_labels(f) == ["daisy", "dandelion", "rose"]
+    f.write_text("class 0\nclass 1\n")  # a space before a trailing number: part of the name
+    assert read_labels(f) == ["class 0", "class 1"]
+    f.write_text('"daisy",0\n"dandelion",2\n')  # 0 and 2: no output indices, kept as written
+    assert read_labels(f) == ['"daisy",0', '"dandelion",2']
+
+
 def test_json_labels_a_list_or_an_object_put_in_output_order(tmp_path):
     f = tmp_path / "cat_to_name.json"
     f.write_text('["daisy", "rose"]')

@@ -1,8 +1,9 @@
 """Class names from a labels file: one per line in the model's output order, or JSON.
 
 Accepted, as researchers keep them:
-- one label per line (blank lines and surrounding whitespace ignored); lines that all start with their
-  own output index, `0,daisy` or `0 daisy`, lose the index (and a CSV's header row above them, `id,name`);
+- one label per line (blank lines and surrounding whitespace ignored); lines that all start or end with
+  their own output index, `0,daisy`, `0 daisy` or `daisy,0`, in any order, are put in its order and lose
+  it (and a CSV's header row above them, `id,name`);
 - a JSON list, in output order, or ImageFolder's class_to_idx saved as JSON ({"daisy": 0, ...});
 - a JSON object: {"0": "daisy", ...} by output index, or by class name (the flowers tutorials'
   cat_to_name.json, {"1": "pink primrose", ...}, keyed by the ImageFolder folder names), which the
@@ -16,6 +17,9 @@ import re
 from pathlib import Path
 
 INDEXED_LINE = re.compile(r"(\d+)\s*[,;:\t ]\s*(\S.*)")  # "0,daisy", "0 daisy", "0: daisy"
+# "daisy,0", "daisy\t1": class_to_idx written as a CSV, the index last (a space is no separator here:
+# "class 0", "class 1" are names)
+INDEX_LAST_LINE = re.compile(r"(\S.*?)\s*[,;\t]\s*(\d+)")
 
 
 def read_labels(path: Path) -> list[str] | dict[str, str]:
@@ -29,19 +33,14 @@ def read_labels(path: Path) -> list[str] | dict[str, str]:
     labels = [line.strip() for line in text.splitlines() if line.strip()]
     if not labels:
         raise ValueError(f"labels file {path} has no labels")
-    indexed = [INDEXED_LINE.fullmatch(label) for label in labels]
-    if all(indexed[1:]) and not indexed[0] and len(labels) > 1:  # a CSV's header row above: "id,name"
-        rows = _by_index(indexed[1:])
-        if rows:
-            return rows
-    return _by_index(indexed) or labels
-
-
-def _by_index(indexed: list[re.Match | None]) -> list[str] | None:
-    """The labels of lines that all start with their output index, 0, 1, 2 ..., without it; else None."""
-    if all(indexed) and [int(m.group(1)) for m in indexed if m] == list(range(len(indexed))):
-        return [m.group(2).strip() for m in indexed if m]
-    return None
+    for pattern, index, name in ((INDEXED_LINE, 1, 2), (INDEX_LAST_LINE, 2, 1)):
+        rows = [pattern.fullmatch(label) for label in labels]
+        if all(rows[1:]) and not rows[0] and len(labels) > 1:  # a CSV's header row above: "id,name"
+            rows = rows[1:]
+        if all(rows) and sorted(int(m.group(index)) for m in rows if m) == list(range(len(rows))):
+            by_index = {int(m.group(index)): m.group(name) for m in rows if m}
+            return [by_index[i].strip() for i in range(len(rows))]
+    return labels
 
 
 def _json_labels(path: Path, text: str) -> list[str] | dict[str, str]:
