@@ -48,6 +48,13 @@ def test_lines_with_their_output_index_last_or_out_of_order_are_put_in_its_order
     assert read_labels(f) == ['"daisy",0', '"dandelion",2']
 
 
+def test_a_csvs_quotes_around_a_label_are_not_part_of_it(tmp_path):
+    """pandas' Series(class_names).to_csv(): a header, the index, and quotes around names with a comma."""
+    f = tmp_path / "labels.csv"
+    f.write_text(',0\n0,"tench, Tinca tinca"\n1,goldfish\n2,"the ""great"" white shark"\n')
+    assert read_labels(f) == ["tench, Tinca tinca", "goldfish", 'the "great" white shark']
+
+
 def test_json_labels_a_list_or_an_object_put_in_output_order(tmp_path):
     f = tmp_path / "cat_to_name.json"
     f.write_text('["daisy", "rose"]')

@@ -3,7 +3,7 @@
 Accepted, as researchers keep them:
 - one label per line (blank lines and surrounding whitespace ignored); lines that all start or end with
   their own output index, `0,daisy`, `0 daisy` or `daisy,0`, in any order, are put in its order and lose
-  it (and a CSV's header row above them, `id,name`);
+  it (and a CSV's header row above them, `id,name`); a CSV's quotes around a label are not part of it;
 - a JSON list, in output order, or ImageFolder's class_to_idx saved as JSON ({"daisy": 0, ...});
 - a JSON object: {"0": "daisy", ...} by output index, or by class name (the flowers tutorials'
   cat_to_name.json, {"1": "pink primrose", ...}, keyed by the ImageFolder folder names), which the
@@ -39,8 +39,15 @@ def read_labels(path: Path) -> list[str] | dict[str, str]:
             rows = rows[1:]
         if all(rows) and sorted(int(m.group(index)) for m in rows if m) == list(range(len(rows))):
             by_index = {int(m.group(index)): m.group(name) for m in rows if m}
-            return [by_index[i].strip() for i in range(len(rows))]
-    return labels
+            return [_unquoted(by_index[i]) for i in range(len(rows))]
+    return [_unquoted(label) for label in labels]
+
+
+def _unquoted(label: str) -> str:
+    """A CSV field as written: '"tench, Tinca tinca"' is tench, Tinca tinca."""
+    if len(label) >= 2 and label[0] == label[-1] == '"':
+        return label[1:-1].replace('""', '"').strip()
+    return label.strip()
 
 
 def _json_labels(path: Path, text: str) -> list[str] | dict[str, str]:
