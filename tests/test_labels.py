@@ -71,6 +71,14 @@ def test_json_labels_a_list_or_an_object_put_in_output_order(tmp_path):
     assert in_output_order(f, read_labels(f), None, "") == ["daisy", "rose"]  # keys are output indices
 
 
+def test_imagenet_class_index_json_gives_the_names_by_output_index(tmp_path):
+    """Keras's and the PyTorch tutorials' imagenet_class_index.json, {"0": ["n01440764", "tench"], ...}, was
+    refused as 'neither a list of labels nor an object of labels'."""
+    f = tmp_path / "imagenet_class_index.json"
+    f.write_text('{"1": ["n01443537", "goldfish"], "0": ["n01440764", "tench"]}')
+    assert in_output_order(f, read_labels(f), None, "") == ["tench", "goldfish"]
+
+
 def test_a_csv_with_a_header_row_above_indexed_lines_loses_both(tmp_path):
     f = tmp_path / "classes.csv"
     f.write_text("id,name\r\n0,daisy\r\n1,dandelion\r\n2,rose\r\n")

@@ -7,7 +7,8 @@ Accepted, as researchers keep them:
 - a JSON list, in output order, or ImageFolder's class_to_idx saved as JSON ({"daisy": 0, ...});
 - a JSON object: {"0": "daisy", ...} by output index, or by class name (the flowers tutorials'
   cat_to_name.json, {"1": "pink primrose", ...}, keyed by the ImageFolder folder names), which the
-  import puts in output order with the class_to_idx saved with the model (`in_output_order`).
+  import puts in output order with the class_to_idx saved with the model (`in_output_order`);
+  ImageNet's imagenet_class_index.json, {"0": ["n01440764", "tench"], ...}, gives the names.
 """
 
 from __future__ import annotations
@@ -57,6 +58,9 @@ def _json_labels(path: Path, text: str) -> list[str] | dict[str, str]:
         raise ValueError(f"labels file {path} starts like JSON but is not JSON ({e})") from None
     if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
         return [v.strip() for v in value]
+    if isinstance(value, dict) and value and all(_synset(v) for v in value.values()):
+        # imagenet_class_index.json, as Keras and the tutorials keep it: {"0": ["n01440764", "tench"], ...}
+        value = {k: v[-1] for k, v in value.items()}
     if isinstance(value, dict) and value and all(isinstance(v, str) for v in value.values()):
         return {str(k): v.strip() for k, v in value.items()}
     if isinstance(value, dict) and value and all(type(v) is int for v in value.values()):
@@ -67,6 +71,11 @@ def _json_labels(path: Path, text: str) -> list[str] | dict[str, str]:
     raise ValueError(
         f'labels file {path} is JSON but neither a list of labels nor an object of labels (e.g. {{"0": "daisy"}})'
     )
+
+
+def _synset(value: object) -> bool:
+    """[WordNet id, name]: ["n01440764", "tench"]."""
+    return isinstance(value, list) and len(value) == 2 and all(isinstance(v, str) for v in value)
 
 
 def in_output_order(path: Path, by_key: dict[str, str], class_names: list[str] | None, where: str) -> list[str]:
