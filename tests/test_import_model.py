@@ -988,7 +988,7 @@ def test_a_pickled_model_that_names_its_gpu_or_was_compiled_is_served_from_the_m
     [
         (["--name", "Birds Model v2"], "--name 'Birds Model v2' cannot name a stored model"),
         (["--labels", "missing.txt"], "cannot read labels file missing.txt"),
-        (["--labels", "latin1.txt"], "cannot read labels file"),
+        (["--labels", "latin1.txt"], "labels file latin1.txt is not UTF-8 text (byte 0xe9 on line 1"),
         (["--photos", "no-such-folder"], "--photos no-such-folder: no such folder"),
         (["--arch", "no_such_file.py:Net"], "no such file: no_such_file.py"),
         (["--arch", "mynet.py"], "write FILE.py:NAME or package.module:NAME"),

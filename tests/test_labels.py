@@ -19,6 +19,17 @@ def test_a_byte_order_mark_is_not_part_of_the_first_label(tmp_path):
     assert read_labels(f) == ["cat", "dog"]
 
 
+def test_a_file_in_utf_16_is_read_and_one_in_latin_1_is_told_to_be_saved_as_utf_8(tmp_path):
+    """Windows PowerShell's `>` writes UTF-16 with a byte order mark, Notepad of old Windows-1252: the first
+    was refused, the second with Python's codec error and no way forward."""
+    f = tmp_path / "labels.txt"
+    f.write_bytes("Skogsmård\r\nrådjur\r\n".encode("utf-16"))
+    assert read_labels(f) == ["Skogsmård", "rådjur"]
+    f.write_bytes("daisy\nSkogsmård\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"is not UTF-8 text \(byte 0xe5 on line 2, .*\): save it as UTF-8"):
+        read_labels(f)
+
+
 def test_an_empty_file_is_refused(tmp_path):
     f = tmp_path / "labels.txt"
     f.write_text("\n \n")

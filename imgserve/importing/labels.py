@@ -13,6 +13,7 @@ Accepted, as researchers keep them:
 
 from __future__ import annotations
 
+import codecs
 import json
 import re
 from pathlib import Path
@@ -25,10 +26,7 @@ INDEX_LAST_LINE = re.compile(r"(\S.*?)\s*[,;\t]\s*(\d+)")
 
 def read_labels(path: Path) -> list[str] | dict[str, str]:
     """The labels in output order, or {class name or index: label} from a JSON object."""
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as e:
-        raise ValueError(f"cannot read labels file {path}: {e}") from None
+    text = _text(path)
     if text.lstrip()[:1] in ("[", "{"):
         return _json_labels(path, text)
     labels = [line.strip() for line in text.splitlines() if line.strip()]
@@ -42,6 +40,25 @@ def read_labels(path: Path) -> list[str] | dict[str, str]:
             by_index = {int(m.group(index)): m.group(name) for m in rows if m}
             return [_unquoted(by_index[i]) for i in range(len(rows))]
     return [_unquoted(label) for label in labels]
+
+
+def _text(path: Path) -> str:
+    """The file's text: UTF-8 (a byte order mark left out), or UTF-16 with its byte order mark, as Windows
+    PowerShell's `>` writes it; any other encoding is refused with the line it fails on."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ValueError(f"cannot read labels file {path}: {e}") from None
+    encoding = "utf-16" if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) else "utf-8-sig"
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise ValueError(
+            f"labels file {path} is not UTF-8 text (byte {data[e.start]:#04x} on line {line}, in another encoding "
+            "such as Latin-1 or Windows-1252): save it as UTF-8 (an editor's 'Save as', encoding UTF-8; or iconv -f "
+            "windows-1252 -t utf-8 labels.txt > labels-utf8.txt) and give that file"
+        ) from None
 
 
 def _unquoted(label: str) -> str:
