@@ -1052,6 +1052,26 @@ def test_a_wrong_torchvision_arch_names_the_right_one(tmp_path):
     refused(run_import(path, "--arch", "resnet34"), "They look like torchvision's resnet18: try --arch resnet18")
 
 
+def test_an_arch_spelt_otherwise_or_named_as_timm_names_it_is_told_what_to_pass():
+    """--arch ResNet18, resnet-18, torchvision.models.resnet18 or a timm name were all 'unknown
+    architecture ...; --list-archs shows torchvision's': the name to pass, or the builder of a timm model."""
+    from imgserve.importing.archs import check_arch
+
+    for given in ("ResNet18", "resnet-18", "torchvision.models.resnet18"):
+        with pytest.raises(
+            messages.ImportRefused, match=f"unknown architecture '{given}': --arch spells it resnet18; "
+        ):
+            check_arch(given)
+    with pytest.raises(messages.ImportRefused) as refusal:
+        check_arch("timm/convnext_tiny.fb_in22k")
+    assert "return timm.create_model('convnext_tiny.fb_in22k', num_classes=...)" in str(refusal.value)
+    assert str(refusal.value).endswith(
+        "and pass --arch build.py:build (with timm installed where the import runs). If the weights are in "
+        "torchvision's layout, --arch convnext_tiny builds torchvision's."
+    )
+    check_arch("efficientnet-lite0")
+
+
 def test_a_changed_head_under_a_torchvision_name_shows_the_builder_to_write(tmp_path):
     from tests.researcher_code import resnet18_with_new_head
 

@@ -9,6 +9,7 @@ import importlib
 import importlib.util
 import json
 import os
+import re
 import sys
 import types
 from collections.abc import Iterator
@@ -43,20 +44,40 @@ def is_code_arch(arch: str) -> bool:
 def check_arch(arch: str) -> None:
     """--arch as spelled, and its file, checked before any model is loaded."""
     if not is_code_arch(arch):
-        if arch.endswith(".py") or "/" in arch:
+        if arch in classification_archs():
+            return
+        spelt = torchvision_spelling(arch)
+        timm = arch.startswith("timm/") or "." in arch.removeprefix("torchvision.models.")  # resnet50.a1_in1k
+        if spelt and not timm:
+            raise ImportRefused(f"unknown architecture {arch!r}: --arch spells it {spelt}; pass --arch {spelt}")
+        if arch.endswith(".py") or ("/" in arch and not timm):
             raise ImportRefused(
                 f"--arch {arch!r}: write FILE.py:NAME or package.module:NAME (NAME a class or function)"
             )
-        if arch not in classification_archs():
-            raise ImportRefused(
-                f"unknown architecture {arch!r}; --list-archs shows torchvision's, or pass FILE.py:NAME"
-            )
-        return
+        name = arch.removeprefix("timm/")
+        also = f" If the weights are in torchvision's layout, --arch {spelt} builds torchvision's." if spelt else ""
+        raise ImportRefused(
+            f"unknown architecture {arch!r}: not one of torchvision's (--list-archs). A timm model, or any other, is "
+            "built by code of yours: a file build.py with\n    import timm\n\n    def build():\n"
+            f"        return timm.create_model({name!r}, num_classes=...)  # as your training script built it\n"
+            f"and pass --arch build.py:build (with timm installed where the import runs).{also}"
+        )
     target, _, name = arch.rpartition(":")
     if not target or not name.isidentifier():
         raise ImportRefused(f"--arch {arch!r}: write FILE.py:NAME or package.module:NAME (NAME a class or function)")
     if target.endswith(".py") and not Path(target).is_file():
         raise ImportRefused(f"--arch {arch!r}: no such file: {target}")
+
+
+def torchvision_spelling(arch: str) -> str | None:
+    """The name --arch takes that `arch` spells otherwise: ResNet18, resnet-18, torchvision.models.resnet18,
+    EfficientNet-Lite0; or that a timm name with its pretrained tag shares (resnet50.a1_in1k)."""
+
+    def key(name: str) -> str:
+        return re.sub(r"[^a-z0-9]", "", name.lower())
+
+    name = arch.removeprefix("torchvision.models.").removeprefix("timm/").partition(".")[0]
+    return next((known for known in classification_archs() if key(known) == key(name)), None)
 
 
 def import_code(arch: str) -> types.ModuleType:
