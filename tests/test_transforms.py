@@ -313,6 +313,14 @@ def test_channels_the_list_gives_must_be_what_the_model_takes():
     with pytest.raises(TransformsRefused, match="3 values per statistic but the model takes 1 channels"):
         prep_of("Resize(28), CenterCrop(28), ToTensor(), Normalize([0.5, 0.5, 0.5], [0.5, 0.5, 0.5])", 1)
     gray = prep_of("Resize(28), CenterCrop(28), ToTensor()", 1)  # the model's weights say gray: photos made gray
+    # Before the model is loaded, a 4-channel (RGBA, multispectral) list was told "the model takes 3 channels".
+    rgba = "Resize(64), CenterCrop(64), ToTensor(), Normalize((0.5, 0.5, 0.5, 0.5), (0.5, 0.5, 0.5, 0.5))"
+    with pytest.raises(TransformsRefused) as refusal:
+        prep_of(rgba, None)
+    assert str(refusal.value) == (
+        "Normalize has 4 values per statistic, one per channel of the model's input; photos give 1 (gray) or 3 "
+        "(RGB) channels, and the server serves those"
+    )
     assert gray.channels == 1 and gray.grayscale
 
 

@@ -352,6 +352,12 @@ def to_preprocessing(steps: list[Step], model_channels: int | None) -> Preproces
         )
     channels = model_channels or gray_out or 3
     mean, std = mean or [0.0], std or [1.0]
+    if len(mean) not in (1, channels) and model_channels is None and gray_out is None:
+        # Checked before the model is loaded, or of a model whose channels its layers do not say: not "3".
+        raise TransformsRefused(
+            f"Normalize has {len(mean)} values per statistic, one per channel of the model's input; photos give 1 "
+            "(gray) or 3 (RGB) channels, and the server serves those"
+        )
     if len(mean) not in (1, channels):
         raise TransformsRefused(
             f"Normalize has {len(mean)} values per statistic but the model takes {channels} channels"
