@@ -1116,6 +1116,31 @@ def test_a_model_that_refuses_the_size_is_told_to_set_crop(tmp_path):
     assert "It does run at 128 x 128" in result.stderr and "--crop N" in result.stderr
 
 
+class FixedBatch(nn.Module):
+    """Flattens by a size turned into a number: a trace keeps its example's batch, here 8."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(3, 4, 3), nn.Linear(4 * 62 * 62, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.conv(x).view(int(x.shape[0]), -1))
+
+
+def test_a_trace_that_fixed_its_examples_batch_is_told_so_not_to_change_the_size(tmp_path):
+    """It was told to give 'the size it was trained at', which it was given."""
+    path = tmp_path / "traced.pt"
+    with messages.quiet_torch():
+        torch.jit.trace(FixedBatch().eval(), torch.randn(8, 3, 64, 64)).save(str(path))
+    refused(
+        run_import(path, "--crop", "64"),
+        "the model runs on a batch of exactly 8 images, not on one: its forward fixes the batch size (x.view(8, "
+        "-1), or int(x.shape[0]), which a torch.jit.trace keeps as its example's). Write x.flatten(1) or "
+        "x.view(x.size(0), -1) and import again; or trace it again with a one-image example, "
+        "torch.jit.trace(model, torch.randn(1, 3, 64, 64)), served one image per model call",
+    )
+
+
 def test_a_whole_pickle_of_a_class_from_the_training_script_needs_that_file(tmp_path, labels3):
     """torch.save(model) in a script that defines the class itself: the pickle names __main__.Net."""
     script = tmp_path / "train.py"

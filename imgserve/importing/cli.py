@@ -318,6 +318,14 @@ def check_input_size(loaded: loading.LoadedModel, prep: Preprocessing) -> None:
             "GPU (x.cuda(), device='cuda'), use the input's device instead (x.device), and import again; a "
             "TorchScript or .pt2 file must be saved again after that change"
         )
+    batch = probing.fixed_batch(module, prep.channels, (h, w), error)
+    if batch:
+        raise ImportRefused(
+            f"the model runs on a batch of exactly {batch} images, not on one: its forward fixes the batch size "
+            f"(x.view({batch}, -1), or int(x.shape[0]), which a torch.jit.trace keeps as its example's). Write "
+            "x.flatten(1) or x.view(x.size(0), -1) and import again; or trace it again with a one-image example, "
+            f"torch.jit.trace(model, torch.randn(1, {prep.channels}, {h}, {w})), served one image per model call"
+        )
     runs_at = probing.accepted_sizes(module, prep.channels)
     hint = f" It does run at {', '.join(f'{s} x {s}' for s in runs_at)}." if runs_at else ""
     raise ImportRefused(

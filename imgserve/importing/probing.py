@@ -4,6 +4,7 @@ them."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import torch
@@ -130,6 +131,7 @@ def built_for(module: nn.Module) -> tuple[str, int] | None:
 
 
 INPUT_SIZES_TRIED = (224, 256, 299, 384, 128, 96, 64, 32, 28)  # common training sizes, probed on refusal
+MAX_FIXED_BATCH, FIXED_BATCHES_TRIED = 512, 4  # a batch a forward may fix, and how many of those are tried
 
 
 @dataclass
@@ -187,6 +189,22 @@ def _not_one_row(out: object, model_class: str, form: str) -> str:
         f"for one image the model returns {what}; the server needs one row of class scores per image, a "
         f"tensor of shape (1, classes). To serve it, {fix}"
     )
+
+
+def fixed_batch(module: nn.Module, channels: int, size: tuple[int, int], error: str) -> int | None:
+    """The batch size a model runs at when it refuses one image: its forward fixes the batch
+    (`x.view(32, -1)`, a trace of a 32-image example through `int(x.shape[0])`). Tried only at the
+    numbers the refusal names ('mat1 and mat2 shapes cannot be multiplied (8x1922 and 15376x3)')."""
+    numbers = dict.fromkeys(int(n) for n in re.findall(r"\d+", error))
+    for n in [n for n in numbers if 2 <= n <= MAX_FIXED_BATCH][:FIXED_BATCHES_TRIED]:
+        try:
+            with torch.inference_mode(), quiet_torch():
+                out = module(torch.zeros(n, channels, *size))
+        except Exception:  # not this batch either
+            continue
+        if isinstance(out, torch.Tensor) and out.ndim == 2 and out.shape[0] == n:
+            return n
+    return None
 
 
 def accepted_sizes(module: nn.Module, channels: int) -> list[int]:
