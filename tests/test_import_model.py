@@ -345,6 +345,19 @@ def test_a_model_saved_in_half_precision_runs_in_float32(tmp_path, labels3):
     assert_served_as_torch(tag, model.float())
 
 
+def test_a_frozen_torchscript_model_in_half_precision_runs_in_float32(tmp_path, labels3):
+    """torch.jit.freeze keeps the weights as constants of the graph, which .float() does not reach: the model
+    refused float32 input ('Input type (float) and bias type (c10::Half)') and was told to change its size."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))
+    path = tmp_path / "frozen.pt"
+    torch.jit.freeze(torch.jit.script(model.eval().half())).save(str(path))
+    result = run_import(path, "--crop", "64", "--labels", labels3)
+    tag = imported_tag(result)
+    assert "its weights were saved in float16: run in float32" in result.stderr
+    assert_served_as_torch(tag, model.float())
+
+
 def test_a_googlenet_fine_tuned_from_imagenet_weights_is_built_as_torchvision_built_it(tmp_path, labels3):
     """torchvision builds googlenet from its weights with transform_input=True and drops the auxiliary
     heads; the state_dict shows neither, and the model answers differently without the first."""

@@ -68,6 +68,7 @@ QUANTIZED_MODULES = ("torch.ao.nn.quantized", "torch.ao.nn.intrinsic.quantized",
 # The pickle protocol 2 header of torch.save's legacy (pre-1.6, non-zip) format: its magic number.
 LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
 SAFETENSORS_MAX_HEADER = 100_000_000  # the largest header the safetensors format allows, in bytes
+HALF_TYPES = (torch.float16, torch.bfloat16)
 # What a model file is mistaken for, by its first bytes, and how to get the model out of it.
 COMPRESSED = {b"\x1f\x8b": ("gzip", "gunzip -c"), b"BZh": ("bzip2", "bunzip2 -c"), b"\xfd7zXZ\x00": ("xz", "unxz -c"),
               b"\x28\xb5\x2f\xfd": ("zstd", "unzstd -c")}  # fmt: skip
@@ -270,12 +271,27 @@ def on_the_cpu(loaded: LoadedModel) -> LoadedModel:
 def in_float32(loaded: LoadedModel) -> LoadedModel:
     """A model saved in half precision (`model.half()`, bfloat16) runs in float32, as the server's
     input is: the same answers to within rounding, and on a CPU half precision is no faster."""
-    tensors = [*loaded.module.parameters(), *loaded.module.buffers()]
+    tensors = [*loaded.module.parameters(), *loaded.module.buffers(), *_graph_constants(loaded.module)]
     saved = sorted({str(t.dtype).removeprefix("torch.") for t in tensors if t.is_floating_point()} - {"float32"})
     if saved:
         loaded.module = loaded.module.float()
+        for node in _graph_constants(loaded.module, nodes=True):
+            node.t_("value", node.t("value").float())
         loaded.notes.append(f"its weights were saved in {', '.join(saved)}: run in float32")
     return loaded
+
+
+def _graph_constants(module: nn.Module, nodes: bool = False) -> list:
+    """The half-precision tensors a TorchScript model keeps in its graphs, which .float() does not reach: all
+    its weights once frozen (torch.jit.freeze), a trace's tensors made in forward; their nodes, with `nodes`.
+    (A float64 constant in a float32 model is a scalar of its code, left as it is.)"""
+    found = []
+    for scripted in (m for m in module.modules() if isinstance(m, torch.jit.ScriptModule)):
+        graph = getattr(scripted, "graph", None)  # forward's; a class's methods are shared by its instances
+        for node in graph.findAllNodes("prim::Constant") if graph is not None else []:
+            if node.hasAttribute("value") and node.kindOf("value") == "t" and node.t("value").dtype in HALF_TYPES:
+                found.append(node if nodes else node.t("value"))
+    return found
 
 
 def _load_model(path: Path, arch: str | None, trust_pickle: bool, arch_kwargs: dict | None) -> LoadedModel:
