@@ -1277,6 +1277,19 @@ def test_a_near_tie_that_rounding_flips_is_the_same_answer_not_a_disagreement(tm
     assert [a["score"] for a in probabilities] == [pytest.approx(0.5, abs=config.FAITHFUL_TIE)] * 2
 
 
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without MKL-DNN")
+def test_a_torchscript_file_saved_after_optimize_for_inference_is_told_it_holds_no_weights(tmp_path):
+    """Its MKL-DNN weights are not stored: torch cannot load it, and it was called 'a damaged TorchScript archive'."""
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))
+    path = tmp_path / "optimized.pt"
+    torch.jit.optimize_for_inference(torch.jit.script(model.eval())).save(str(path))
+    refused(
+        run_import(path, "--crop", "64"),
+        "optimized.pt was saved after torch.jit.optimize_for_inference: its weights became MKL-DNN tensors, which "
+        "torch.jit.save does not store, so no one can load the file. Save the model before that step",
+    )
+
+
 def test_torchscript_imports_without_torchs_deprecation_warnings(tmp_path, labels3):
     path = tmp_path / "scripted.pt"
     torch.jit.script(colour_module()).save(str(path))

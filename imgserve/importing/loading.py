@@ -301,6 +301,13 @@ def _load_model(path: Path, arch: str | None, trust_pickle: bool, arch_kwargs: d
             try:
                 module = torch.jit.load(str(path), map_location="cpu")
             except Exception as e:
+                if _holds_mkldnn_constants(path):
+                    raise ImportRefused(
+                        f"{path.name} was saved after torch.jit.optimize_for_inference: its weights became MKL-DNN "
+                        "tensors, which torch.jit.save does not store, so no one can load the file. Save the model "
+                        "before that step, torch.jit.script(model).save(...) (or torch.jit.freeze's result), and "
+                        "import that"
+                    ) from None
                 raise ImportRefused(f"{path.name} is a damaged TorchScript archive ({e})") from None
             if training := traced_in_training(module.inlined_graph):
                 raise ImportRefused(
@@ -343,6 +350,13 @@ def _load_model(path: Path, arch: str | None, trust_pickle: bool, arch_kwargs: d
     loaded = _build_from_state_dict(path, unwrap_state_dict(obj, path), arch, arch_kwargs or {})
     loaded.notes[:0] = notes
     return with_saved_labels(loaded, obj)
+
+
+def _holds_mkldnn_constants(path: Path) -> bool:
+    """Whether a TorchScript archive's code stands for MKL-DNN weights it does not hold (ConstantMKLDNNTensor)."""
+    with zipfile.ZipFile(path) as z:
+        code = [n for n in z.namelist() if "/code/" in n and n.endswith(".py")]
+        return any(b"ConstantMKLDNNTensor" in z.read(n) for n in code)
 
 
 def traced_in_training(graph: torch.Graph) -> list[str]:
