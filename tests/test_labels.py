@@ -98,6 +98,19 @@ def test_a_csv_with_a_header_row_above_indexed_lines_loses_both(tmp_path):
     assert read_labels(f) == ["id,name", "1,daisy", "2,rose"]
 
 
+def test_class_names_as_python_prints_them_are_read_not_run(tmp_path):
+    """print(dataset.classes) or print(dataset.class_to_idx) pasted into a file: single quotes, not JSON, and
+    refused as 'starts like JSON but is not JSON'."""
+    f = tmp_path / "classes.txt"
+    f.write_text("['daisy', 'dandelion', \"rose's\"]\n")
+    assert read_labels(f) == ["daisy", "dandelion", "rose's"]
+    f.write_text("{'rose': 2, 'daisy': 0, 'dandelion': 1}")
+    assert read_labels(f) == ["daisy", "dandelion", "rose"]
+    f.write_text("[__import__('os').getcwd()]")  # code is no literal: refused, never run
+    with pytest.raises(ValueError, match="starts like JSON but is not JSON"):
+        read_labels(f)
+
+
 def test_imagefolders_class_to_idx_saved_as_json_gives_the_names_in_index_order(tmp_path):
     f = tmp_path / "class_to_idx.json"
     f.write_text('{"rose": 2, "daisy": 0, "dandelion": 1}')

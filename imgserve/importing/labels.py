@@ -4,7 +4,8 @@ Accepted, as researchers keep them:
 - one label per line (blank lines and surrounding whitespace ignored); lines that all start or end with
   their own output index, `0,daisy`, `0 daisy` or `daisy,0`, in any order, are put in its order and lose
   it (and a CSV's header row above them, `id,name`); a CSV's quotes around a label are not part of it;
-- a JSON list, in output order, or ImageFolder's class_to_idx saved as JSON ({"daisy": 0, ...});
+- a JSON list, in output order, or ImageFolder's class_to_idx saved as JSON ({"daisy": 0, ...}); either
+  also as Python prints them (print(dataset.classes): ['daisy', 'rose']), read as a literal, never run;
 - a JSON object: {"0": "daisy", ...} by output index, or by class name (the flowers tutorials'
   cat_to_name.json, {"1": "pink primrose", ...}, keyed by the ImageFolder folder names), which the
   import puts in output order with the class_to_idx saved with the model (`in_output_order`);
@@ -13,6 +14,7 @@ Accepted, as researchers keep them:
 
 from __future__ import annotations
 
+import ast
 import codecs
 import json
 import re
@@ -72,7 +74,10 @@ def _json_labels(path: Path, text: str) -> list[str] | dict[str, str]:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as e:
-        raise ValueError(f"labels file {path} starts like JSON but is not JSON ({e})") from None
+        try:  # print(dataset.classes) or print(dataset.class_to_idx) pasted: a Python literal, read, never run
+            value = ast.literal_eval(text.strip())
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            raise ValueError(f"labels file {path} starts like JSON but is not JSON ({e})") from None
     if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
         return [v.strip() for v in value]
     if isinstance(value, dict) and value and all(_synset(v) for v in value.values()):
