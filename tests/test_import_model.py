@@ -573,6 +573,24 @@ def test_pickled_model_is_refused_without_trust(tmp_path, labels3):
     assert len(bentoml.models.list()) == before
 
 
+def test_a_whole_pickle_of_an_older_version_of_its_class_is_told_to_save_its_weights(tmp_path):
+    """A DenseNet pickled with torchvision before 0.5 lacks `memory_efficient`, which today's forward reads: it
+    was told to 'give the size it was trained at'. Its weights load, so saving them is the way."""
+    model = torchvision.models.mobilenet_v3_small(num_classes=3).eval()
+    for block in model.features[1:-1]:
+        del block.use_res_connect  # as a pickle of a version before the attribute was added lacks it
+    path = tmp_path / "old.pth"
+    torch.save(model, path)
+    refused(
+        run_import(path, "--trust-pickle"),
+        "the model fails on any input: 'InvertedResidual' object has no attribute 'use_res_connect'. The file was "
+        "pickled with another version of the model's class (torchvision.models.mobilenetv3) than the one here, and "
+        'a pickle keeps the attributes, not the code. Its weights load: save them, python -c "import torch; '
+        "torch.save(torch.load('old.pth', weights_only=False).state_dict(), 'weights.pth')\", and import "
+        "weights.pth with --arch mobilenet_v3_small",
+    )
+
+
 def test_pickled_model_with_trust_is_imported_and_log_softmax_is_handled(tmp_path, labels3):
     path = tmp_path / "flowers.pth"
     model = flowers_style_model()

@@ -302,7 +302,7 @@ def _short_form(
     )
 
 
-def check_input_size(loaded: loading.LoadedModel, prep: Preprocessing) -> None:
+def check_input_size(loaded: loading.LoadedModel, prep: Preprocessing, path: Path) -> None:
     """Exit with a message, not a traceback, when the model refuses the size it is to be served at."""
     h, w = prep.input_size
     module = loaded.module
@@ -317,6 +317,16 @@ def check_input_size(loaded: loading.LoadedModel, prep: Preprocessing) -> None:
             f"the model's code asks for a GPU ({error}); the server runs it on the CPU. Where its code names the "
             "GPU (x.cuda(), device='cuda'), use the input's device instead (x.device), and import again; a "
             "TorchScript or .pt2 file must be saved again after that change"
+        )
+    if loaded.source_format == "pickle" and "object has no attribute" in error:
+        # A whole pickle keeps the attributes of the class as it was when saved, not its code.
+        guess = loading.closest_archs(module.state_dict())
+        arch = f"--arch {guess[0]}" if guess and not guess[1] else "--arch (the architecture, or your code)"
+        raise ImportRefused(
+            f"the model fails on any input: {error}. The file was pickled with another version of the model's "
+            f"class ({type(module).__module__}) than the one here, and a pickle keeps the attributes, not the "
+            'code. Its weights load: save them, python -c "import torch; torch.save(torch.load('
+            f"'{path.name}', weights_only=False).state_dict(), 'weights.pth')\", and import weights.pth with {arch}"
         )
     batch = probing.fixed_batch(module, prep.channels, (h, w), error)
     if batch:
@@ -414,7 +424,7 @@ def import_model(args: argparse.Namespace) -> str:
     prep = resolve_preprocessing(args, plan, loaded)
     loaded.module, scores = probing.with_class_scores(loaded.module, prep.channels, prep.input_size)
     loaded.notes += [scores] if scores else []
-    check_input_size(loaded, prep)
+    check_input_size(loaded, prep, args.model)
     inputs = parity_inputs(prep)
     as_is = convert.Packaged(loaded.module, prep, convert.Outputs.PROBABILITIES)  # nothing added to the outputs
     with torch.inference_mode():
