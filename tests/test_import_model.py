@@ -749,6 +749,22 @@ def test_a_model_compressed_archived_or_in_another_format_is_named_with_the_way_
     assert loading.file_kind(model) == "torch"
 
 
+def test_an_aotinductor_package_is_told_to_save_the_exported_program_instead(tmp_path):
+    """aoti_compile_and_package also writes a .pt2, of compiled code: it was 'a damaged torch.export archive',
+    after torch's own warnings. The archive's layout as torch 2.14 writes it (compiling one takes a minute)."""
+    import zipfile
+
+    path = tmp_path / "model.pt2"
+    with zipfile.ZipFile(path, "w") as z:
+        for name in ("archive_format", "archive_version", "byteorder", "data/aotinductor/model/c2x.wrapper.so"):
+            z.writestr(f"model/{name}", "pt2")
+    refused(
+        run_import(path),
+        "model.pt2 is an AOTInductor package (torch._inductor.aoti_compile_and_package): native code compiled for "
+        "one machine, with no program in it to export to ONNX. Save the exported program itself",
+    )
+
+
 def test_a_truncated_torch_file_is_called_damaged_or_not_a_model(tmp_path):
     whole = tmp_path / "whole.pth"
     torch.save(torchvision.models.mobilenet_v3_small(num_classes=3).state_dict(), whole)

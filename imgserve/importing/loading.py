@@ -157,6 +157,12 @@ def file_kind(path: Path) -> str:
             raise ImportRefused(f"{path.name} is a damaged zip archive ({e}), not a model torch can read") from None
         if any("/code/__torch__" in n for n in names):
             return "torchscript"
+        if any("/data/aotinductor/" in n for n in names):
+            raise ImportRefused(
+                f"{path.name} is an AOTInductor package (torch._inductor.aoti_compile_and_package): native code "
+                "compiled for one machine, with no program in it to export to ONNX. Save the exported program "
+                "itself, torch.export.save(torch.export.export(model, (example,)), 'model.pt2'), and import that"
+            )
         if any(n.endswith(("/archive_format", "serialized_exported_program.json")) for n in names):
             return "exported"
         if any(n.endswith("data.pkl") for n in names):
