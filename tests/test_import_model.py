@@ -386,6 +386,26 @@ def test_an_inception_v3_is_served_at_the_299_pixels_it_is_built_for(tmp_path, l
     assert_served_as_torch(imported_tag(result), model)
 
 
+def test_a_vit_fine_tuned_at_another_size_is_told_its_image_size_and_served_at_it():
+    """vit_b_16 fine-tuned at 384 (from torchvision's SWAG weights) has 577 positions: it was refused with 'Check
+    --arch', and, built with image_size 384, served at 224 by default, which it refuses. A small ViT of
+    torchvision's class stands in for vit_b_16's 86 million weights."""
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    from imgserve.importing.state_dicts import fit_state_dict
+
+    def vit(side: int) -> nn.Module:
+        return VisionTransformer(side, 16, num_layers=1, num_heads=2, hidden_dim=32, mlp_dim=64, num_classes=3)
+
+    with pytest.raises(messages.ImportRefused) as refusal:
+        fit_state_dict(vit(224), vit(384).state_dict(), "vit_b_16", {})
+    assert str(refusal.value).endswith(
+        "(encoder.pos_embedding: file [1, 577, 32], model [1, 197, 32]). The file's ViT was built for 384 x 384 "
+        "images: pass --arch-kwargs '{\"image_size\": 384}'"
+    )
+    assert probing.built_for(vit(384)) == ("VisionTransformer", 384) and probing.built_for(vit(224)) is None
+
+
 def test_a_model_written_for_one_image_at_a_time_is_served_one_image_per_call(tmp_path):
     """x.view(1, -1) in forward: the batched export cannot run, so the model is exported for one image
     and the server calls it once per image (it was a traceback)."""

@@ -123,10 +123,13 @@ def is_scripted(module: nn.Module) -> bool:
 
 def built_for(module: nn.Module) -> tuple[str, int] | None:
     """(class, side) when the model is one of torchvision's built for another input side than 224
-    (config.ARCH_INPUT_SIDE), whatever form it came in or head it was given."""
+    (config.ARCH_INPUT_SIDE; a VisionTransformer, its image_size), whatever form it came in or head it was given."""
     for cls in type(module).__mro__:
         if cls.__module__.startswith("torchvision.") and cls.__name__ in config.ARCH_INPUT_SIDE:
             return cls.__name__, config.ARCH_INPUT_SIDE[cls.__name__]
+        if cls.__module__.startswith("torchvision.") and cls.__name__ == "VisionTransformer":
+            side = getattr(module, "image_size", None)  # built for it: its position embedding's size
+            return (cls.__name__, side) if isinstance(side, int) and side != config.DEFAULT_CROP else None
     return None
 
 

@@ -310,6 +310,10 @@ def _mismatch_hint(module, state_dict, arch, kwargs, missing, unexpected, wrong)
     if wrong and set(wrong) <= {head, head.removesuffix("weight") + "bias"} and not (missing or unexpected):
         classes = int(state_dict[head].shape[0])
         return f"The file has {classes} classes: pass --arch-kwargs '{{\"num_classes\": {classes}}}'"
+    if wrong == ["encoder.pos_embedding"] and not (missing or unexpected) and hasattr(module, "patch_size"):
+        # torchvision's ViT at another size (fine-tuned at 384 from the SWAG weights): 1 + (side / patch)^2 positions
+        side = round((state_dict[wrong[0]].shape[1] - 1) ** 0.5) * module.patch_size
+        return f"The file's ViT was built for {side} x {side} images: pass --arch-kwargs '{{\"image_size\": {side}}}'"
     prefixes = {k.split(".")[0] for k in missing + unexpected}
     if not is_code_arch(arch) and prefixes == {head.split(".")[0]} and not wrong:
         [prefix] = prefixes
