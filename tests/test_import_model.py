@@ -729,8 +729,9 @@ def test_a_file_that_is_no_torch_model_is_called_that(tmp_path, content, message
 
 
 def test_a_model_compressed_archived_or_in_another_format_is_named_with_the_way_to_the_model(tmp_path):
-    """A download or an e-mail gives checkpoint.pth.gz, a .tar or a .zip; a colleague sends the ONNX file or a
-    Keras .h5: each was 'not a PyTorch model file (corrupt, truncated, or another kind of file)'."""
+    """A clone without Git LFS gives a pointer, a download the web page; a download or an e-mail gives
+    checkpoint.pth.gz, a .tar or a .zip; a colleague sends the ONNX file or a Keras .h5: each was 'not a
+    PyTorch model file (corrupt, truncated, or another kind of file)'."""
     import gzip
     import tarfile
     import zipfile
@@ -753,7 +754,11 @@ def test_a_model_compressed_archived_or_in_another_format_is_named_with_the_way_
         graph = onnx.helper.make_graph([onnx.helper.make_node("Identity", ["x"], ["y"])], "g", [], [])
         onnx.save(onnx.helper.make_model(graph), given)
 
+    pointer = "version https://git-lfs.github.com/spec/v1\noid sha256:4d7a2146\nsize 46830571\n"
     for write, message in [
+        (lambda: given.write_text(pointer), "given.pth is a Git LFS pointer (77 bytes naming the file), not the model"),
+        (lambda: given.write_text("\n<!DOCTYPE html><html><title>Google Drive - Virus scan warning</title>"),
+         "given.pth is a web page (HTML), not the model: the download saved the page that links to it"),
         (lambda: given.write_bytes(gzip.compress(model.read_bytes())),
          "given.pth is gzip-compressed: decompress it (gunzip -c given.pth > model.pth) and import the file it gives"),
         (tar, "given.pth is a tar archive holding weights.pth: extract it (tar xf given.pth) and import the model"),

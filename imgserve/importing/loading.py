@@ -195,8 +195,22 @@ def file_kind(path: Path) -> str:
 
 
 def _refuse_other_formats(path: Path, head: bytes) -> None:
-    """What researchers give by mistake, named with the way to the model: an archive or a compressed file
-    (downloaded or sent so), another framework's model, the ONNX file instead of the model it came from."""
+    """What researchers give by mistake, named with the way to the model: a download gone wrong (a Git LFS
+    pointer, a web page), an archive or a compressed file (downloaded or sent so), another framework's
+    model, the ONNX file instead of the model it came from."""
+    with open(path, "rb") as f:
+        start = f.read(512)
+    if start.startswith(b"version https://git-lfs"):
+        raise ImportRefused(
+            f"{path.name} is a Git LFS pointer ({len(start)} bytes naming the file), not the model: the repository "
+            "was cloned without Git LFS. Fetch the file itself: git lfs install, then git lfs pull in the repository"
+        )
+    if start.lstrip().lower().startswith((b"<!doctype html", b"<html")):
+        raise ImportRefused(
+            f"{path.name} is a web page (HTML), not the model: the download saved the page that links to it. On "
+            "GitHub, download the file's 'Raw' link; from Google Drive, a large file needs its confirmation page "
+            "passed (pip install gdown; gdown <link>)"
+        )
     if tarfile.is_tarfile(path):  # compressed or not
         with tarfile.open(path) as tar:
             members = [m.name for m in tar.getmembers() if m.isfile()]
