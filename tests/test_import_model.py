@@ -358,6 +358,30 @@ def test_a_frozen_torchscript_model_in_half_precision_runs_in_float32(tmp_path, 
     assert_served_as_torch(tag, model.float())
 
 
+class HalfCast(nn.Module):
+    """Written for half precision on a GPU: casts its input to the weights' float16 itself."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(3, 8, 3), nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.conv(x.half()).mean((2, 3)))
+
+
+def test_a_half_precision_model_whose_forward_casts_to_half_is_told_to_remove_the_cast(tmp_path):
+    """model.half() with x.half() in forward: run in float32, its cast gives its layers float16 input, and it
+    was told to 'give the size it was trained at'."""
+    path = tmp_path / "half.pt"
+    torch.jit.script(HalfCast().eval().half()).save(str(path))
+    refused(
+        run_import(path, "--crop", "64"),
+        "the model fails on float32 input: RuntimeError: Input type (c10::Half) and bias type (float) should be the "
+        "same. The import runs a model in float32, the server's input (one saved in half precision too: its weights "
+        "are made float32), and its code keeps half precision elsewhere: its forward casts to it (x.half()",
+    )
+
+
 def test_a_googlenet_fine_tuned_from_imagenet_weights_is_built_as_torchvision_built_it(tmp_path, labels3):
     """torchvision builds googlenet from its weights with transform_input=True and drops the auxiliary
     heads; the state_dict shows neither, and the model answers differently without the first."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 import tempfile
 import time
@@ -327,6 +328,14 @@ def check_input_size(loaded: loading.LoadedModel, prep: Preprocessing, path: Pat
             f"class ({type(module).__module__}) than the one here, and a pickle keeps the attributes, not the "
             'code. Its weights load: save them, python -c "import torch; torch.save(torch.load('
             f"'{path.name}', weights_only=False).state_dict(), 'weights.pth')\", and import weights.pth with {arch}"
+        )
+    if re.search(r"\b(Half|BFloat16)\b", error):  # torch's words when float16 meets float32 in one op
+        raise ImportRefused(
+            f"the model fails on float32 input: {error}. The import runs a model in float32, the server's input "
+            "(one saved in half precision too: its weights are made float32), and its code keeps half precision "
+            "elsewhere: its forward casts to it (x.half(), x.to(torch.float16)), or it holds a float16 tensor that "
+            "is no parameter or buffer. Remove the cast (or write x.to(self.conv1.weight.dtype), any layer's weight), "
+            "make the tensor float32, and import again; a TorchScript or .pt2 file must be saved again after that"
         )
     batch = probing.fixed_batch(module, prep.channels, (h, w), error)
     if batch:
