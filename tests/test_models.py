@@ -11,6 +11,7 @@ import math
 import os
 import subprocess
 import threading
+from pathlib import Path
 
 import bentoml
 import httpx
@@ -91,6 +92,20 @@ def test_models_not_in_the_store_or_listed_twice_are_all_named(monkeypatch, defa
         "model nosuch:latest is not in the model store; import it first: python import_model.py; "
         "'Not A Tag' is not a model-store tag (name or name:version); "
         f"{default_model} is listed twice"
+    )
+
+
+def test_a_stored_model_that_import_did_not_write_is_refused_by_name(monkeypatch):
+    """A BentoML tutorial's model in the same store (no labels, no preprocessing) was a KeyError: 'labels'."""
+    with bentoml.models.create("iris-clf", metadata={"framework": "sklearn"}) as entry:
+        Path(entry.path_of("saved_model.pkl")).write_bytes(b"not ours")
+    monkeypatch.setenv(config.ENV_MODEL, "")
+    monkeypatch.setenv(config.ENV_MODELS, "iris-clf:latest")
+    with pytest.raises(config.ModelListError) as refused:
+        registry.Registry.from_config()
+    assert str(refused.value) == (
+        f"cannot serve iris-clf:latest: model {entry.tag} was not stored by import_model.py (its metadata has "
+        "no 'labels'): serve a model imported with python import_model.py"
     )
 
 

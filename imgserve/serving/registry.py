@@ -65,7 +65,7 @@ class Registry:
                 continue
             try:
                 cards.append(store.load_card(tag))
-            except bentoml.exceptions.NotFound as e:
+            except (bentoml.exceptions.NotFound, store.NotImported) as e:
                 problems.append(str(e))
         exact = [c.tag for c in cards]
         problems += [f"{tag} is listed twice" for i, tag in enumerate(exact) if tag in exact[:i]]
