@@ -569,6 +569,9 @@ def test_with_two_models_the_page_classifies_with_the_chosen_one(
     page = Client(f"{two_model_server.url}{config.UI_PATH}/", verbose=False)
     colours = page.predict(handle_file(red), 3, colour_model, api_name="/classify")
     assert [c["label"] for c in colours["confidences"]] == ["red", "green", "blue"]
+    # The API's documented default top_k (5, the first model's slider) with the 3-class model: all three
+    # classes, as /classify answers (was: 'top_k must be from 1 to 3, got 5').
+    assert page.predict(handle_file(red), tag=colour_model, api_name="/classify") == colours
     cat = page.predict(handle_file(DATA / "cat.jpg"), 1, default_model, api_name="/classify")
     assert cat["label"] in CAT_CLASSES
     with pytest.raises(AppError) as refused:

@@ -188,6 +188,9 @@ def page(cards: list[ModelCard], classify: Classify) -> gr.Blocks:
 
     by_tag = {c.tag: c for c in cards}
     card = cards[0]
+    # The slider's range on the API as on /classify: the largest model's (its default, 5, is the first
+    # model's); a model with fewer classes answers with all of them, as /classify does.
+    most = max(max_top_k(c) for c in cards)
 
     async def on_image(image: dict | None, top_k: float, tag: str) -> AsyncIterator[dict[str, float] | None]:
         """The image as uploaded (see preprocess=False below) -> {label: probability}, best first.
@@ -201,8 +204,8 @@ def page(cards: list[ModelCard], classify: Classify) -> gr.Blocks:
         if chosen is None:  # a value the chooser never offered (Gradio's API can send anything)
             raise gr.Error(f"unknown model {tag!r}: choose one of {', '.join(by_tag)}", **REFUSED)
         k = int(top_k) if isinstance(top_k, int | float) else 0  # raw: the slider is not preprocessed either
-        if not 1 <= k <= max_top_k(chosen):
-            raise gr.Error(f"top_k must be from 1 to {max_top_k(chosen)}, got {top_k!r}", **REFUSED)
+        if not 1 <= k <= most:
+            raise gr.Error(f"top_k must be from 1 to {most}, got {top_k!r}", **REFUSED)
         try:
             [answer] = await classify(images=[Path(image["path"])], top_k=k, model=chosen.tag)
         except ClientError as e:  # what /classify answers with a 4xx or 503
