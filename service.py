@@ -211,6 +211,7 @@ SERVICE.add_asgi_middleware(
 )
 # BentoML's private parts, each touched once (imgserve/serving/bentoml_compat.py).
 bentoml_compat.check_version()
+bentoml_compat.check_serve_port()
 bentoml_compat.answer_as_json(SERVICE.apis["classify"])
 bentoml_compat.refuse_text_for_files()
 bentoml_compat.quiet_client_errors()

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from imgserve import config
-from imgserve.testing import start_server
+from imgserve.testing import BENTOML, server_environ, start_server
 from tests.helpers import ROOT
 
 
@@ -62,3 +62,21 @@ def test_threads_follow_the_containers_cpu_quota(tmp_path, cpu_max, expected):
 def test_a_server_with_a_bad_setting_does_not_start_and_says_why(default_model, tmp_path):
     with pytest.raises(RuntimeError, match="CLASSIFIER_MAX_LATENCY_MS='soon': must be a whole number"):
         start_server(default_model, tmp_path, {config.ENV_MAX_LATENCY_MS: "soon"})
+
+
+@pytest.mark.serve
+@pytest.mark.parametrize(
+    ("argv", "env", "shown"),
+    [
+        ([], {"BENTOML_PORT": "80800"}, "80800"),  # the image's $PORT, a typo of 8080: was bound as 15264
+        (["--port", "-1"], {}, "-1"),  # make serve's PORT: was a socket.gaierror traceback
+    ],
+)
+def test_a_port_that_is_no_tcp_port_stops_the_server_in_one_line(default_model, argv, env, shown):
+    result = subprocess.run(
+        [BENTOML, "serve", "service:ImageClassifier", *argv], cwd=ROOT, capture_output=True, text=True, timeout=120,
+        env={**server_environ(default_model), **env},
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert f"'--port' (env var: 'BENTOML_PORT'): {shown} is not a TCP port: give one from 1 to 65535" in result.stderr
+    assert "Traceback" not in result.stderr
