@@ -122,6 +122,20 @@ def test_the_root_url_sends_browsers_to_the_page_and_programs_keep_bentomls_endp
 
 
 @pytest.mark.serve
+def test_a_redirect_keeps_the_query_string_that_gradio_reads(server):
+    """`/ui?__theme=dark` led to /ui/, the theme dropped; `/?view=api` to the page without its API view."""
+    with server.client() as c:
+        for path, target in [
+            (f"{config.UI_PATH}?__theme=dark", f"{config.UI_PATH}/?__theme=dark"),
+            ("/?view=api", f"{config.UI_PATH}/?view=api"),
+            (f"{config.DOCS_PATH}?a=1&b=%20", f"{config.DOCS_PATH}/?a=1&b=%20"),
+        ]:
+            moved = c.get(path)
+            assert (moved.status_code, moved.headers["location"]) == (307, target)
+        assert c.get(f"{config.UI_PATH}?__theme=dark", follow_redirects=True).status_code == 200
+
+
+@pytest.mark.serve
 def test_behind_an_https_proxy_every_url_a_visitor_is_sent_to_stays_on_the_public_https_host(server):
     """A hosting platform ends HTTPS in its proxy and forwards plain HTTP, naming the public host and
     scheme in headers; its own Host may be the pod's address. No redirect, page config or example photo
