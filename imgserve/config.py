@@ -121,7 +121,8 @@ class ModelListError(ValueError):
 
 def model_tags() -> list[str]:
     """The tags to serve, the default first: $CLASSIFIER_MODELS, else $CLASSIFIER_MODEL, else the
-    default model's latest version. Checked for shape here; imgserve/serving/registry.py checks the store."""
+    default model's latest version. Checked for shape here; imgserve/serving/registry.py checks the store,
+    and that a $CLASSIFIER_MODEL set beside the list names its first model (`default_also_named`)."""
     many = os.environ.get(ENV_MODELS, "").strip()
     one = os.environ.get(ENV_MODEL, "").strip()
     if not many:
@@ -132,11 +133,18 @@ def model_tags() -> list[str]:
         raise ModelListError(
             f"{ENV_MODELS}={many!r} has an empty entry: write store tags separated by commas, {example}"
         )
-    if one and one != tags[0]:
-        raise ModelListError(
-            f"{ENV_MODEL}={one!r} and {ENV_MODELS}={many!r} disagree: set only {ENV_MODELS} (its first is the default)"
-        )
     return tags
+
+
+def default_also_named() -> str:
+    """$CLASSIFIER_MODEL when $CLASSIFIER_MODELS is set too (the image sets the list to its models' exact
+    tags): it must name the list's first model, in any spelling of it ('name:latest' for 'name:version')."""
+    return os.environ.get(ENV_MODEL, "").strip() if os.environ.get(ENV_MODELS, "").strip() else ""
+
+
+def models_disagree(one: str) -> str:
+    many = os.environ.get(ENV_MODELS, "").strip()
+    return f"{ENV_MODEL}={one!r} and {ENV_MODELS}={many!r} disagree: set only {ENV_MODELS} (its first is the default)"
 
 
 def model_tag() -> str:

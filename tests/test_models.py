@@ -52,11 +52,6 @@ def top1(answer: dict) -> str:
     [
         ("a:1,,b:2", "", "CLASSIFIER_MODELS='a:1,,b:2' has an empty entry: write store tags separated by commas"),
         ("a:1,", "", "CLASSIFIER_MODELS='a:1,' has an empty entry"),
-        (
-            "a:1,b:2",
-            "b:2",
-            "CLASSIFIER_MODEL='b:2' and CLASSIFIER_MODELS='a:1,b:2' disagree: set only CLASSIFIER_MODELS",
-        ),
     ],
 )
 def test_a_malformed_model_list_is_refused_with_how_to_write_it(monkeypatch, models, model, message):
@@ -93,6 +88,26 @@ def test_models_not_in_the_store_or_listed_twice_are_all_named(monkeypatch, defa
         "'Not A Tag' is not a model-store tag (name or name:version); "
         f"{default_model} is listed twice"
     )
+
+
+def test_classifier_model_beside_the_list_must_name_its_first_model_in_any_spelling(
+    monkeypatch, default_model, colour_model
+):
+    """The image sets CLASSIFIER_MODELS to its models' exact tags: `docker run -e CLASSIFIER_MODEL=<name>:latest`
+    of the same model was refused as disagreeing, and the container did not start."""
+    monkeypatch.setenv(config.ENV_MODELS, f"{default_model},{colour_model}")
+    for same in (f"{name_of(default_model)}:latest", name_of(default_model).upper(), default_model):
+        monkeypatch.setenv(config.ENV_MODEL, same)
+        assert [m.card.tag for m in registry.Registry.from_config()] == [default_model, colour_model]
+    for other in (name_of(colour_model), "nosuch:latest"):
+        monkeypatch.setenv(config.ENV_MODEL, other)
+        with pytest.raises(config.ModelListError) as refused:
+            registry.Registry.from_config()
+        assert str(refused.value) == (
+            f"cannot serve {default_model}, {colour_model}: CLASSIFIER_MODEL={other!r} and "
+            f"CLASSIFIER_MODELS='{default_model},{colour_model}' disagree: set only CLASSIFIER_MODELS (its first is "
+            "the default)"
+        )
 
 
 def test_a_stored_model_that_import_did_not_write_is_refused_by_name(monkeypatch):

@@ -46,6 +46,15 @@ class Served:
         return self.card.tag.split(":", 1)[0]
 
 
+def exact_tag(tag: str) -> str:
+    """The stored model's name:version that a tag names ('latest', case and all), or the tag as written
+    when it names none (the list's own problems then say so)."""
+    try:
+        return str(bentoml.models.get(tag).tag)
+    except (ValueError, bentoml.exceptions.BentoMLException):
+        return tag
+
+
 class Registry:
     def __init__(self, cards: list[ModelCard]) -> None:
         self.models = [Served(card, default=i == 0) for i, card in enumerate(cards)]
@@ -69,6 +78,8 @@ class Registry:
                 problems.append(str(e))
         exact = [c.tag for c in cards]
         problems += [f"{tag} is listed twice" for i, tag in enumerate(exact) if tag in exact[:i]]
+        if (one := config.default_also_named()) and exact_tag(one) != exact_tag(tags[0]):
+            problems.insert(0, config.models_disagree(one))
         if problems:
             raise config.ModelListError(f"cannot serve {', '.join(tags)}: " + "; ".join(problems))
         return cls(cards)
