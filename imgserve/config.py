@@ -298,6 +298,8 @@ METRIC_MODEL_LABEL = "model"  # each histogram per served model, by its exact ta
 UI_PATH = "/ui"
 # The API docs (Swagger UI, imgserve/serving/docs.py); the OpenAPI document stays BentoML's /docs.json.
 DOCS_PATH = "/docs"
+# The page's one API endpoint for programs: POST /ui/gradio_api/call/classify (gradio_client's api_name="/classify").
+UI_API_NAME = "classify"
 # The slider's top: past 10 bars the page is a wall of near-zero scores; /classify gives any top_k.
 UI_MAX_TOP_K = 10
 # Page classifications in progress at once: two model batches' worth, so concurrent page users

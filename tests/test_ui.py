@@ -261,6 +261,20 @@ def test_the_pages_api_reads_uploads_only_not_any_path_on_the_server(server, tmp
     assert page.predict(handle_file(elsewhere), 1, api_name="/classify")["label"] in CAT_CLASSES
 
 
+@pytest.mark.serve
+def test_an_api_name_the_page_has_not_is_a_404_naming_its_api_not_a_500(server):
+    """Gradio's docs call a gr.Interface's API /call/predict: here that was a bare 500 and two tracebacks."""
+    api = f"POST {config.UI_PATH}/gradio_api/call/classify (its inputs: {config.UI_PATH}/?view=api)"
+    with server.client() as c:
+        for name in ("predict", "predict/", "nosuch"):
+            r = c.post(f"{config.UI_PATH}/gradio_api/call/{name}", json={"data": [None, 3, ""]})
+            shown = name.rstrip("/")
+            assert (r.status_code, r.json()) == (404, {"error": f"the web page has no API named '{shown}': call {api}"})
+        call = c.post(f"{config.UI_PATH}/gradio_api/call/classify", json={"data": [None, 3, ""]})
+        assert call.status_code == 200, call.text  # the page's own API answers as before
+    assert "FnIndexInferError" not in server.output()
+
+
 # --- In Chromium
 
 

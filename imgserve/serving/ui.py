@@ -28,7 +28,7 @@ from starlette.applications import Starlette
 from starlette.routing import Mount
 
 from imgserve import config
-from imgserve.serving.errors import ClientError
+from imgserve.serving.errors import ClientError, quoted
 from imgserve.serving.store import ModelCard
 
 if TYPE_CHECKING:
@@ -93,8 +93,27 @@ def mount(app: Starlette, cards: list[ModelCard], classify: Classify) -> None:
     blocks.has_launched = True
     [gradio_app] = [route.app for route in app.routes if isinstance(route, Mount)]
     end_heartbeats_on_stop(app, cast(Any, gradio_app).stop_event)  # Gradio's App, a FastAPI
+    answer_unknown_api_names(cast(Any, gradio_app))
     tags = ", ".join(c.tag for c in cards)
     log.info("web page for %s built in %.1f s (Gradio %s)", tags, time.monotonic() - started, gr.__version__)
+
+
+def answer_unknown_api_names(gradio_app: Any) -> None:
+    """A call of an API name the page has none of (`POST /ui/gradio_api/call/predict`, as Gradio's docs
+    write it for a gr.Interface) is a 404 that names the page's API, in the one error shape.
+
+    Gradio 6.31 lets its FnIndexInferError escape the route: the caller got a bare 500 "Internal Server
+    Error" and the log a traceback, twice."""
+    from fastapi import Request
+    from fastapi.responses import JSONResponse
+    from gradio.route_utils import FnIndexInferError
+
+    async def unknown(request: Request, exc: Exception) -> JSONResponse:
+        name = quoted(str(request.path_params.get("api_name", "")))
+        api = f"POST {config.UI_PATH}/gradio_api/call/{config.UI_API_NAME} (its inputs: {config.UI_PATH}/?view=api)"
+        return JSONResponse({"error": f"the web page has no API named {name}: call {api}"}, status_code=404)
+
+    gradio_app.add_exception_handler(FnIndexInferError, unknown)
 
 
 def end_heartbeats_on_stop(app: Starlette, stop_event: asyncio.Event) -> None:
@@ -275,7 +294,7 @@ def page(cards: list[ModelCard], classify: Classify) -> gr.Blocks:
             "js": CLOSE_MESSAGES,
         }
         # Not image.change: Gradio 6.31 fires it twice when a new upload replaces a photo.
-        image.input(**run, api_name="classify")  # upload, drop, paste, webcam, and clearing
+        image.input(**run, api_name=config.UI_API_NAME)  # upload, drop, paste, webcam, and clearing
         for _, _, examples in example_sets:
             examples.load_input_event.then(**run, api_visibility="private")  # an example, once shown
         top_k.release(**run, api_visibility="private")
