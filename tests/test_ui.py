@@ -275,6 +275,19 @@ def test_an_api_name_the_page_has_not_is_a_404_naming_its_api_not_a_500(server):
     assert "FnIndexInferError" not in server.output()
 
 
+@pytest.mark.serve
+def test_an_event_stream_for_an_event_the_page_does_not_hold_ends_whole_after_its_error(server):
+    """A mistyped or stale event id (Gradio's curl API: POST .../call/classify, then GET .../call/classify/<id>):
+    Gradio sent its error event, then cut the connection mid-answer and logged a traceback."""
+    with server.client() as c:
+        for path in ("call/classify/0123456789abcdef", "queue/data?session_hash=nosuch"):
+            r = c.get(f"{config.UI_PATH}/gradio_api/{path}")  # read whole: a cut stream raises here
+            assert r.status_code == 200 and "404: Not Found" in r.text, r.text
+        assert c.get("/readyz").status_code == 200
+    assert "Exception in ASGI application" not in server.output()
+    assert f"GET {config.UI_PATH}/gradio_api/queue/data: 404 Not Found, the event stream ended" in server.output()
+
+
 # --- In Chromium
 
 

@@ -91,9 +91,11 @@ def mount(app: Starlette, cards: list[ModelCard], classify: Classify) -> None:
     # that was launched (processing_utils._check_allowed); a mounted one never is, and would then read
     # and classify any path on the server that a request names.
     blocks.has_launched = True
-    [gradio_app] = [route.app for route in app.routes if isinstance(route, Mount)]
-    end_heartbeats_on_stop(app, cast(Any, gradio_app).stop_event)  # Gradio's App, a FastAPI
-    answer_unknown_api_names(cast(Any, gradio_app))
+    [route] = [route for route in app.routes if isinstance(route, Mount)]
+    gradio_app = cast(Any, route.app)  # Gradio's App, a FastAPI
+    end_heartbeats_on_stop(app, gradio_app.stop_event)
+    answer_unknown_api_names(gradio_app)
+    route.app = EndStreamsThatFindNothing(gradio_app)
     tags = ", ".join(c.tag for c in cards)
     log.info("web page for %s built in %.1f s (Gradio %s)", tags, time.monotonic() - started, gr.__version__)
 
@@ -114,6 +116,51 @@ def answer_unknown_api_names(gradio_app: Any) -> None:
         return JSONResponse({"error": f"the web page has no API named {name}: call {api}"}, status_code=404)
 
     gradio_app.add_exception_handler(FnIndexInferError, unknown)
+
+
+class EndStreamsThatFindNothing:
+    """An event stream of Gradio's for an event or session it does not hold (`GET /ui/gradio_api/call/classify/<id>`
+    with an id mistyped or from before a restart; `queue/data?session_hash=...`) ends after its `event: error`,
+    with one log line.
+
+    Gradio 6.31 sends that event and then raises its 404 inside the stream, after its 200 went out: the
+    connection was cut mid-answer (curl: "transfer closed with outstanding read data remaining") and the log
+    had a traceback for each."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        streaming = ended = False
+
+        async def watched(message: Any) -> None:
+            nonlocal streaming, ended
+            if message["type"] == "http.response.start":
+                streaming = any(
+                    k.lower() == b"content-type" and v.startswith(b"text/event-stream") for k, v in message["headers"]
+                )
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                ended = True
+            await send(message)
+
+        from starlette.exceptions import HTTPException
+
+        try:
+            await self.app(scope, receive, watched)
+        except RuntimeError as e:  # Starlette's "Caught handled exception, but response already started."
+            refused = e.__cause__
+            if not (streaming and not ended and isinstance(refused, HTTPException)):
+                raise
+            log.info(
+                "%s %s: %d %s, the event stream ended",
+                scope["method"],
+                scope["path"],
+                refused.status_code,
+                refused.detail,
+            )
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 def end_heartbeats_on_stop(app: Starlette, stop_event: asyncio.Event) -> None:
