@@ -276,6 +276,20 @@ def test_an_api_name_the_page_has_not_is_a_404_naming_its_api_not_a_500(server):
 
 
 @pytest.mark.serve
+def test_a_function_index_the_page_has_not_is_a_400_not_a_500(server):
+    """The page script's queue/join, sent a function index the page has not: a 500 and a KeyError traceback."""
+    api = f"POST {config.UI_PATH}/gradio_api/call/classify (its inputs: {config.UI_PATH}/?view=api)"
+    with server.client() as c:
+        for index in (99, -1):
+            body = {"data": [None, 3, ""], "fn_index": index, "session_hash": "s"}
+            r = c.post(f"{config.UI_PATH}/gradio_api/queue/join", json=body)
+            error = f"the web page has no function index '{index}': programs call {api}"
+            assert (r.status_code, r.json()) == (400, {"error": error})
+        assert c.get("/readyz").status_code == 200
+    assert "KeyError" not in server.output()
+
+
+@pytest.mark.serve
 def test_an_event_stream_for_an_event_the_page_does_not_hold_ends_whole_after_its_error(server):
     """A mistyped or stale event id (Gradio's curl API: POST .../call/classify, then GET .../call/classify/<id>):
     Gradio sent its error event, then cut the connection mid-answer and logged a traceback."""

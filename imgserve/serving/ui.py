@@ -102,7 +102,8 @@ def mount(app: Starlette, cards: list[ModelCard], classify: Classify) -> None:
 
 def answer_unknown_api_names(gradio_app: Any) -> None:
     """A call of an API name the page has none of (`POST /ui/gradio_api/call/predict`, as Gradio's docs
-    write it for a gr.Interface) is a 404 that names the page's API, in the one error shape.
+    write it for a gr.Interface) is a 404 that names the page's API, in the one error shape; a function
+    index it has not, in the page script's own `queue/join`, a 400.
 
     Gradio 6.31 lets its FnIndexInferError escape the route: the caller got a bare 500 "Internal Server
     Error" and the log a traceback, twice."""
@@ -110,12 +111,22 @@ def answer_unknown_api_names(gradio_app: Any) -> None:
     from fastapi.responses import JSONResponse
     from gradio.route_utils import FnIndexInferError
 
+    api = f"POST {config.UI_PATH}/gradio_api/call/{config.UI_API_NAME} (its inputs: {config.UI_PATH}/?view=api)"
+
     async def unknown(request: Request, exc: Exception) -> JSONResponse:
         name = quoted(str(request.path_params.get("api_name", "")))
-        api = f"POST {config.UI_PATH}/gradio_api/call/{config.UI_API_NAME} (its inputs: {config.UI_PATH}/?view=api)"
         return JSONResponse({"error": f"the web page has no API named {name}: call {api}"}, status_code=404)
 
+    async def unknown_index(request: Request, exc: Exception) -> JSONResponse:
+        """Gradio 6.31 looks a `queue/join`'s function index up unchecked: its KeyError was a 500 with a
+        traceback. A KeyError elsewhere stays a bug."""
+        if not request.url.path.endswith("/gradio_api/queue/join"):
+            raise exc
+        error = f"the web page has no function index {quoted(str(exc.args[0] if exc.args else ''))}"
+        return JSONResponse({"error": f"{error}: programs call {api}"}, status_code=400)
+
     gradio_app.add_exception_handler(FnIndexInferError, unknown)
+    gradio_app.add_exception_handler(KeyError, unknown_index)
 
 
 class EndStreamsThatFindNothing:
