@@ -162,6 +162,21 @@ ENDPOINT_PATHS = (CLASSIFY_PATH, MODELS_PATH, "/docs.json", "/livez", "/readyz",
 # --- Access: when set, every endpoint but /livez and /readyz needs "Authorization: Bearer <key>".
 ENV_API_KEY = "CLASSIFIER_API_KEY"
 
+
+def api_key(environ: Mapping[str, str] = os.environ) -> str:
+    """$CLASSIFIER_API_KEY as clients can send it: without the spaces and newline around it (a Kubernetes
+    Secret made --from-file, a key pasted into a hosting form), which no header carries and client.py strips;
+    kept, they locked every client out. A key of blanks alone, or with characters a header cannot carry
+    (non-ASCII, control), stops the server: no client could ever send it."""
+    raw = environ.get(ENV_API_KEY, "")
+    key = raw.strip()
+    if raw and not key:
+        raise SettingsError(f"{ENV_API_KEY}={raw!r}: blank; set a long random string, or unset it to serve openly")
+    if not (key.isascii() and key.isprintable()):
+        raise SettingsError(f"{ENV_API_KEY} holds characters an HTTP header cannot carry: set the key alone (ASCII)")
+    return key
+
+
 # --- Request limits, checked at the boundary before anything reaches the batch.
 DEFAULT_TOP_K = 5
 ENV_MAX_IMAGES = "CLASSIFIER_MAX_IMAGES_PER_REQUEST"

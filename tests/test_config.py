@@ -48,6 +48,16 @@ def test_every_bad_setting_is_named_in_one_message():
     assert "CLASSIFIER_BODY_TIMEOUT_S='inf': must be a number from 0.1 to 3600.0" in str(refused.value)
 
 
+def test_the_api_key_is_taken_without_the_blanks_around_it_and_an_unsendable_one_stops_the_server():
+    """A key from a file or a form with its newline locked every client out: no header carries the newline."""
+    assert config.api_key({}) == ""
+    assert config.api_key({config.ENV_API_KEY: " s3cret-key\n"}) == "s3cret-key"
+    with pytest.raises(config.SettingsError, match=r"CLASSIFIER_API_KEY=' \\n': blank; set a long random string"):
+        config.api_key({config.ENV_API_KEY: " \n"})
+    with pytest.raises(config.SettingsError, match="CLASSIFIER_API_KEY holds characters an HTTP header cannot carry"):
+        config.api_key({config.ENV_API_KEY: "schlüssel"})
+
+
 @pytest.mark.parametrize(
     ("cpu_max", "expected"), [("200000 100000\n", 2), ("50000 100000\n", 1), ("max 100000\n", None)]
 )
