@@ -21,6 +21,7 @@ import pytest
 from imgserve import config
 from imgserve.serving import registry, store
 from imgserve.serving.batcher import Overloaded
+from imgserve.serving.preprocess import Preprocessing
 from imgserve.testing import BENTOML, free_port, serve_env
 from tests.helpers import CAT_CLASSES, COLOURS, DATA, ROOT, image_bytes
 
@@ -108,6 +109,19 @@ def test_classifier_model_beside_the_list_must_name_its_first_model_in_any_spell
             f"CLASSIFIER_MODELS='{default_model},{colour_model}' disagree: set only CLASSIFIER_MODELS (its first is "
             "the default)"
         )
+
+
+def test_name_latest_asks_for_the_newest_served_version_and_a_bare_name_for_the_first_listed(tmp_path):
+    """With "cells:<old>,cells:latest" served, model=cells:latest was answered by the old version."""
+    onnx = tmp_path / "model.onnx"
+    onnx.write_bytes(b"never opened: the registry reads cards")
+    meta = {"labels": COLOURS, "preprocessing": Preprocessing().to_dict(), "arch": "test"}
+    old, new = (store.load_card(store.save("cells", onnx, meta)) for _ in range(2))
+    for listed in ([old, new], [new, old]):
+        models = registry.Registry(listed)
+        assert models.get("cells:latest").card is new and models.get("Cells:LATEST").card is new
+        assert models.get("cells").card is listed[0]
+        assert models.get(old.tag).card is old and models.get(new.tag).card is new
 
 
 def test_a_stored_model_that_import_did_not_write_is_refused_by_name(monkeypatch):

@@ -60,6 +60,14 @@ class Registry:
         self.models = [Served(card, default=i == 0) for i, card in enumerate(cards)]
         self.default = self.models[0]
         self.max_classes = max(len(m.card.labels) for m in self.models)
+        # `name:latest` in a request: the newest version of that name served, as `latest` in the list means the
+        # newest stored; a bare name is the first listed. (Both were the first listed: with
+        # "cells:v1,cells:latest", model=cells:latest was answered by v1.)
+        names = [m.name for m in self.models]
+        self.newest = {m.name: m for m in reversed(self.models)}
+        for name in {n for n in names if names.count(n) > 1}:
+            versions = [m for m in self.models if m.name == name]
+            self.newest[name] = max(versions, key=lambda m: bentoml.models.get(m.card.tag).creation_time)
 
     @classmethod
     def from_config(cls) -> Registry:
@@ -110,8 +118,10 @@ class Registry:
         for m in self.models:  # an exact tag first, then the first listed of that name
             if m.card.tag == wanted:
                 return m
+        if version == LATEST and name in self.newest:
+            return self.newest[name]
         for m in self.models:
-            if m.name == name and version in ("", LATEST):
+            if m.name == name and not version:
                 return m
         raise UnknownModel(f"unknown model {quoted(requested or '')}: this server serves {self.served()}")
 
