@@ -262,6 +262,25 @@ def test_the_pages_api_reads_uploads_only_not_any_path_on_the_server(server, tmp
 
 
 @pytest.mark.serve
+def test_the_pages_api_called_with_the_photo_alone_uses_the_defaults_of_the_rest(server):
+    """The page's API view says top_k (and the model) may be left out; curl's {"data": [photo]} got
+    `event: error`, `data: {"error": null}`, and the log a traceback (gradio_client fills them itself)."""
+    api = f"{config.UI_PATH}/gradio_api"
+    with server.client() as c:
+        [path] = c.post(f"{api}/upload", files={"files": ("cat.jpg", (DATA / "cat.jpg").read_bytes())}).json()
+        photo = {"path": path, "meta": {"_type": "gradio.FileData"}}
+        for data, shown in (([photo], config.DEFAULT_TOP_K), ([photo, 2], 2), ([], 0)):
+            call = c.post(f"{api}/call/classify", json={"data": data})
+            assert call.status_code == 200, call.text
+            events = c.get(f"{api}/call/classify/{call.json()['event_id']}").text
+            assert "event: complete" in events, events
+            answer = json.loads(events.split("event: complete\ndata: ")[1].split("\n")[0])[0]
+            assert len(answer.get("confidences", [])) == shown
+            assert not shown or answer["label"] in CAT_CLASSES
+    assert "enough input values" not in server.output()
+
+
+@pytest.mark.serve
 def test_an_api_name_the_page_has_not_is_a_404_naming_its_api_not_a_500(server):
     """Gradio's docs call a gr.Interface's API /call/predict: here that was a bare 500 and two tracebacks."""
     api = f"POST {config.UI_PATH}/gradio_api/call/classify (its inputs: {config.UI_PATH}/?view=api)"

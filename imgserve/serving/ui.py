@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import signal
 import threading
@@ -95,7 +96,8 @@ def mount(app: Starlette, cards: list[ModelCard], classify: Classify) -> None:
     gradio_app = cast(Any, route.app)  # Gradio's App, a FastAPI
     end_heartbeats_on_stop(app, gradio_app.stop_event)
     answer_unknown_api_names(gradio_app)
-    route.app = EndStreamsThatFindNothing(gradio_app)
+    defaults = [min(config.DEFAULT_TOP_K, max_top_k(cards[0])), cards[0].tag]  # the slider's and the chooser's
+    route.app = FillTheApisDefaults(EndStreamsThatFindNothing(gradio_app), defaults)
     tags = ", ".join(c.tag for c in cards)
     log.info("web page for %s built in %.1f s (Gradio %s)", tags, time.monotonic() - started, gr.__version__)
 
@@ -127,6 +129,58 @@ def answer_unknown_api_names(gradio_app: Any) -> None:
 
     gradio_app.add_exception_handler(FnIndexInferError, unknown)
     gradio_app.add_exception_handler(KeyError, unknown_index)
+
+
+class FillTheApisDefaults:
+    """A call of the page's API with the photo alone, or the photo and top_k (`POST /ui/gradio_api/call/classify`
+    with `{"data": [photo]}`), gets the other inputs' defaults, as the page's API view says it may leave them out;
+    one with none, no photo.
+
+    Gradio 6.31 runs only calls with every input: the caller read `event: error`, `data: {"error": null}`, and the
+    log had a traceback. gradio_client fills them itself; curl and other HTTP clients do not."""
+
+    MAX_BODY = 64 * 1024  # a call names uploaded files by path: a few hundred bytes; a larger body goes on as it is
+
+    def __init__(self, app: Any, defaults: list[Any]) -> None:
+        self.app, self.defaults = app, defaults
+        self.path = f"{config.UI_PATH}/gradio_api/call/{config.UI_API_NAME}"
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"].rstrip("/") != self.path:
+            return await self.app(scope, receive, send)
+        body, more = b"", True
+        while more and len(body) <= self.MAX_BODY:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client left
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+        if not more:
+            body = self.filled(body)
+            scope = {**scope, "headers": [(k, v) for k, v in scope["headers"] if k.lower() != b"content-length"]}
+            scope["headers"].append((b"content-length", str(len(body)).encode()))
+        sent = False
+
+        async def replayed() -> Any:
+            nonlocal sent
+            if sent:
+                return await receive()
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": more}
+
+        await self.app(scope, replayed, send)
+
+    def filled(self, body: bytes) -> bytes:
+        try:
+            call = json.loads(body)
+        except ValueError:
+            return body  # Gradio's own 422 says what is wrong
+        data = call.get("data") if isinstance(call, dict) else None
+        every = [None, *self.defaults]  # no photo: the page's answer is cleared, as when its photo is removed
+        if not isinstance(data, list) or len(data) >= len(every):
+            return body
+        call["data"] = data + every[len(data) :]
+        return json.dumps(call).encode()
 
 
 class EndStreamsThatFindNothing:
