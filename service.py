@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import re
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -206,11 +205,12 @@ SERVICE.add_asgi_middleware(docs.RootToPage)
 # fields checked before BentoML parses it, in-flight bound, Retry-After (imgserve/serving/guard.py).
 SERVICE.add_asgi_middleware(
     Guard,
-    api_key=os.environ.get(config.ENV_API_KEY, ""),
+    api_key=config.api_key(),
     form=FormRules(file_field="images", field_checks={"top_k": _parse_top_k, config.MODEL_FIELD: _check_model}),
 )
 # BentoML's private parts, each touched once (imgserve/serving/bentoml_compat.py).
 bentoml_compat.check_version()
+bentoml_compat.check_serve_port()
 bentoml_compat.answer_as_json(SERVICE.apis["classify"])
 bentoml_compat.refuse_text_for_files()
 bentoml_compat.quiet_client_errors()

@@ -121,7 +121,8 @@ class ModelListError(ValueError):
 
 def model_tags() -> list[str]:
     """The tags to serve, the default first: $CLASSIFIER_MODELS, else $CLASSIFIER_MODEL, else the
-    default model's latest version. Checked for shape here; imgserve/serving/registry.py checks the store."""
+    default model's latest version. Checked for shape here; imgserve/serving/registry.py checks the store,
+    and that a $CLASSIFIER_MODEL set beside the list names its first model (`default_also_named`)."""
     many = os.environ.get(ENV_MODELS, "").strip()
     one = os.environ.get(ENV_MODEL, "").strip()
     if not many:
@@ -132,11 +133,18 @@ def model_tags() -> list[str]:
         raise ModelListError(
             f"{ENV_MODELS}={many!r} has an empty entry: write store tags separated by commas, {example}"
         )
-    if one and one != tags[0]:
-        raise ModelListError(
-            f"{ENV_MODEL}={one!r} and {ENV_MODELS}={many!r} disagree: set only {ENV_MODELS} (its first is the default)"
-        )
     return tags
+
+
+def default_also_named() -> str:
+    """$CLASSIFIER_MODEL when $CLASSIFIER_MODELS is set too (the image sets the list to its models' exact
+    tags): it must name the list's first model, in any spelling of it ('name:latest' for 'name:version')."""
+    return os.environ.get(ENV_MODEL, "").strip() if os.environ.get(ENV_MODELS, "").strip() else ""
+
+
+def models_disagree(one: str) -> str:
+    many = os.environ.get(ENV_MODELS, "").strip()
+    return f"{ENV_MODEL}={one!r} and {ENV_MODELS}={many!r} disagree: set only {ENV_MODELS} (its first is the default)"
 
 
 def model_tag() -> str:
@@ -153,6 +161,21 @@ ENDPOINT_PATHS = (CLASSIFY_PATH, MODELS_PATH, "/docs.json", "/livez", "/readyz",
 
 # --- Access: when set, every endpoint but /livez and /readyz needs "Authorization: Bearer <key>".
 ENV_API_KEY = "CLASSIFIER_API_KEY"
+
+
+def api_key(environ: Mapping[str, str] = os.environ) -> str:
+    """$CLASSIFIER_API_KEY as clients can send it: without the spaces and newline around it (a Kubernetes
+    Secret made --from-file, a key pasted into a hosting form), which no header carries and client.py strips;
+    kept, they locked every client out. A key of blanks alone, or with characters a header cannot carry
+    (non-ASCII, control), stops the server: no client could ever send it."""
+    raw = environ.get(ENV_API_KEY, "")
+    key = raw.strip()
+    if raw and not key:
+        raise SettingsError(f"{ENV_API_KEY}={raw!r}: blank; set a long random string, or unset it to serve openly")
+    if not (key.isascii() and key.isprintable()):
+        raise SettingsError(f"{ENV_API_KEY} holds characters an HTTP header cannot carry: set the key alone (ASCII)")
+    return key
+
 
 # --- Request limits, checked at the boundary before anything reaches the batch.
 DEFAULT_TOP_K = 5
@@ -290,6 +313,8 @@ METRIC_MODEL_LABEL = "model"  # each histogram per served model, by its exact ta
 UI_PATH = "/ui"
 # The API docs (Swagger UI, imgserve/serving/docs.py); the OpenAPI document stays BentoML's /docs.json.
 DOCS_PATH = "/docs"
+# The page's one API endpoint for programs: POST /ui/gradio_api/call/classify (gradio_client's api_name="/classify").
+UI_API_NAME = "classify"
 # The slider's top: past 10 bars the page is a wall of near-zero scores; /classify gives any top_k.
 UI_MAX_TOP_K = 10
 # Page classifications in progress at once: two model batches' worth, so concurrent page users

@@ -156,6 +156,17 @@ def test_a_url_encoded_form_is_a_400_no_images_since_it_carries_no_files():
     assert app.bodies == []
 
 
+def test_a_request_without_a_body_is_a_400_no_images_not_an_unsupported_content_type():
+    """What BentoML's Python client sends for images=[] and nothing else, and curl -X POST: no body, no
+    Content-Type (was: a 415 "unsupported Content-Type 'none'"). A body without a Content-Type stays a 415."""
+    app = App()
+    r = run(post(Guard(app, form=RULES)))
+    assert (r.status_code, r.json()) == (400, {"error": f"no images: the request has no body; {HOW_TO_SEND}"})
+    r = run(post(Guard(app, form=RULES), content=b"\xff\xd8 pretend jpeg"))
+    assert (r.status_code, r.json()) == (415, {"error": f"unsupported Content-Type 'none': {HOW_TO_SEND}"})
+    assert app.bodies == []
+
+
 @pytest.mark.parametrize("coding", ["gzip", "br", "deflate", "GZIP "])
 @pytest.mark.parametrize("content_type", ["multipart/form-data; boundary=b", "image/jpeg"])
 def test_a_compressed_body_is_a_415_naming_its_coding_and_never_reaches_the_app(coding, content_type):

@@ -11,6 +11,7 @@ import math
 import os
 import subprocess
 import threading
+from pathlib import Path
 
 import bentoml
 import httpx
@@ -20,6 +21,7 @@ import pytest
 from imgserve import config
 from imgserve.serving import registry, store
 from imgserve.serving.batcher import Overloaded
+from imgserve.serving.preprocess import Preprocessing
 from imgserve.testing import BENTOML, free_port, serve_env
 from tests.helpers import CAT_CLASSES, COLOURS, DATA, ROOT, image_bytes
 
@@ -51,11 +53,6 @@ def top1(answer: dict) -> str:
     [
         ("a:1,,b:2", "", "CLASSIFIER_MODELS='a:1,,b:2' has an empty entry: write store tags separated by commas"),
         ("a:1,", "", "CLASSIFIER_MODELS='a:1,' has an empty entry"),
-        (
-            "a:1,b:2",
-            "b:2",
-            "CLASSIFIER_MODEL='b:2' and CLASSIFIER_MODELS='a:1,b:2' disagree: set only CLASSIFIER_MODELS",
-        ),
     ],
 )
 def test_a_malformed_model_list_is_refused_with_how_to_write_it(monkeypatch, models, model, message):
@@ -91,6 +88,53 @@ def test_models_not_in_the_store_or_listed_twice_are_all_named(monkeypatch, defa
         "model nosuch:latest is not in the model store; import it first: python import_model.py; "
         "'Not A Tag' is not a model-store tag (name or name:version); "
         f"{default_model} is listed twice"
+    )
+
+
+def test_classifier_model_beside_the_list_must_name_its_first_model_in_any_spelling(
+    monkeypatch, default_model, colour_model
+):
+    """The image sets CLASSIFIER_MODELS to its models' exact tags: `docker run -e CLASSIFIER_MODEL=<name>:latest`
+    of the same model was refused as disagreeing, and the container did not start."""
+    monkeypatch.setenv(config.ENV_MODELS, f"{default_model},{colour_model}")
+    for same in (f"{name_of(default_model)}:latest", name_of(default_model).upper(), default_model):
+        monkeypatch.setenv(config.ENV_MODEL, same)
+        assert [m.card.tag for m in registry.Registry.from_config()] == [default_model, colour_model]
+    for other in (name_of(colour_model), "nosuch:latest"):
+        monkeypatch.setenv(config.ENV_MODEL, other)
+        with pytest.raises(config.ModelListError) as refused:
+            registry.Registry.from_config()
+        assert str(refused.value) == (
+            f"cannot serve {default_model}, {colour_model}: CLASSIFIER_MODEL={other!r} and "
+            f"CLASSIFIER_MODELS='{default_model},{colour_model}' disagree: set only CLASSIFIER_MODELS (its first is "
+            "the default)"
+        )
+
+
+def test_name_latest_asks_for_the_newest_served_version_and_a_bare_name_for_the_first_listed(tmp_path):
+    """With "cells:<old>,cells:latest" served, model=cells:latest was answered by the old version."""
+    onnx = tmp_path / "model.onnx"
+    onnx.write_bytes(b"never opened: the registry reads cards")
+    meta = {"labels": COLOURS, "preprocessing": Preprocessing().to_dict(), "arch": "test"}
+    old, new = (store.load_card(store.save("cells", onnx, meta)) for _ in range(2))
+    for listed in ([old, new], [new, old]):
+        models = registry.Registry(listed)
+        assert models.get("cells:latest").card is new and models.get("Cells:LATEST").card is new
+        assert models.get("cells").card is listed[0]
+        assert models.get(old.tag).card is old and models.get(new.tag).card is new
+
+
+def test_a_stored_model_that_import_did_not_write_is_refused_by_name(monkeypatch):
+    """A BentoML tutorial's model in the same store (no labels, no preprocessing) was a KeyError: 'labels'."""
+    with bentoml.models.create("iris-clf", metadata={"framework": "sklearn"}) as entry:
+        Path(entry.path_of("saved_model.pkl")).write_bytes(b"not ours")
+    monkeypatch.setenv(config.ENV_MODEL, "")
+    monkeypatch.setenv(config.ENV_MODELS, "iris-clf:latest")
+    with pytest.raises(config.ModelListError) as refused:
+        registry.Registry.from_config()
+    assert str(refused.value) == (
+        f"cannot serve iris-clf:latest: model {entry.tag} was not stored by import_model.py (its metadata has "
+        "no 'labels'): serve a model imported with python import_model.py"
     )
 
 

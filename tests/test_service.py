@@ -98,8 +98,8 @@ def test_the_bentoml_python_client(server):
 
 
 def test_the_bentoml_python_client_with_no_model_or_no_images(server):
-    """It sends model=None as 'null' (was: unknown model 'null') and images=[] as a url-encoded form
-    (was: a 415 about the Content-Type)."""
+    """It sends model=None as 'null' (was: unknown model 'null'), images=[] as a url-encoded form
+    (was: a 415 about the Content-Type), and images=[] alone as no body."""
     with bentoml.SyncHTTPClient(server.url) as client:
         [cat] = client.classify(images=[DATA / "cat.jpg"], top_k=1, model=None)
         assert cat["predictions"][0]["label"] in CAT_CLASSES
@@ -107,6 +107,10 @@ def test_the_bentoml_python_client_with_no_model_or_no_images(server):
             client.classify(images=[], top_k=1)
         assert refused.value.error_code == 400
         assert json.loads(refused.value.message)["error"].startswith("no images: a url-encoded form")
+        with pytest.raises(bentoml.exceptions.BentoMLException) as refused:
+            client.classify(images=[])  # no other field: no body at all (was: a 415 about the Content-Type)
+        assert refused.value.error_code == 400
+        assert json.loads(refused.value.message)["error"].startswith("no images: the request has no body")
         [again] = client.classify(images=[DATA / "cat.jpg"], top_k=1)
     assert again == cat
 

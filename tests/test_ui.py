@@ -122,6 +122,20 @@ def test_the_root_url_sends_browsers_to_the_page_and_programs_keep_bentomls_endp
 
 
 @pytest.mark.serve
+def test_a_redirect_keeps_the_query_string_that_gradio_reads(server):
+    """`/ui?__theme=dark` led to /ui/, the theme dropped; `/?view=api` to the page without its API view."""
+    with server.client() as c:
+        for path, target in [
+            (f"{config.UI_PATH}?__theme=dark", f"{config.UI_PATH}/?__theme=dark"),
+            ("/?view=api", f"{config.UI_PATH}/?view=api"),
+            (f"{config.DOCS_PATH}?a=1&b=%20", f"{config.DOCS_PATH}/?a=1&b=%20"),
+        ]:
+            moved = c.get(path)
+            assert (moved.status_code, moved.headers["location"]) == (307, target)
+        assert c.get(f"{config.UI_PATH}?__theme=dark", follow_redirects=True).status_code == 200
+
+
+@pytest.mark.serve
 def test_behind_an_https_proxy_every_url_a_visitor_is_sent_to_stays_on_the_public_https_host(server):
     """A hosting platform ends HTTPS in its proxy and forwards plain HTTP, naming the public host and
     scheme in headers; its own Host may be the pod's address. No redirect, page config or example photo
@@ -245,6 +259,66 @@ def test_the_pages_api_reads_uploads_only_not_any_path_on_the_server(server, tmp
     # An upload still works, through the same API.
     page = Client(f"{server.url}{config.UI_PATH}/", verbose=False)
     assert page.predict(handle_file(elsewhere), 1, api_name="/classify")["label"] in CAT_CLASSES
+
+
+@pytest.mark.serve
+def test_the_pages_api_called_with_the_photo_alone_uses_the_defaults_of_the_rest(server):
+    """The page's API view says top_k (and the model) may be left out; curl's {"data": [photo]} got
+    `event: error`, `data: {"error": null}`, and the log a traceback (gradio_client fills them itself)."""
+    api = f"{config.UI_PATH}/gradio_api"
+    with server.client() as c:
+        [path] = c.post(f"{api}/upload", files={"files": ("cat.jpg", (DATA / "cat.jpg").read_bytes())}).json()
+        photo = {"path": path, "meta": {"_type": "gradio.FileData"}}
+        for data, shown in (([photo], config.DEFAULT_TOP_K), ([photo, 2], 2), ([], 0)):
+            call = c.post(f"{api}/call/classify", json={"data": data})
+            assert call.status_code == 200, call.text
+            events = c.get(f"{api}/call/classify/{call.json()['event_id']}").text
+            assert "event: complete" in events, events
+            answer = json.loads(events.split("event: complete\ndata: ")[1].split("\n")[0])[0]
+            assert len(answer.get("confidences", [])) == shown
+            assert not shown or answer["label"] in CAT_CLASSES
+    assert "enough input values" not in server.output()
+
+
+@pytest.mark.serve
+def test_an_api_name_the_page_has_not_is_a_404_naming_its_api_not_a_500(server):
+    """Gradio's docs call a gr.Interface's API /call/predict: here that was a bare 500 and two tracebacks."""
+    api = f"POST {config.UI_PATH}/gradio_api/call/classify (its inputs: {config.UI_PATH}/?view=api)"
+    with server.client() as c:
+        for name in ("predict", "predict/", "nosuch"):
+            r = c.post(f"{config.UI_PATH}/gradio_api/call/{name}", json={"data": [None, 3, ""]})
+            shown = name.rstrip("/")
+            assert (r.status_code, r.json()) == (404, {"error": f"the web page has no API named '{shown}': call {api}"})
+        call = c.post(f"{config.UI_PATH}/gradio_api/call/classify", json={"data": [None, 3, ""]})
+        assert call.status_code == 200, call.text  # the page's own API answers as before
+    assert "FnIndexInferError" not in server.output()
+
+
+@pytest.mark.serve
+def test_a_function_index_the_page_has_not_is_a_400_not_a_500(server):
+    """The page script's queue/join, sent a function index the page has not: a 500 and a KeyError traceback."""
+    api = f"POST {config.UI_PATH}/gradio_api/call/classify (its inputs: {config.UI_PATH}/?view=api)"
+    with server.client() as c:
+        for index in (99, -1):
+            body = {"data": [None, 3, ""], "fn_index": index, "session_hash": "s"}
+            r = c.post(f"{config.UI_PATH}/gradio_api/queue/join", json=body)
+            error = f"the web page has no function index '{index}': programs call {api}"
+            assert (r.status_code, r.json()) == (400, {"error": error})
+        assert c.get("/readyz").status_code == 200
+    assert "KeyError" not in server.output()
+
+
+@pytest.mark.serve
+def test_an_event_stream_for_an_event_the_page_does_not_hold_ends_whole_after_its_error(server):
+    """A mistyped or stale event id (Gradio's curl API: POST .../call/classify, then GET .../call/classify/<id>):
+    Gradio sent its error event, then cut the connection mid-answer and logged a traceback."""
+    with server.client() as c:
+        for path in ("call/classify/0123456789abcdef", "queue/data?session_hash=nosuch"):
+            r = c.get(f"{config.UI_PATH}/gradio_api/{path}")  # read whole: a cut stream raises here
+            assert r.status_code == 200 and "404: Not Found" in r.text, r.text
+        assert c.get("/readyz").status_code == 200
+    assert "Exception in ASGI application" not in server.output()
+    assert f"GET {config.UI_PATH}/gradio_api/queue/data: 404 Not Found, the event stream ended" in server.output()
 
 
 # --- In Chromium
@@ -569,6 +643,9 @@ def test_with_two_models_the_page_classifies_with_the_chosen_one(
     page = Client(f"{two_model_server.url}{config.UI_PATH}/", verbose=False)
     colours = page.predict(handle_file(red), 3, colour_model, api_name="/classify")
     assert [c["label"] for c in colours["confidences"]] == ["red", "green", "blue"]
+    # The API's documented default top_k (5, the first model's slider) with the 3-class model: all three
+    # classes, as /classify answers (was: 'top_k must be from 1 to 3, got 5').
+    assert page.predict(handle_file(red), tag=colour_model, api_name="/classify") == colours
     cat = page.predict(handle_file(DATA / "cat.jpg"), 1, default_model, api_name="/classify")
     assert cat["label"] in CAT_CLASSES
     with pytest.raises(AppError) as refused:

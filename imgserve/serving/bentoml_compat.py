@@ -199,6 +199,30 @@ def bounded_metric_labels(endpoints: Iterable[str], mounts: Iterable[str]) -> No
     Metrics.__call__ = call  # type: ignore[method-assign]  # the one patch, named in the docstring
 
 
+MAX_PORT = 65535  # TCP's: a port is 16 bits
+
+
+def check_serve_port() -> None:
+    """Stop `bentoml serve` with a port that is no TCP port, in click's words, before it binds one.
+
+    BentoML 1.4 takes any integer for `--port` (or $BENTOML_PORT, which the image's entrypoint sets from
+    $PORT): 80800, a typo of 8080, was bound as 15264 (getaddrinfo keeps the low 16 bits) while the log
+    said "listening on http://localhost:80800", and -1 ended in a socket.gaierror traceback. `serve`
+    imports the service in its own command, so the command's arguments are at hand; elsewhere (its
+    worker processes, the tests) there is no port to check.
+    """
+    import click
+
+    ctx = click.get_current_context(silent=True)
+    port = ctx.params.get("port") if ctx is not None else None
+    if ctx is None or not isinstance(port, int) or 1 <= port <= MAX_PORT:
+        return
+    option = next((p for p in ctx.command.params if p.name == "port"), None)
+    if option is None:
+        raise _changed("a --port option of `bentoml serve`")
+    raise click.BadParameter(f"{port} is not a TCP port: give one from 1 to {MAX_PORT}", ctx=ctx, param=option)
+
+
 def model_store_dir() -> Path:
     """Where the model store is: the benchmark links it into each server's own BentoML home."""
     from bentoml._internal.configuration.containers import BentoMLContainer

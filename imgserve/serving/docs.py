@@ -96,7 +96,7 @@ def asgi_app(cards: list[ModelCard]) -> Starlette:
 
 class RootToPage:
     """ASGI middleware: `GET /` (and HEAD) answers 307 to the web page, `/ui` and `/docs` to the same
-    path with a slash; nothing else changes.
+    path with a slash, each with the query string it came with; nothing else changes.
 
     Each Location is a path, so a browser stays on the scheme and host it is on. Starlette's own
     redirect for a mount's missing slash writes the URL it received: behind a proxy that ends HTTPS,
@@ -117,7 +117,10 @@ class RootToPage:
     async def __call__(self, scope, receive, send) -> None:
         target = self.REDIRECTS.get(scope["path"]) if scope["type"] == "http" else None
         if target and scope["method"] in ("GET", "HEAD"):
-            headers = [(b"location", target.encode()), (b"content-length", b"0")]
+            # The query goes along: Gradio reads its own there (`/ui?__theme=dark`, `/?view=api`).
+            query = scope.get("query_string", b"")
+            location = target.encode() + (b"?" + query if query else b"")
+            headers = [(b"location", location), (b"content-length", b"0")]
             await send({"type": "http.response.start", "status": 307, "headers": headers})
             await send({"type": "http.response.body", "body": b""})
             return

@@ -87,7 +87,14 @@ def body_check(scope: Scope, receive: Receive, rules: FormRules) -> tuple[Scope,
         return raw_image(scope, receive, kind, rules)
     if kind == URLENCODED:  # BentoML's Python client sends its form so when given no files (images=[])
         raise refuse(f"no images: a url-encoded form ({URLENCODED}) carries no files; {HOW_TO_SEND}")
+    if not kind and no_body(headers):  # BentoML's client given images=[] alone; curl -X POST
+        raise refuse(f"no images: the request has no body; {HOW_TO_SEND}")
     raise ClientError(415, f"unsupported Content-Type {quoted(kind or 'none')}: {HOW_TO_SEND}")
+
+
+def no_body(headers: Mapping[str, str]) -> bool:
+    """The request says it has no body: Content-Length 0, or neither a length nor a chunked body (RFC 9112)."""
+    return headers.get("content-length", "").strip() in ("", "0") and "transfer-encoding" not in headers
 
 
 def raw_image(scope: Scope, receive: Receive, kind: str, rules: FormRules) -> tuple[Scope, Receive, FormCheck]:

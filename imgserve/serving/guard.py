@@ -269,7 +269,7 @@ class Exchange:
             return await send_json(self._send, start, body)
         error = from_app(status, body, self.method, self.path)
         if allow := header(start, b"allow"):  # a 405 names the methods the endpoint takes (RFC 9110)
-            error.headers["Allow"] = allow
+            error.headers["Allow"] = with_head(allow)
         await self.answer(error)
 
 
@@ -300,6 +300,13 @@ async def drain(receive: Receive, timeout_s: float, limit: int = config.DRAIN_BY
                 if message["type"] != "http.request" or not message.get("more_body", False):
                     return
                 read += len(message.get("body", b""))
+
+
+def with_head(allow: str) -> str:
+    """An Allow list with HEAD wherever it has GET: every GET endpoint answers HEAD (FastAPI's routes, as
+    /models, name GET alone, though registry.py answers HEAD there too)."""
+    methods = [m.strip() for m in allow.split(",") if m.strip()]
+    return ", ".join([*methods, "HEAD"]) if "GET" in methods and "HEAD" not in methods else allow
 
 
 def header(message: Message, name: bytes) -> str:

@@ -46,11 +46,28 @@ class Served:
         return self.card.tag.split(":", 1)[0]
 
 
+def exact_tag(tag: str) -> str:
+    """The stored model's name:version that a tag names ('latest', case and all), or the tag as written
+    when it names none (the list's own problems then say so)."""
+    try:
+        return str(bentoml.models.get(tag).tag)
+    except (ValueError, bentoml.exceptions.BentoMLException):
+        return tag
+
+
 class Registry:
     def __init__(self, cards: list[ModelCard]) -> None:
         self.models = [Served(card, default=i == 0) for i, card in enumerate(cards)]
         self.default = self.models[0]
         self.max_classes = max(len(m.card.labels) for m in self.models)
+        # `name:latest` in a request: the newest version of that name served, as `latest` in the list means the
+        # newest stored; a bare name is the first listed. (Both were the first listed: with
+        # "cells:v1,cells:latest", model=cells:latest was answered by v1.)
+        names = [m.name for m in self.models]
+        self.newest = {m.name: m for m in reversed(self.models)}
+        for name in {n for n in names if names.count(n) > 1}:
+            versions = [m for m in self.models if m.name == name]
+            self.newest[name] = max(versions, key=lambda m: bentoml.models.get(m.card.tag).creation_time)
 
     @classmethod
     def from_config(cls) -> Registry:
@@ -65,10 +82,12 @@ class Registry:
                 continue
             try:
                 cards.append(store.load_card(tag))
-            except bentoml.exceptions.NotFound as e:
+            except (bentoml.exceptions.NotFound, store.NotImported) as e:
                 problems.append(str(e))
         exact = [c.tag for c in cards]
         problems += [f"{tag} is listed twice" for i, tag in enumerate(exact) if tag in exact[:i]]
+        if (one := config.default_also_named()) and exact_tag(one) != exact_tag(tags[0]):
+            problems.insert(0, config.models_disagree(one))
         if problems:
             raise config.ModelListError(f"cannot serve {', '.join(tags)}: " + "; ".join(problems))
         return cls(cards)
@@ -99,8 +118,10 @@ class Registry:
         for m in self.models:  # an exact tag first, then the first listed of that name
             if m.card.tag == wanted:
                 return m
+        if version == LATEST and name in self.newest:
+            return self.newest[name]
         for m in self.models:
-            if m.name == name and version in ("", LATEST):
+            if m.name == name and not version:
                 return m
         raise UnknownModel(f"unknown model {quoted(requested or '')}: this server serves {self.served()}")
 

@@ -118,13 +118,26 @@ def check_examples(folder: Path) -> list[Path]:
     return photos
 
 
+class NotImported(ValueError):
+    """A stored model that import_model.py did not write (a BentoML tutorial's `iris_clf`): no labels or
+    preprocessing to serve it by."""
+
+
 def load_card(tag: object) -> ModelCard:
     """The card of a stored model, or a message saying how to put the model there."""
     try:
-        return ModelCard.from_stored(bentoml.models.get(str(tag)))
+        stored = bentoml.models.get(str(tag))
     except bentoml.exceptions.NotFound:
         raise bentoml.exceptions.NotFound(
             f"model {tag} is not in the model store; import it first: python import_model.py"
+        ) from None
+    try:
+        return ModelCard.from_stored(stored)
+    except (KeyError, TypeError, ValueError) as e:
+        lacks = f"no {e.args[0]!r}" if isinstance(e, KeyError) else str(e)
+        raise NotImported(
+            f"model {stored.tag} was not stored by import_model.py (its metadata has {lacks}): "
+            "serve a model imported with python import_model.py"
         ) from None
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import signal
 import threading
@@ -28,7 +29,7 @@ from starlette.applications import Starlette
 from starlette.routing import Mount
 
 from imgserve import config
-from imgserve.serving.errors import ClientError
+from imgserve.serving.errors import ClientError, quoted
 from imgserve.serving.store import ModelCard
 
 if TYPE_CHECKING:
@@ -91,10 +92,140 @@ def mount(app: Starlette, cards: list[ModelCard], classify: Classify) -> None:
     # that was launched (processing_utils._check_allowed); a mounted one never is, and would then read
     # and classify any path on the server that a request names.
     blocks.has_launched = True
-    [gradio_app] = [route.app for route in app.routes if isinstance(route, Mount)]
-    end_heartbeats_on_stop(app, cast(Any, gradio_app).stop_event)  # Gradio's App, a FastAPI
+    [route] = [route for route in app.routes if isinstance(route, Mount)]
+    gradio_app = cast(Any, route.app)  # Gradio's App, a FastAPI
+    end_heartbeats_on_stop(app, gradio_app.stop_event)
+    answer_unknown_api_names(gradio_app)
+    defaults = [min(config.DEFAULT_TOP_K, max_top_k(cards[0])), cards[0].tag]  # the slider's and the chooser's
+    route.app = FillTheApisDefaults(EndStreamsThatFindNothing(gradio_app), defaults)
     tags = ", ".join(c.tag for c in cards)
     log.info("web page for %s built in %.1f s (Gradio %s)", tags, time.monotonic() - started, gr.__version__)
+
+
+def answer_unknown_api_names(gradio_app: Any) -> None:
+    """A call of an API name the page has none of (`POST /ui/gradio_api/call/predict`, as Gradio's docs
+    write it for a gr.Interface) is a 404 that names the page's API, in the one error shape; a function
+    index it has not, in the page script's own `queue/join`, a 400.
+
+    Gradio 6.31 lets its FnIndexInferError escape the route: the caller got a bare 500 "Internal Server
+    Error" and the log a traceback, twice."""
+    from fastapi import Request
+    from fastapi.responses import JSONResponse
+    from gradio.route_utils import FnIndexInferError
+
+    api = f"POST {config.UI_PATH}/gradio_api/call/{config.UI_API_NAME} (its inputs: {config.UI_PATH}/?view=api)"
+
+    async def unknown(request: Request, exc: Exception) -> JSONResponse:
+        name = quoted(str(request.path_params.get("api_name", "")))
+        return JSONResponse({"error": f"the web page has no API named {name}: call {api}"}, status_code=404)
+
+    async def unknown_index(request: Request, exc: Exception) -> JSONResponse:
+        """Gradio 6.31 looks a `queue/join`'s function index up unchecked: its KeyError was a 500 with a
+        traceback. A KeyError elsewhere stays a bug."""
+        if not request.url.path.endswith("/gradio_api/queue/join"):
+            raise exc
+        error = f"the web page has no function index {quoted(str(exc.args[0] if exc.args else ''))}"
+        return JSONResponse({"error": f"{error}: programs call {api}"}, status_code=400)
+
+    gradio_app.add_exception_handler(FnIndexInferError, unknown)
+    gradio_app.add_exception_handler(KeyError, unknown_index)
+
+
+class FillTheApisDefaults:
+    """A call of the page's API with the photo alone, or the photo and top_k (`POST /ui/gradio_api/call/classify`
+    with `{"data": [photo]}`), gets the other inputs' defaults, as the page's API view says it may leave them out;
+    one with none, no photo.
+
+    Gradio 6.31 runs only calls with every input: the caller read `event: error`, `data: {"error": null}`, and the
+    log had a traceback. gradio_client fills them itself; curl and other HTTP clients do not."""
+
+    MAX_BODY = 64 * 1024  # a call names uploaded files by path: a few hundred bytes; a larger body goes on as it is
+
+    def __init__(self, app: Any, defaults: list[Any]) -> None:
+        self.app, self.defaults = app, defaults
+        self.path = f"{config.UI_PATH}/gradio_api/call/{config.UI_API_NAME}"
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"].rstrip("/") != self.path:
+            return await self.app(scope, receive, send)
+        body, more = b"", True
+        while more and len(body) <= self.MAX_BODY:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client left
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+        if not more:
+            body = self.filled(body)
+            scope = {**scope, "headers": [(k, v) for k, v in scope["headers"] if k.lower() != b"content-length"]}
+            scope["headers"].append((b"content-length", str(len(body)).encode()))
+        sent = False
+
+        async def replayed() -> Any:
+            nonlocal sent
+            if sent:
+                return await receive()
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": more}
+
+        await self.app(scope, replayed, send)
+
+    def filled(self, body: bytes) -> bytes:
+        try:
+            call = json.loads(body)
+        except ValueError:
+            return body  # Gradio's own 422 says what is wrong
+        data = call.get("data") if isinstance(call, dict) else None
+        every = [None, *self.defaults]  # no photo: the page's answer is cleared, as when its photo is removed
+        if not isinstance(data, list) or len(data) >= len(every):
+            return body
+        call["data"] = data + every[len(data) :]
+        return json.dumps(call).encode()
+
+
+class EndStreamsThatFindNothing:
+    """An event stream of Gradio's for an event or session it does not hold (`GET /ui/gradio_api/call/classify/<id>`
+    with an id mistyped or from before a restart; `queue/data?session_hash=...`) ends after its `event: error`,
+    with one log line.
+
+    Gradio 6.31 sends that event and then raises its 404 inside the stream, after its 200 went out: the
+    connection was cut mid-answer (curl: "transfer closed with outstanding read data remaining") and the log
+    had a traceback for each."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        streaming = ended = False
+
+        async def watched(message: Any) -> None:
+            nonlocal streaming, ended
+            if message["type"] == "http.response.start":
+                streaming = any(
+                    k.lower() == b"content-type" and v.startswith(b"text/event-stream") for k, v in message["headers"]
+                )
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                ended = True
+            await send(message)
+
+        from starlette.exceptions import HTTPException
+
+        try:
+            await self.app(scope, receive, watched)
+        except RuntimeError as e:  # Starlette's "Caught handled exception, but response already started."
+            refused = e.__cause__
+            if not (streaming and not ended and isinstance(refused, HTTPException)):
+                raise
+            log.info(
+                "%s %s: %d %s, the event stream ended",
+                scope["method"],
+                scope["path"],
+                refused.status_code,
+                refused.detail,
+            )
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 def end_heartbeats_on_stop(app: Starlette, stop_event: asyncio.Event) -> None:
@@ -188,6 +319,9 @@ def page(cards: list[ModelCard], classify: Classify) -> gr.Blocks:
 
     by_tag = {c.tag: c for c in cards}
     card = cards[0]
+    # The slider's range on the API as on /classify: the largest model's (its default, 5, is the first
+    # model's); a model with fewer classes answers with all of them, as /classify does.
+    most = max(max_top_k(c) for c in cards)
 
     async def on_image(image: dict | None, top_k: float, tag: str) -> AsyncIterator[dict[str, float] | None]:
         """The image as uploaded (see preprocess=False below) -> {label: probability}, best first.
@@ -201,8 +335,8 @@ def page(cards: list[ModelCard], classify: Classify) -> gr.Blocks:
         if chosen is None:  # a value the chooser never offered (Gradio's API can send anything)
             raise gr.Error(f"unknown model {tag!r}: choose one of {', '.join(by_tag)}", **REFUSED)
         k = int(top_k) if isinstance(top_k, int | float) else 0  # raw: the slider is not preprocessed either
-        if not 1 <= k <= max_top_k(chosen):
-            raise gr.Error(f"top_k must be from 1 to {max_top_k(chosen)}, got {top_k!r}", **REFUSED)
+        if not 1 <= k <= most:
+            raise gr.Error(f"top_k must be from 1 to {most}, got {top_k!r}", **REFUSED)
         try:
             [answer] = await classify(images=[Path(image["path"])], top_k=k, model=chosen.tag)
         except ClientError as e:  # what /classify answers with a 4xx or 503
@@ -272,7 +406,7 @@ def page(cards: list[ModelCard], classify: Classify) -> gr.Blocks:
             "js": CLOSE_MESSAGES,
         }
         # Not image.change: Gradio 6.31 fires it twice when a new upload replaces a photo.
-        image.input(**run, api_name="classify")  # upload, drop, paste, webcam, and clearing
+        image.input(**run, api_name=config.UI_API_NAME)  # upload, drop, paste, webcam, and clearing
         for _, _, examples in example_sets:
             examples.load_input_event.then(**run, api_visibility="private")  # an example, once shown
         top_k.release(**run, api_visibility="private")
