@@ -18,7 +18,7 @@ from PIL import Image
 from torch import nn
 
 from imgserve import config
-from imgserve.importing import cli, convert, loading, messages, probing
+from imgserve.importing import cli, convert, formats, loading, messages, probing
 from imgserve.serving import predict, store
 from imgserve.serving.preprocess import Preprocessing, preprocess
 from tests.helpers import (
@@ -793,9 +793,9 @@ def test_a_model_compressed_archived_or_in_another_format_is_named_with_the_way_
     ]:  # fmt: skip
         write()
         with pytest.raises(messages.ImportRefused) as refusal:
-            loading.file_kind(given)
+            formats.file_kind(given)
         assert message in str(refusal.value)
-    assert loading.file_kind(model) == "torch"
+    assert formats.file_kind(model) == "torch"
 
 
 def test_an_aotinductor_package_is_told_to_save_the_exported_program_instead(tmp_path):
