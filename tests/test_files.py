@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 
@@ -61,3 +62,29 @@ def test_a_named_pipe_in_a_folder_is_skipped_not_read_forever(tmp_path):
     images, skipped = files.find_images([tmp_path])
     assert [p.name for p in images] == ["a.jpg"]
     assert skipped["not a regular file"] == skipped.total() == 1
+
+
+def test_a_tree_deeper_than_pythons_recursion_limit_is_walked(tmp_path):
+    """Python 3.11's os.walk recurses once per folder level: 1,000 nested folders (a program's output
+    nested by accident) were a RecursionError traceback before anything was sent."""
+    depth = sys.getrecursionlimit() + 50
+    folders = [tmp_path / "top"]
+    for _ in range(depth):  # one level at a time: Path.mkdir(parents=True) recurses too
+        folders.append(folders[-1] / "d")
+    try:
+        for folder in folders:
+            folder.mkdir()
+        (folders[-1] / "deep.jpg").write_bytes(b"x")
+        (folders[0] / "top.jpg").write_bytes(b"x")
+        (folders[1] / ".hidden").mkdir()
+        images, skipped = files.find_images([folders[0]])
+        assert images == [folders[0] / "top.jpg", folders[-1] / "deep.jpg"]  # each folder's files, then below
+        assert skipped == {"hidden": 1}
+    finally:  # and removed one level at a time: shutil.rmtree recurses as well
+        (folders[-1] / "deep.jpg").unlink(missing_ok=True)
+        (folders[0] / "top.jpg").unlink(missing_ok=True)
+        if (folders[1] / ".hidden").exists():
+            (folders[1] / ".hidden").rmdir()
+        for folder in reversed(folders):
+            if folder.exists():
+                folder.rmdir()

@@ -29,9 +29,6 @@ def find_images(paths: list[Path]) -> tuple[list[Path], Counter[str]]:
     skipped: Counter[str] = Counter()
     seen: set[str] = set()
 
-    def unreadable(error: OSError) -> None:  # a folder that cannot be listed: counted, so the note names it
-        skipped["unreadable folder"] += 1
-
     def add(path: Path) -> None:
         if (key := file_key(path)) not in seen:
             seen.add(key)
@@ -41,10 +38,8 @@ def find_images(paths: list[Path]) -> tuple[list[Path], Counter[str]]:
         if arg.is_file():
             add(arg)  # named on purpose: the server judges it by its bytes
         elif arg.is_dir():
-            for folder, subfolders, files in os.walk(arg, onerror=unreadable):
-                skipped["hidden"] += sum(name.startswith(".") for name in subfolders)
-                subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
-                for name in sorted(files):
+            for folder, files in walk(arg, skipped):
+                for name in files:
                     suffix = Path(name).suffix.lower()
                     if name.startswith("."):  # .DS_Store, macOS "._photo.jpg" resource forks
                         skipped["hidden"] += 1
@@ -57,6 +52,41 @@ def find_images(paths: list[Path]) -> tuple[list[Path], Counter[str]]:
         else:
             raise NoSuchPath(f"no such file or folder: {arg}")
     return images, skipped
+
+
+def walk(top: Path, skipped: Counter[str]) -> Iterator[tuple[str, list[str]]]:
+    """Each folder under `top` (top first, then each subfolder's tree, by name) with its files' names, sorted.
+    Hidden folders and folders that cannot be listed are counted in `skipped`; neither they nor links to
+    folders are entered.
+    A stack, not recursion: Python 3.11's os.walk recurses once per level, and a tree 1,000 folders deep
+    (a program's output nested by accident) was a RecursionError before anything was sent."""
+    stack = [str(top)]
+    while stack:
+        folder = stack.pop()
+        try:
+            with os.scandir(folder) as listing:
+                entries = sorted(listing, key=lambda entry: entry.name)
+        except OSError:  # counted, so the note names it
+            skipped["unreadable folder"] += 1
+            continue
+        subfolders: list[str] = []
+        files: list[str] = []
+        for entry in entries:
+            if not is_folder(entry):
+                files.append(entry.name)
+            elif entry.name.startswith("."):
+                skipped["hidden"] += 1
+            elif not entry.is_symlink():  # a link to a folder may lead back up: not followed
+                subfolders.append(entry.path)
+        yield folder, files
+        stack.extend(reversed(subfolders))
+
+
+def is_folder(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
 
 
 def readable_kind(path: Path) -> bool:
