@@ -131,3 +131,27 @@ def test_kubectl_kustomize_renders_the_pushed_image():
 def test_the_probe_paths_answer_on_a_real_server(server):
     for probe in ("readinessProbe", "livenessProbe"):
         assert httpx.get(server.url + CONTAINER[probe]["httpGet"]["path"], timeout=10).status_code == 200
+
+
+# Kubernetes' "restricted" Pod Security Standard (kubernetes.io/docs/concepts/security/pod-security-standards):
+# the volume types it allows.
+RESTRICTED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim"} | {
+    "projected",
+    "secret",
+}
+
+
+def test_the_pod_passes_the_restricted_pod_security_standard():
+    """A namespace labelled pod-security.kubernetes.io/enforce=restricted (hardened and shared clusters)
+    refused every pod: 'seccompProfile (pod or container "classifier" must set
+    securityContext.seccompProfile.type to "RuntimeDefault" or "Localhost")'."""
+    pod, container = POD["securityContext"], CONTAINER["securityContext"]
+    seccomp = container.get("seccompProfile") or pod.get("seccompProfile") or {}
+    assert seccomp.get("type") in ("RuntimeDefault", "Localhost")
+    assert container.get("runAsNonRoot", pod.get("runAsNonRoot")) is True
+    assert container.get("runAsUser", pod.get("runAsUser")) != 0
+    assert container["allowPrivilegeEscalation"] is False and not container.get("privileged")
+    assert container["capabilities"]["drop"] == ["ALL"] and not container["capabilities"].get("add")
+    assert not any(POD.get(host) for host in ("hostNetwork", "hostPID", "hostIPC"))
+    assert all("hostPort" not in port for port in CONTAINER["ports"])
+    assert all(set(volume) - {"name"} <= RESTRICTED_VOLUMES for volume in POD["volumes"])
