@@ -11,7 +11,7 @@ IMAGE ?= image-classifier:latest
 BASE_IMAGE ?=
 CONTAINERIZE_OPTS ?=
 
-.PHONY: install model serve image test test-fast lint format bench bench-smoke
+.PHONY: install model serve image image-engine test test-fast lint format bench bench-smoke
 
 # The virtual environment, with the pinned requirements and this project installed editable
 # (imgserve/, see pyproject.toml); redone when they change.
@@ -34,7 +34,7 @@ serve: model
 # else the default model) built into a container image. The image keeps the models' exact tags as
 # its $$CLASSIFIER_MODELS, so it serves what it packed. Its last line is the image's reference.
 BUILD_BENTOFILE := $(VENV)/bentofile.yaml
-image: model
+image: image-engine model
 	cp bentofile.yaml $(BUILD_BENTOFILE)
 ifdef BASE_IMAGE
 	sed -i 's|^  base_image: .*|  base_image: "$(BASE_IMAGE)"|' $(BUILD_BENTOFILE)
@@ -48,6 +48,19 @@ endif
 	@# the Bento and refuses a file outside its working directory; / holds every temporary directory.
 	cd / && $(CURDIR)/$(BIN)/bentoml containerize image-classifier:latest --backend $(BACKEND) --image-tag $(IMAGE) $(CONTAINERIZE_OPTS)
 	@echo $(IMAGE)
+
+# Before anything is imported or built: the engine BACKEND names is there (buildx is Docker's), and Docker's
+# daemon answers. Without this, `bentoml containerize` found out last, after the import and the build:
+# a traceback for a program that is not installed, "Backend docker is not healthy" for a stopped daemon.
+image-engine:
+	@engine=$(BACKEND); [ "$$engine" != buildx ] || engine=docker; \
+	if ! command -v "$$engine" >/dev/null; then \
+		echo "make image: no $$engine here (BACKEND=$(BACKEND)): install it, or set BACKEND to an engine" \
+			"you have (docker, podman, buildah, ...)" >&2; exit 1; \
+	elif [ "$$engine" = docker ] && ! docker info >/dev/null 2>&1; then \
+		echo "make image: docker is installed but no Docker engine answers (docker info): start it," \
+			"or build with podman: BACKEND=podman make image" >&2; exit 1; \
+	fi
 
 test: $(INSTALLED)
 	$(BIN)/python -m pytest

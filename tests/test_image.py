@@ -347,3 +347,31 @@ def test_the_image_serves_the_demo_and_its_own_api_docs(container, default_model
         title = store.load_card(default_model).title
         assert docs.status_code == 200 and title in docs.text and "https://" not in docs.text
         assert client.get("/static_content/swagger-ui-bundle.js").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("backend", "env", "message"),
+    [
+        ("no-such-engine", {}, "make image: no no-such-engine here (BACKEND=no-such-engine): install it, or"),
+        # Docker's program with no engine behind it (the daemon stopped, Docker Desktop not started).
+        ("docker", {"DOCKER_HOST": "unix:///nonexistent/docker.sock"}, "no Docker engine answers (docker info)"),
+    ],
+)
+def test_make_image_without_its_engine_stops_first_with_one_line(backend, env, message):
+    """Without an engine, `make image` imported the model and built the Bento, then `bentoml containerize`
+    failed: a traceback for a program not installed, "Backend docker is not healthy" for Docker's stopped
+    daemon. Needs no engine: it checks the answer of a machine that has none."""
+    if backend == "docker" and shutil.which("docker") is None:
+        message = "make image: no docker here (BACKEND=docker)"
+    started = time.monotonic()
+    result = subprocess.run(
+        ["make", "--no-print-directory", "image", f"BACKEND={backend}"],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode != 0 and message in result.stderr, result.stderr
+    assert result.stdout == "", result.stdout  # no step ran: not the import, not the build
+    assert time.monotonic() - started < 60
