@@ -128,3 +128,20 @@ def test_a_resumed_jsonl_refuses_answers_with_another_top_k(tmp_path):
         results.write(three)
     assert str(refused.value) == f"{out} holds top-2 rows: resume it with --top-k 2"
     assert len(out.read_text().splitlines()) == 1
+
+
+def test_a_csv_saved_again_by_excel_resumes(tmp_path):
+    """Excel's "CSV UTF-8" starts the file with a byte order mark: the header read '\\ufeffpath', and the
+    run was told to resume with --top-k 2, the --top-k it had been given, whatever it was given."""
+    out = tmp_path / "results.csv"
+    with Results(str(out), top_k=2, resume=False) as results:
+        results.write(CAT)
+    out.write_bytes(b"\xef\xbb\xbf" + out.read_bytes())  # as Excel saves it: BOM, CRLF line ends
+    resumed = Results(str(out), top_k=2, resume=True)
+    assert resumed.is_done(Path(CAT.path)) and resumed.models == {"m:1": 2}
+    with resumed:
+        resumed.write(BAD)
+    assert out.read_text(encoding="utf-8-sig").splitlines()[1:] == [
+        "photos/cat.jpg,tabby,0.750000,lynx,0.200000,m:1,",
+        "photos/bad.jpg,,,,,,image data is truncated or corrupt",
+    ]

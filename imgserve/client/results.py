@@ -65,7 +65,8 @@ class Results:
             self.done = self._read_done(path)
 
     def _read_done(self, path: Path) -> set[str]:
-        with path.open(newline="", encoding="utf-8", errors="surrogateescape") as f:
+        # utf-8-sig: a CSV saved again by Excel ("CSV UTF-8") starts with a byte order mark, not "path".
+        with path.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
             if self.jsonl:
                 records = [json.loads(line) for line in f if line.strip()]
                 paths = [r["path"] for r in records]
