@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -145,3 +146,21 @@ def test_a_csv_saved_again_by_excel_resumes(tmp_path):
         "photos/cat.jpg,tabby,0.750000,lynx,0.200000,m:1,",
         "photos/bad.jpg,,,,,,image data is truncated or corrupt",
     ]
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("labels.csv", "file,class\ncat.jpg,tabby\n", "labels.csv is not a table client.py wrote: its first line is "),
+        ("empty.csv", "\n", "empty.csv is not a table client.py wrote"),
+        ("r.jsonl", '{"path": "a.jpg", "predictions": []}\nnot json\n', "r.jsonl, line 2: not a row client.py wrote"),
+        ("r.jsonl", '["a.jpg"]\n', "r.jsonl, line 1: not a row client.py wrote"),
+        ("r.jsonl", '{"file": "a.jpg"}\n', "r.jsonl, line 1: not a row client.py wrote"),
+    ],
+)
+def test_resuming_a_file_client_py_did_not_write_names_what_is_wrong(tmp_path, name, content, message):
+    """Another program's CSV was to be resumed 'with --top-k 0'; a JSON Lines file with a line of another
+    kind (edited by hand, two files joined) crashed with JSONDecodeError, TypeError or KeyError."""
+    (tmp_path / name).write_text(content)
+    with pytest.raises(ResultsError, match=re.escape(str(tmp_path / message))):
+        Results(str(tmp_path / name), top_k=2, resume=True)

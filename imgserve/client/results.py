@@ -68,7 +68,7 @@ class Results:
         # utf-8-sig: a CSV saved again by Excel ("CSV UTF-8") starts with a byte order mark, not "path".
         with path.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
             if self.jsonl:
-                records = [json.loads(line) for line in f if line.strip()]
+                records = [record(line, number, path) for number, line in enumerate(f, 1) if line.strip()]
                 paths = [r["path"] for r in records]
                 for r in records:
                     if r.get("model"):
@@ -78,6 +78,11 @@ class Results:
                 header = next(reader, [])
                 if header != columns(self.top_k):
                     found = sum(name.startswith("label_") for name in header)
+                    if header != columns(found):  # not --top-k's doing: resuming with another would not help
+                        raise ResultsError(
+                            f"{path} is not a table client.py wrote: its first line is not "
+                            f"'{','.join(columns(self.top_k))}' (resume only a file client.py wrote)"
+                        )
                     raise ResultsError(f"{path} holds top-{found} rows: resume it with --top-k {found}")
                 rows = [row for row in reader if row]
                 paths = [row[0] for row in rows]
@@ -137,6 +142,22 @@ class Results:
             self.file.close()
             if not self.exists and not self.rows:  # a run stopped before its first row (a refused top_k or
                 Path(self.out).unlink(missing_ok=True)  # model) leaves no file that would block the next one
+
+
+def record(line: str, number: int, path: Path) -> dict[str, Any]:
+    """One row of a resumed JSON Lines file; a line that is none (edited, or another program's) is refused."""
+    try:
+        row = json.loads(line)
+    except ValueError:
+        row = None
+    if not (
+        isinstance(row, dict) and isinstance(row.get("path"), str) and isinstance(row.get("predictions") or [], list)
+    ):
+        raise ResultsError(
+            f"{path}, line {number}: not a row client.py wrote (a JSON object with its 'path'): "
+            "correct or remove that line to resume"
+        )
+    return row
 
 
 def drop_partial_last_line(path: Path) -> None:
