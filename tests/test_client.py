@@ -315,3 +315,20 @@ def test_an_unreachable_server_stops_the_run_at_once_with_a_message(tmp_path, ca
     assert code == client.EXIT_FATAL
     assert f"cannot reach {url}" in capsys.readouterr().err
     assert not (tmp_path / "results.csv").exists()
+
+
+@pytest.mark.serve
+def test_rows_on_stdout_keep_a_file_name_that_is_not_utf8(colour_server, tmp_path):
+    """A name from a Latin-1 system (a camera's card, an old archive) crashed the default CSV-on-stdout with
+    UnicodeEncodeError ('surrogates not allowed') when its row was written; it goes out as its bytes, as in
+    the CSV file."""
+    folder = tmp_path / "in"
+    colour_folder(folder, ["green-1"])
+    latin1 = os.fsdecode(b"caf\xe9-red.png")  # not UTF-8: Python holds the byte as a surrogate
+    (folder / latin1).write_bytes(image_bytes(COLOURS["red"]))
+    # Python's stdout under en_US.UTF-8 (a Linux desktop): strict UTF-8 (C.UTF-8 lets surrogates through).
+    env = client_env(None) | {"PYTHONIOENCODING": "utf-8"}
+    r = subprocess.run(command(folder, "--url", colour_server.url, "--top-k", "1"), env=env, capture_output=True)
+    assert r.returncode == 0, r.stderr.decode(errors="replace")
+    rows = {line.split(b",")[0]: line.split(b",")[1] for line in r.stdout.splitlines()[1:]}
+    assert rows == {os.fsencode(folder / latin1): b"red", os.fsencode(folder / "green-1.png"): b"green"}

@@ -8,6 +8,7 @@ compared resolved, so `photos/a.jpg` and `./photos/a.jpg` are the same image.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import sys
 from dataclasses import dataclass, field
@@ -98,6 +99,8 @@ class Results:
         """Start writing (appending when resumed); the CSV header goes first into a new file."""
         if self.out == STDOUT:
             self.file, new = sys.stdout, True
+            if isinstance(sys.stdout, io.TextIOWrapper):  # a name that is not UTF-8 goes out as its bytes,
+                sys.stdout.reconfigure(errors="surrogateescape")  # as `ls` shows it, not as a traceback
         else:
             try:  # surrogateescape: file names that are not UTF-8 are written and read back unchanged.
                 self.file = Path(self.out).open("a", newline="", encoding="utf-8", errors="surrogateescape")
