@@ -332,3 +332,26 @@ def test_rows_on_stdout_keep_a_file_name_that_is_not_utf8(colour_server, tmp_pat
     assert r.returncode == 0, r.stderr.decode(errors="replace")
     rows = {line.split(b",")[0]: line.split(b",")[1] for line in r.stdout.splitlines()[1:]}
     assert rows == {os.fsencode(folder / latin1): b"red", os.fsencode(folder / "green-1.png"): b"green"}
+
+
+@pytest.mark.serve
+def test_rows_to_a_pipe_that_closes_stop_the_run_with_one_line_not_a_traceback(colour_server, tmp_path):
+    """`client.py photos/ | head`: once head had its lines, the next row was a BrokenPipeError traceback
+    (and a second one as Python flushed stdout at exit)."""
+    colour_folder(tmp_path / "in", ["red-1", "green-1"])
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first row: every write meets a closed pipe
+    try:
+        r = subprocess.run(
+            command(tmp_path / "in", "--url", colour_server.url, "--top-k", "1"),
+            env=client_env(None),
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        os.close(write_end)
+    assert r.returncode == client.EXIT_FATAL, r.stderr
+    assert "error: stdout was closed by the program reading the rows: give --out FILE" in r.stderr
+    assert "Traceback" not in r.stderr and "Exception ignored" not in r.stderr, r.stderr

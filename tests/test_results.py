@@ -164,3 +164,18 @@ def test_resuming_a_file_client_py_did_not_write_names_what_is_wrong(tmp_path, n
     (tmp_path / name).write_text(content)
     with pytest.raises(ResultsError, match=re.escape(str(tmp_path / message))):
         Results(str(tmp_path / name), top_k=2, resume=True)
+
+
+def test_a_full_disk_stops_the_run_with_the_reason_not_a_traceback(tmp_path):
+    """A write that fails (the disk full, a quota) was an OSError traceback through the run's task group."""
+    out = tmp_path / "results.csv"
+    out.symlink_to("/dev/full")  # every write: "No space left on device"
+    full = re.escape(f"cannot write {out}: No space left on device")
+    with pytest.raises(ResultsError, match=full), Results(str(out), top_k=2, resume=False) as results:
+        results.write(CAT)
+    jsonl = tmp_path / "results.jsonl"
+    jsonl.symlink_to("/dev/full")
+    with Results(str(jsonl), top_k=2, resume=False) as results:  # no header: the first row finds out
+        with pytest.raises(ResultsError, match=re.escape(f"cannot write {jsonl}: No space left on device")):
+            results.write(CAT)
+        assert results.rows == 0

@@ -7,9 +7,11 @@ compared resolved, so `photos/a.jpg` and `./photos/a.jpg` are the same image.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,8 +111,12 @@ class Results:
             new = not self.exists
         self._csv = None if self.jsonl else csv.writer(self.file)
         if self._csv and new:
-            self._csv.writerow(columns(self.top_k))
-            self.file.flush()
+            try:
+                self._csv.writerow(columns(self.top_k))
+                self.file.flush()
+            except OSError as e:
+                self.__exit__()  # not called by `with` when __enter__ fails: the file is closed, and removed
+                raise self.cannot_write(e) from None
         return self
 
     def check_same_run(self, row: Row) -> None:
@@ -130,19 +136,31 @@ class Results:
     def write(self, row: Row) -> None:
         assert self.file is not None, "write inside `with results:`"
         self.check_same_run(row)
+        try:
+            if self._csv is None:
+                record = {"path": row.path, "model": row.model or None, "predictions": row.predictions}
+                self.file.write(json.dumps({**record, "error": row.error or None}) + "\n")
+            else:
+                ranked = [(p["label"], f"{p['score']:.6f}") for p in row.predictions]
+                ranked += [("", "")] * (self.top_k - len(ranked))
+                self._csv.writerow([row.path, *(v for pair in ranked for v in pair), row.model, row.error])
+            self.file.flush()
+        except OSError as e:
+            raise self.cannot_write(e) from None
         self.rows += 1
-        if self._csv is None:
-            record = {"path": row.path, "model": row.model or None, "predictions": row.predictions}
-            self.file.write(json.dumps({**record, "error": row.error or None}) + "\n")
-        else:
-            ranked = [(p["label"], f"{p['score']:.6f}") for p in row.predictions]
-            ranked += [("", "")] * (self.top_k - len(ranked))
-            self._csv.writerow([row.path, *(v for pair in ranked for v in pair), row.model, row.error])
-        self.file.flush()
+
+    def cannot_write(self, error: OSError) -> ResultsError:
+        """The disk full, or stdout's reader gone (`client.py photos/ | head`): the run stops, saying so."""
+        if self.out == STDOUT and isinstance(error, BrokenPipeError):
+            # What is still buffered for stdout goes nowhere at exit, not into a second BrokenPipeError.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return ResultsError("stdout was closed by the program reading the rows: give --out FILE to keep them all")
+        return ResultsError(f"cannot write {self.name}: {error.strerror or error}")
 
     def __exit__(self, *exc: object) -> None:
         if self.file is not None and self.file is not sys.stdout:
-            self.file.close()
+            with contextlib.suppress(OSError):  # what could not be written (a full disk) is said already
+                self.file.close()
             if not self.exists and not self.rows:  # a run stopped before its first row (a refused top_k or
                 Path(self.out).unlink(missing_ok=True)  # model) leaves no file that would block the next one
 
