@@ -355,3 +355,24 @@ def test_rows_to_a_pipe_that_closes_stop_the_run_with_one_line_not_a_traceback(c
     assert r.returncode == client.EXIT_FATAL, r.stderr
     assert "error: stdout was closed by the program reading the rows: give --out FILE" in r.stderr
     assert "Traceback" not in r.stderr and "Exception ignored" not in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--top-k", "0", "--top-k must be 1 or more"),
+        ("--batch-size", "-1", "--batch-size must be 1 or more"),
+        ("--concurrency", "0", "--concurrency must be 1 or more"),
+        ("--retry-for", "-1", "--retry-for must be 0 or more seconds, got -1"),
+        ("--retry-for", "nan", "--retry-for must be 0 or more seconds, got nan"),  # retried forever
+    ],
+)
+def test_an_option_out_of_range_is_a_usage_error_before_anything_is_sent(tmp_path, capsys, option, value, message):
+    """--retry-for took any float: -1 ran, and nan never stopped retrying (no time is past nan)."""
+    colour_folder(tmp_path / "in", ["red-1"])
+    out = tmp_path / "r.csv"
+    with pytest.raises(SystemExit) as usage:
+        client.main([str(tmp_path / "in"), "--url", "http://127.0.0.1:9", option, value, "--out", str(out)])
+    assert usage.value.code == 2
+    assert f"error: {message}" in capsys.readouterr().err
+    assert not (tmp_path / "r.csv").exists()

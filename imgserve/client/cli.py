@@ -172,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("top_k", "concurrency", "batch_size"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be 1 or more")
+    if not args.retry_for >= 0:  # nan too, with which retries never stopped
+        parser.error(f"--retry-for must be 0 or more seconds, got {args.retry_for:g}")
     console = Console(stderr=True)
     live = console.is_terminal and not (args.out == "-" and sys.stdout.isatty())  # the bar never overwrites rows
     setup_logging(console, live, args.verbose)
