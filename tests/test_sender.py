@@ -298,3 +298,28 @@ def test_the_server_check_waits_out_a_restarting_server_as_every_request_does():
     run = Run(lambda request: next(answers, httpx.Response(200, json=schema)))
     asyncio.run(run.sender.check_server())
     assert len(run.waits) == 2 and all(2 <= w <= 2.5 for w in run.waits)
+
+
+# --- Answers that are not the classifier's
+
+
+@pytest.mark.parametrize(
+    ("answer", "kind"),
+    [
+        (httpx.Response(200, html="<html><title>Sign in</title></html>"), "text/html"),  # a login or captive page
+        (httpx.Response(200, json={"detail": "ok"}), "application/json"),  # another service at --url
+        (httpx.Response(200, json=[{"label": "cat", "score": 0.9}]), "application/json"),
+        (httpx.Response(200), "an empty body"),
+    ],
+)
+def test_a_200_that_is_not_the_classifiers_answer_stops_the_run_without_rows(tmp_path, answer, kind):
+    """A 200 whose body was not /classify's JSON list crashed the run with a traceback (JSONDecodeError in
+    an ExceptionGroup), or wrote rows from whatever the list held."""
+    run = Run(lambda request: answer)
+    with pytest.raises(s.Fatal) as stopped:
+        run.classify(folder(tmp_path, ["ok-1"]))
+    assert str(stopped.value) == (
+        f"http://imgserve.test/classify answered HTTP 200 with {kind}, not the classifier's answers: "
+        "is --url the classifier's, with nothing in between that answers for it?"
+    )
+    assert run.rows == []

@@ -84,6 +84,36 @@ def retry_after_s(value: str | None) -> float | None:
         return None
 
 
+def read_answers(response: httpx.Response, images: int) -> list[dict[str, Any]]:
+    """/classify's 200: one `{"model", "predictions": [{"label", "score"}]}` per image, in upload order.
+    Anything else (a proxy's or a login page, another service at --url) stops the run: rows made of it
+    would be wrong, not missing."""
+    try:
+        answers = response.json()
+    except ValueError:
+        answers = None
+    if not (isinstance(answers, list) and all(map(is_answer, answers))):
+        kind = response.headers.get("content-type", "no Content-Type").split(";")[0]
+        kind = kind if response.content else "an empty body"
+        raise Fatal(
+            f"{response.url} answered HTTP {response.status_code} with {kind}, not the classifier's answers: "
+            "is --url the classifier's, with nothing in between that answers for it?"
+        )
+    if len(answers) != images:
+        raise Fatal(f"the server answered {len(answers)} results for {images} images")
+    return answers
+
+
+def is_answer(answer: object) -> bool:
+    if not (isinstance(answer, dict) and isinstance(answer.get("model"), str)):
+        return False
+    predictions = answer.get("predictions")
+    return isinstance(predictions, list) and all(
+        isinstance(p, dict) and isinstance(p.get("label"), str) and type(p.get("score")) in (int, float)
+        for p in predictions
+    )
+
+
 def key_message(status: int, sent_key: bool) -> str:
     if sent_key:
         return f"the server refused the API key in ${config.ENV_API_KEY} (HTTP {status})"
@@ -256,10 +286,7 @@ class Sender:
             raise Fatal(key_message(response.status_code, "authorization" in self.client.headers))
         if response.is_error:
             raise read_error(response)
-        answers = response.json()
-        if len(answers) != len(paths):
-            raise Fatal(f"the server answered {len(answers)} results for {len(paths)} images")
-        return answers
+        return read_answers(response, len(paths))
 
     def _note_retry(self, state: RetryCallState) -> None:
         self.retries += 1
