@@ -323,3 +323,29 @@ def test_a_200_that_is_not_the_classifiers_answer_stops_the_run_without_rows(tmp
         "is --url the classifier's, with nothing in between that answers for it?"
     )
     assert run.rows == []
+
+
+@pytest.mark.parametrize("status", [301, 302, 307, 308])
+def test_a_redirect_stops_the_run_naming_the_url_to_give(tmp_path, status):
+    """http:// to a host that serves https:// only: the check said "answered HTTP 308 without a BentoML
+    schema: wrong URL?" and a redirected /classify crashed with a traceback. Not followed (the POST's
+    images would not go with it, the key might go to another host): the run names the --url to give."""
+
+    def https_only(request: httpx.Request) -> httpx.Response:
+        location = str(request.url.copy_with(scheme="https"))
+        return httpx.Response(status, headers={"Location": location}, text="Moved")
+
+    run = Run(https_only)
+    https = "https://imgserve.test"
+    expected = f"http://imgserve.test redirects to {https} (HTTP {status}): give --url {https}"
+    with pytest.raises(s.Fatal, match=re.escape(expected)):
+        asyncio.run(run.sender.check_server())
+    run = Run(https_only)
+    with pytest.raises(s.Fatal, match=re.escape(expected)):
+        run.classify(folder(tmp_path, ["ok-1"]))
+    assert run.rows == []
+
+    run = Run(lambda request: httpx.Response(302, headers={"Location": "/login?next=/schema.json"}))
+    elsewhere = "http://imgserve.test/schema.json redirects to http://imgserve.test/login"
+    with pytest.raises(s.Fatal, match=re.escape(elsewhere)):
+        asyncio.run(run.sender.check_server())

@@ -43,6 +43,7 @@ BACKOFF_MAX_S = 30.0
 BACKOFF = wait_exponential_jitter(multiplier=BACKOFF_FIRST_S, max=BACKOFF_MAX_S, jitter=BACKOFF_FIRST_S)
 TIMEOUT_S = config.REQUEST_TIMEOUT_S + 15  # longer than the server's own limit, so its 504 arrives first
 SCHEMA_TIMEOUT_S = 10  # the first check: a server that takes the connection but never answers is asked again
+SCHEMA_PATH = "/schema.json"  # BentoML's description of the service's endpoints: the first check asks for it
 IMAGES_FIELD, TOP_K_FIELD = "images", "top_k"  # the /classify form (service.py); config.MODEL_FIELD picks a model
 
 
@@ -112,6 +113,16 @@ def is_answer(answer: object) -> bool:
         isinstance(p, dict) and isinstance(p.get("label"), str) and type(p.get("score")) in (int, float)
         for p in predictions
     )
+
+
+def redirected(response: httpx.Response, url: str, path: str) -> Fatal:
+    """A redirect is not followed (a POST's images would not go with it, the API key might go elsewhere):
+    the run stops naming the --url to give, as for http:// to a server that takes https:// only."""
+    target = response.url.join(response.headers.get("location", ""))
+    if target.path.endswith(path) and not target.query:  # the same endpoint elsewhere: that is the server
+        new = str(target.copy_with(path=target.path.removesuffix(path))).rstrip("/")
+        return Fatal(f"{url} redirects to {new} (HTTP {response.status_code}): give --url {new}")
+    return Fatal(f"{url}{path} redirects to {target} (HTTP {response.status_code}): is --url the classifier's?")
 
 
 def key_message(status: int, sent_key: bool) -> str:
@@ -197,17 +208,19 @@ class Sender:
             raise Fatal(f"cannot reach {self.url} ({problem(cause)}): is the server running? (make serve)") from None
         if r.status_code in (401, 403):
             raise Fatal(key_message(r.status_code, "authorization" in self.client.headers))
+        if r.is_redirect:
+            raise redirected(r, self.url, SCHEMA_PATH)
         try:
             r.raise_for_status()
             routes = {route["name"] for route in r.json()["routes"]}
         except (httpx.HTTPStatusError, ValueError, KeyError, TypeError):
-            answer = f"{self.url}/schema.json answered HTTP {r.status_code}"
+            answer = f"{self.url}{SCHEMA_PATH} answered HTTP {r.status_code}"
             raise Fatal(f"{answer} without a BentoML schema: wrong URL?") from None
         if "classify" not in routes:
             raise Fatal(f"{self.url} serves no /classify endpoint: is this the image classifier's URL?")
 
     async def _schema_once(self) -> httpx.Response:
-        r = await self.client.get("/schema.json", timeout=SCHEMA_TIMEOUT_S)
+        r = await self.client.get(SCHEMA_PATH, timeout=SCHEMA_TIMEOUT_S)
         if r.status_code in RETRY_STATUSES:
             raise read_error(r)
         return r
@@ -284,6 +297,8 @@ class Sender:
             response = await self.client.post(config.CLASSIFY_PATH, data=self.fields, files=files)
         if response.status_code in (401, 403):
             raise Fatal(key_message(response.status_code, "authorization" in self.client.headers))
+        if response.is_redirect:
+            raise redirected(response, self.url, config.CLASSIFY_PATH)
         if response.is_error:
             raise read_error(response)
         return read_answers(response, len(paths))
