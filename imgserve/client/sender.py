@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
+import html
 import logging
 import random
+import re
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -43,6 +45,7 @@ BACKOFF_MAX_S = 30.0
 BACKOFF = wait_exponential_jitter(multiplier=BACKOFF_FIRST_S, max=BACKOFF_MAX_S, jitter=BACKOFF_FIRST_S)
 TIMEOUT_S = config.REQUEST_TIMEOUT_S + 15  # longer than the server's own limit, so its 504 arrives first
 SCHEMA_TIMEOUT_S = 10  # the first check: a server that takes the connection but never answers is asked again
+FOREIGN_MESSAGE_CHARS = 200  # of another program's error page: its gist, on one line of the error column
 SCHEMA_PATH = "/schema.json"  # BentoML's description of the service's endpoints: the first check asks for it
 IMAGES_FIELD, TOP_K_FIELD = "images", "top_k"  # the /classify form (service.py); config.MODEL_FIELD picks a model
 
@@ -68,9 +71,21 @@ def read_error(response: httpx.Response) -> ServerError:
     if isinstance(data, dict) and isinstance(data.get("error"), str):
         message, image = data["error"], data.get("image")
     else:
-        message, image = response.text.strip()[:500] or "no message", None
+        message, image = foreign_message(response), None
     image = image if type(image) is int else None  # not a bool, not a string: the field is an integer
     return ServerError(response.status_code, message, image, retry_after_s(response.headers.get("retry-after")))
+
+
+def foreign_message(response: httpx.Response) -> str:
+    """A body that is not the server's JSON, as from a proxy in front of it (ingress-nginx's 413 page for a
+    photo over its 1 MB, a 502 page while the server restarts): its title or text, on one line, saying so."""
+    text = response.text
+    if "html" in response.headers.get("content-type", "") or text.lstrip().startswith("<"):
+        title = re.search(r"<title[^>]*>(.*?)</title>", text, flags=re.IGNORECASE | re.DOTALL)
+        text = html.unescape(title.group(1) if title else re.sub(r"<[^>]*>", " ", text))
+    text = " ".join(text.split())
+    summary = text if len(text) <= FOREIGN_MESSAGE_CHARS else text[: FOREIGN_MESSAGE_CHARS - 3] + "..."
+    return f"{summary or 'no message'} (not the classifier's own answer: from a proxy in front of it?)"
 
 
 def retry_after_s(value: str | None) -> float | None:
