@@ -374,3 +374,18 @@ def test_a_redirect_stops_the_run_naming_the_url_to_give(tmp_path, status):
     elsewhere = "http://imgserve.test/schema.json redirects to http://imgserve.test/login"
     with pytest.raises(s.Fatal, match=re.escape(elsewhere)):
         asyncio.run(run.sender.check_server())
+
+
+def test_a_concurrency_far_above_the_work_starts_no_idle_requests(tmp_path):
+    """--concurrency N started N workers however few the batches: a million took 500 MB and 15 s before the
+    first request, and --concurrency 1000000000 ran the machine out of memory."""
+    tasks: list[int] = []
+
+    def server(request: httpx.Request) -> httpx.Response:
+        tasks.append(len(asyncio.all_tasks()))  # the run's own task and its workers, at each request
+        return answers(images_in(request))
+
+    run = Run(server)
+    rows = run.classify_batches([folder(tmp_path, ["ok-1"]), folder(tmp_path, ["ok-2"])], concurrency=10**6)
+    assert max(tasks) <= 3  # one worker per batch, at most
+    assert {name: row.predictions[0]["label"] for name, row in rows.items()} == {"ok-1": "ok-1", "ok-2": "ok-2"}

@@ -242,7 +242,8 @@ class Sender:
 
     async def send_all(self, work: Iterable[list[Path]], concurrency: int) -> None:
         """Every batch, `concurrency` requests at a time; a Fatal cancels the requests in flight (no rows)."""
-        batches = iter(work)
+        todo = list(work)
+        batches = iter(todo)
 
         async def worker() -> None:
             for batch in batches:  # shared: each batch goes to the next free worker
@@ -250,7 +251,7 @@ class Sender:
 
         try:
             async with asyncio.TaskGroup() as workers:
-                for _ in range(concurrency):
+                for _ in range(min(concurrency, len(todo))):  # --concurrency 1000000 starts no idle million
                     workers.create_task(worker())
         except* Fatal as stopped:
             raise stopped.exceptions[0] from None
