@@ -376,3 +376,16 @@ def test_an_option_out_of_range_is_a_usage_error_before_anything_is_sent(tmp_pat
     assert usage.value.code == 2
     assert f"error: {message}" in capsys.readouterr().err
     assert not (tmp_path / "r.csv").exists()
+
+
+@pytest.mark.serve
+def test_a_top_k_past_the_servers_classes_stops_before_the_output_is_begun(colour_server, tmp_path, capsys):
+    """Checked against the server's own /models: the colour model has 3 classes."""
+    colour_folder(tmp_path / "in", ["red-1"])
+    out = tmp_path / "results.csv"
+    started = time.monotonic()
+    code = client.main([str(tmp_path / "in"), "--url", colour_server.url, "--top-k", "100000000", "--out", str(out)])
+    assert code == client.EXIT_FATAL and time.monotonic() - started < 30
+    message = "--top-k 100000000: the server's models have at most 3 classes: give 1 to 3"
+    assert f"error: {message}" in capsys.readouterr().err
+    assert not out.exists()

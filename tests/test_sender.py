@@ -38,7 +38,7 @@ def folder(tmp_path: Path, names: list[str]) -> list[Path]:
 class Run:
     """A Sender against `handler`: the requests it made, the rows it wrote, the waits it asked for."""
 
-    def __init__(self, handler: Handler, retry_for: float = 60, **options) -> None:
+    def __init__(self, handler: Handler, retry_for: float = 60, top_k: int = 1, **options) -> None:
         self.requests: list[list[str]] = []
         self.rows: list[Row] = []
         self.waits: list[float] = []
@@ -51,7 +51,7 @@ class Run:
             self.waits.append(seconds)
 
         self.client = httpx.AsyncClient(base_url="http://imgserve.test", transport=httpx.MockTransport(record))
-        self.sender = s.Sender(self.client, self.rows.append, 1, retry_for, sleep=sleep, **options)
+        self.sender = s.Sender(self.client, self.rows.append, top_k, retry_for, sleep=sleep, **options)
 
     def classify(self, paths: list[Path], concurrency: int = 2) -> dict[str, Row]:
         return self.classify_batches([paths], concurrency)
@@ -374,6 +374,27 @@ def test_a_redirect_stops_the_run_naming_the_url_to_give(tmp_path, status):
     elsewhere = "http://imgserve.test/schema.json redirects to http://imgserve.test/login"
     with pytest.raises(s.Fatal, match=re.escape(elsewhere)):
         asyncio.run(run.sender.check_server())
+
+
+def test_a_top_k_past_every_served_models_classes_stops_at_the_check(tmp_path):
+    """The server refuses it too, but only at the first request: --top-k 100000000 (a slip of the finger)
+    first began a CSV header of 200 million names, minutes and gigabytes of it."""
+    served = [{"name": "digits", "classes": 10}, {"name": "imagenet", "classes": 1000}]
+
+    def server(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/models":
+            return httpx.Response(200, json=served)
+        return httpx.Response(200, json={"routes": [{"name": "classify"}]})
+
+    for top_k in (1, 1000):
+        asyncio.run(Run(server, top_k=top_k).sender.check_server())
+    run = Run(server, top_k=100_000_000)
+    message = "--top-k 100000000: the server's models have at most 1000 classes: give 1 to 1000"
+    with pytest.raises(s.Fatal, match=re.escape(message)):
+        asyncio.run(run.sender.check_server())
+    # A server that does not list its models (an older one) is left to answer the first request.
+    unlisted = Run(lambda request: httpx.Response(200, json={"routes": [{"name": "classify"}]}), top_k=10**8)
+    asyncio.run(unlisted.sender.check_server())
 
 
 def test_a_concurrency_far_above_the_work_starts_no_idle_requests(tmp_path):

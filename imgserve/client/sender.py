@@ -194,6 +194,7 @@ class Sender:
     ) -> None:
         self.client, self.on_row, self.retry_for, self.max_bytes = client, on_row, retry_for, max_bytes
         self.url = str(client.base_url).rstrip("/")
+        self.top_k = top_k
         self.fields = {TOP_K_FIELD: str(top_k)} | ({config.MODEL_FIELD: model} if model else {})  # else the default
         self.some_ok = False  # until one request succeeds, a refusal is taken as every request's fate
         # Images per request: halved each time the server refuses a request as a whole (more images or
@@ -233,6 +234,19 @@ class Sender:
             raise Fatal(f"{answer} without a BentoML schema: wrong URL?") from None
         if "classify" not in routes:
             raise Fatal(f"{self.url} serves no /classify endpoint: is this the image classifier's URL?")
+        await self.check_top_k()
+
+    async def check_top_k(self) -> None:
+        """A --top-k past the classes of every served model stops here, as the server would refuse it, but
+        before the output is begun: --top-k 100000000 (a slip of the finger) began a CSV header of 200
+        million names, minutes and gigabytes before the first request's refusal."""
+        try:
+            r = await self.client.get(config.MODELS_PATH, timeout=SCHEMA_TIMEOUT_S)
+            most = max(int(model["classes"]) for model in r.json()) if r.status_code == 200 else None
+        except (httpx.HTTPError, ValueError, KeyError, TypeError):
+            most = None
+        if most is not None and self.top_k > most:  # else the first request's answer says what is wrong
+            raise Fatal(f"--top-k {self.top_k}: the server's models have at most {most} classes: give 1 to {most}")
 
     async def _schema_once(self) -> httpx.Response:
         r = await self.client.get(SCHEMA_PATH, timeout=SCHEMA_TIMEOUT_S)
