@@ -38,7 +38,9 @@ def folder(tmp_path: Path, names: list[str]) -> list[Path]:
 class Run:
     """A Sender against `handler`: the requests it made, the rows it wrote, the waits it asked for."""
 
-    def __init__(self, handler: Handler, retry_for: float = 60, top_k: int = 1, **options) -> None:
+    def __init__(
+        self, handler: Handler, retry_for: float = 60, top_k: int = 1, url: str = "http://imgserve.test", **options
+    ) -> None:
         self.requests: list[list[str]] = []
         self.rows: list[Row] = []
         self.waits: list[float] = []
@@ -50,7 +52,7 @@ class Run:
         async def sleep(seconds: float) -> None:
             self.waits.append(seconds)
 
-        self.client = httpx.AsyncClient(base_url="http://imgserve.test", transport=httpx.MockTransport(record))
+        self.client = httpx.AsyncClient(base_url=url, transport=httpx.MockTransport(record))
         self.sender = s.Sender(self.client, self.rows.append, top_k, retry_for, sleep=sleep, **options)
 
     def classify(self, paths: list[Path], concurrency: int = 2) -> dict[str, Row]:
@@ -410,3 +412,16 @@ def test_a_concurrency_far_above_the_work_starts_no_idle_requests(tmp_path):
     rows = run.classify_batches([folder(tmp_path, ["ok-1"]), folder(tmp_path, ["ok-2"])], concurrency=10**6)
     assert max(tasks) <= 3  # one worker per batch, at most
     assert {name: row.predictions[0]["label"] for name, row in rows.items()} == {"ok-1": "ok-1", "ok-2": "ok-2"}
+
+
+def test_the_endpoints_url_given_as_the_servers_is_told_the_address_to_give():
+    """--url http://host:3000/classify, copied from the curl examples, was told 'schema.json answered HTTP
+    404 without a BentoML schema: wrong URL?', which does not say what is wrong with it."""
+    not_found = lambda request: httpx.Response(404, json={"error": f"not found: GET {request.url.path}"})  # noqa: E731
+    run = Run(not_found, url="http://imgserve.test/classify")
+    with pytest.raises(s.Fatal) as stopped:
+        asyncio.run(run.sender.check_server())
+    assert str(stopped.value) == (
+        "http://imgserve.test/classify/schema.json answered HTTP 404: --url is the server's address, "
+        "not its endpoint: give --url http://imgserve.test"
+    )

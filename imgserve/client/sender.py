@@ -231,6 +231,8 @@ class Sender:
             routes = {route["name"] for route in r.json()["routes"]}
         except (httpx.HTTPStatusError, ValueError, KeyError, TypeError):
             answer = f"{self.url}{SCHEMA_PATH} answered HTTP {r.status_code}"
+            if (server := self.url.removesuffix(config.CLASSIFY_PATH)) != self.url:  # the curl examples' URL
+                raise Fatal(f"{answer}: --url is the server's address, not its endpoint: give --url {server}") from None
             raise Fatal(f"{answer} without a BentoML schema: wrong URL?") from None
         if "classify" not in routes:
             raise Fatal(f"{self.url} serves no /classify endpoint: is this the image classifier's URL?")
