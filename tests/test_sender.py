@@ -425,3 +425,20 @@ def test_the_endpoints_url_given_as_the_servers_is_told_the_address_to_give():
         "http://imgserve.test/classify/schema.json answered HTTP 404: --url is the server's address, "
         "not its endpoint: give --url http://imgserve.test"
     )
+
+
+def test_an_address_where_no_host_takes_the_connection_stops_the_check_at_once():
+    """A wrong IP address or a firewalled port: no answer to the connection (ConnectTimeout, after 10 s)
+    was asked again for --retry-for, five minutes of silence before 'cannot reach'."""
+    replies = iter([httpx.ConnectTimeout("timed out")])
+
+    def nobody(request: httpx.Request) -> httpx.Response:
+        if error := next(replies, None):
+            raise error
+        return httpx.Response(200, json={"routes": [{"name": "classify"}]})
+
+    run = Run(nobody, retry_for=300)
+    message = "cannot reach http://imgserve.test (ConnectTimeout: timed out): is the server running?"
+    with pytest.raises(s.Fatal, match=re.escape(message)):
+        asyncio.run(run.sender.check_server())
+    assert len(run.requests) == 1 and run.waits == []

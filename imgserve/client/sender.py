@@ -212,9 +212,11 @@ class Sender:
 
     async def check_server(self) -> None:
         """One request before the work: a wrong URL or key stops here, with a message that says which.
-        Nothing listening (a wrong URL, a server not started) stops at once; a server that answers busy
-        (429, 502-504) or not at all is asked again for --retry-for, as every request is."""
-        there = retry_if_exception(lambda e: retryable(e) and not isinstance(e, httpx.ConnectError))
+        Nothing listening, and no host taking the connection at all (a wrong URL or address, a firewalled
+        port, a server not started), stops at once; a server that answers busy (429, 502-504) or not at all
+        is asked again for --retry-for, as every request is."""
+        wrong = (httpx.ConnectError, httpx.ConnectTimeout)
+        there = retry_if_exception(lambda e: retryable(e) and not isinstance(e, wrong))
         try:
             r: httpx.Response = await self.policy.copy(retry=there, retry_error_callback=None)(self._schema_once)
         except httpx.UnsupportedProtocol:
