@@ -152,6 +152,8 @@ def model_tag() -> str:
     return model_tags()[0]
 
 
+MAX_PORT = 65535  # TCP's: a port is 16 bits (`bentoml serve --port`, client.py's --url)
+
 # --- The API's route (service.py) and the paths the guard treats as work (imgserve/serving/guard.py).
 CLASSIFY_PATH = "/classify"
 MODELS_PATH = "/models"  # GET: the served models (imgserve/serving/registry.py)

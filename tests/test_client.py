@@ -389,3 +389,22 @@ def test_a_top_k_past_the_servers_classes_stops_before_the_output_is_begun(colou
     message = "--top-k 100000000: the server's models have at most 3 classes: give 1 to 3"
     assert f"error: {message}" in capsys.readouterr().err
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("localhost:3000", "give the scheme too: http://localhost:3000"),  # retried for --retry-for, then
+        ("127.0.0.1:3000", "give the scheme too: http://127.0.0.1:3000"),  # "cannot reach ...: is it running?"
+        ("http://localhost:80800", "80800 is not a TCP port: give one from 1 to 65535"),  # OverflowError traceback
+        ("ftp://localhost", "give the server's address, http:// or https://, e.g. http://localhost:3000"),
+        ("", "give the server's address, http:// or https://, e.g. http://localhost:3000"),
+    ],
+)
+def test_a_url_that_is_no_servers_address_is_a_usage_error_before_anything_is_sent(tmp_path, capsys, url, message):
+    colour_folder(tmp_path / "in", ["red-1"])
+    argv = [str(tmp_path / "in"), "--url", url, "--retry-for", "1", "--out", str(tmp_path / "r.csv")]
+    with pytest.raises(SystemExit) as usage:
+        client.main(argv)
+    assert usage.value.code == 2
+    assert f"error: --url {url}: {message}" in capsys.readouterr().err

@@ -39,7 +39,7 @@ from rich.text import Text
 from imgserve import config
 from imgserve.client.files import NoSuchPath, batches, find_images
 from imgserve.client.results import Results, ResultsError, Row
-from imgserve.client.sender import Fatal, Sender, connect
+from imgserve.client.sender import Fatal, Sender, connect, url_problem
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("top_k", "concurrency", "batch_size"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be 1 or more")
+    if problem := url_problem(args.url):
+        parser.error(f"--url {args.url}: {problem}")
     if not args.retry_for >= 0:  # nan too, with which retries never stopped
         parser.error(f"--retry-for must be 0 or more seconds, got {args.retry_for:g}")
     console = Console(stderr=True)

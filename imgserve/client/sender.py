@@ -140,6 +140,23 @@ def redirected(response: httpx.Response, url: str, path: str) -> Fatal:
     return Fatal(f"{url}{path} redirects to {target} (HTTP {response.status_code}): is --url the classifier's?")
 
 
+def url_problem(url: str) -> str | None:
+    """What is wrong with --url, said before anything is sent: without a scheme, httpx's UnsupportedProtocol
+    was retried for --retry-for (five minutes) and then taken for a server not running; a port past 65535
+    was an OverflowError traceback."""
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL:
+        parsed = None
+    if url and "://" not in url:
+        return f"give the scheme too: http://{url}"
+    if parsed is None or parsed.scheme not in ("http", "https") or not parsed.host:
+        return "give the server's address, http:// or https://, e.g. http://localhost:3000"
+    if parsed.port is not None and not 1 <= parsed.port <= config.MAX_PORT:
+        return f"{parsed.port} is not a TCP port: give one from 1 to {config.MAX_PORT}"
+    return None
+
+
 def key_message(status: int, sent_key: bool) -> str:
     if sent_key:
         return f"the server refused the API key in ${config.ENV_API_KEY} (HTTP {status})"

@@ -19,6 +19,8 @@ from typing import Any
 
 import bentoml
 
+from imgserve import config
+
 WRITTEN_FOR = "1.4.39"
 
 log = logging.getLogger("bentoml.service")
@@ -199,9 +201,6 @@ def bounded_metric_labels(endpoints: Iterable[str], mounts: Iterable[str]) -> No
     Metrics.__call__ = call  # type: ignore[method-assign]  # the one patch, named in the docstring
 
 
-MAX_PORT = 65535  # TCP's: a port is 16 bits
-
-
 def check_serve_port() -> None:
     """Stop `bentoml serve` with a port that is no TCP port, in click's words, before it binds one.
 
@@ -215,12 +214,12 @@ def check_serve_port() -> None:
 
     ctx = click.get_current_context(silent=True)
     port = ctx.params.get("port") if ctx is not None else None
-    if ctx is None or not isinstance(port, int) or 1 <= port <= MAX_PORT:
+    if ctx is None or not isinstance(port, int) or 1 <= port <= config.MAX_PORT:
         return
     option = next((p for p in ctx.command.params if p.name == "port"), None)
     if option is None:
         raise _changed("a --port option of `bentoml serve`")
-    raise click.BadParameter(f"{port} is not a TCP port: give one from 1 to {MAX_PORT}", ctx=ctx, param=option)
+    raise click.BadParameter(f"{port} is not a TCP port: give one from 1 to {config.MAX_PORT}", ctx=ctx, param=option)
 
 
 def model_store_dir() -> Path:
