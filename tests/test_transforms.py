@@ -113,6 +113,20 @@ def prep_of(text: str, channels: int | None = 3) -> Preprocessing:
             3,
             Preprocessing(resize=32, crop=32, mean=(0, 0, 0), std=(1, 1, 1), interpolation="nearest"),
         ),
+        (
+            """transforms.Compose([
+                transforms.Resize(256),
+                transforms.CenterCrop(224),
+                transforms.ToTensor(),
+            ])  # the validation transforms, as in train.py""",
+            3,
+            Preprocessing(mean=(0, 0, 0), std=(1, 1, 1)),
+        ),
+        (
+            "'val': transforms.Compose([transforms.Resize((32, 32)), transforms.ToTensor()]),  # eval\r\n",
+            3,
+            Preprocessing(resize=(32, 32), crop=(32, 32), mean=(0, 0, 0), std=(1, 1, 1)),
+        ),
     ],
     ids=[
         "imagenet",
@@ -130,6 +144,8 @@ def prep_of(text: str, channels: int | None = 3) -> Preprocessing:
         "timm's named constants",
         "timm's constants under their module",
         "nearest-exact: Pillow's nearest on a PIL image",
+        "a comment after the list, on its last line",
+        "a dict's entry with a comment, copied with a Windows line end",
     ],
 )
 def test_a_transform_list_reads_into_the_preprocessing_it_means(text, channels, expected):

@@ -157,14 +157,14 @@ def _preset_steps(
 def _elements(text: str) -> list[ast.expr]:
     """The list's elements as written; the line it is assigned on (`transform = transforms.Compose([...])`,
     copied from the app's code) gives its right-hand side."""
-    try:
-        tree = ast.parse(f"[{text.strip()}]", mode="eval").body
+    try:  # the closing bracket on a line of its own: a comment at the end of the text ends before it
+        tree = ast.parse(f"[{text.strip()}\n]", mode="eval").body
     except SyntaxError as e:
         try:
             [statement] = ast.parse(textwrap.dedent(text).strip()).body
         except (SyntaxError, ValueError):
             try:  # one entry of a dict of lists: 'val': transforms.Compose([...]),
-                return [ast.parse(f"{{{text.strip()}}}", mode="eval").body]
+                return [ast.parse(f"{{{text.strip()}\n}}", mode="eval").body]
             except SyntaxError:
                 raise TransformsRefused(f"--transforms is not a transform list ({e.msg}): {text!r}") from None
         if not (isinstance(statement, ast.Assign | ast.AnnAssign) and statement.value is not None):
