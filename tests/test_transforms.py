@@ -127,6 +127,17 @@ def prep_of(text: str, channels: int | None = 3) -> Preprocessing:
             3,
             Preprocessing(resize=(32, 32), crop=(32, 32), mean=(0, 0, 0), std=(1, 1, 1)),
         ),
+        (
+            "transform=transforms.Compose(transforms=[transforms.Resize((32, 32)), transforms.ToTensor()]),",
+            3,
+            Preprocessing(resize=(32, 32), crop=(32, 32), mean=(0, 0, 0), std=(1, 1, 1)),
+        ),
+        (
+            "torch.nn.Sequential(T.Resize(256), T.CenterCrop(224), T.ToTensor(), "
+            "T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)))",
+            3,
+            Preprocessing(),
+        ),
     ],
     ids=[
         "imagenet",
@@ -146,6 +157,8 @@ def prep_of(text: str, channels: int | None = 3) -> Preprocessing:
         "nearest-exact: Pillow's nearest on a PIL image",
         "a comment after the list, on its last line",
         "a dict's entry with a comment, copied with a Windows line end",
+        "a dataset's transform= argument, its list a keyword of Compose",
+        "nn.Sequential, as torchvision's docs write scriptable transforms",
     ],
 )
 def test_a_transform_list_reads_into_the_preprocessing_it_means(text, channels, expected):

@@ -86,18 +86,32 @@ class Step:
 def parse(text: str) -> list[Step]:
     """The calls of a transform list, in order; refuses anything that is not a plain call of literals."""
     elements = _elements(text)
-    if len(elements) == 1 and isinstance(elements[0], ast.Dict):
-        elements = [_inference_entry(elements[0])]
-    if len(elements) == 1 and isinstance(elements[0], ast.List | ast.Tuple):
-        elements = elements[0].elts  # written as a list: [Resize(256), ...]
-    elif len(elements) == 1 and _name(elements[0]) == "Compose":
-        call = elements[0]
-        if not (isinstance(call, ast.Call) and len(call.args) == 1 and isinstance(call.args[0], ast.List | ast.Tuple)):
-            raise TransformsRefused("Compose(...) takes a list: Compose([Resize(256), CenterCrop(224), ToTensor()])")
-        elements = call.args[0].elts
+    while len(elements) == 1 and (inner := _inner(elements[0])) is not None:
+        elements = inner
     if not elements:
         raise TransformsRefused(f"--transforms: expected transforms such as 'Resize(256), ToTensor()', got {text!r}")
     return [step for node in elements for step in (_preset(node) or [_step(node)])]
+
+
+def _inner(node: ast.expr) -> list[ast.expr] | None:
+    """What one element holds when it is a container of the list, not a transform: a dict of lists by
+    split, a list or tuple (`transform=Compose([...]),` copied with its comma is a tuple), Compose([...])
+    (also `Compose(transforms=[...])`), or the `nn.Sequential(Resize(256), ...)` torchvision's docs
+    write for scriptable transforms. None for a transform."""
+    if isinstance(node, ast.Dict):
+        return [_inference_entry(node)]
+    if isinstance(node, ast.List | ast.Tuple):
+        return node.elts
+    if not isinstance(node, ast.Call):
+        return None
+    if _name(node) == "Sequential":
+        return list(node.args)
+    if _name(node) != "Compose":
+        return None
+    given = [*node.args, *(k.value for k in node.keywords if k.arg == "transforms")]
+    if len(given) != 1 or not isinstance(given[0], ast.List | ast.Tuple):
+        raise TransformsRefused("Compose(...) takes a list: Compose([Resize(256), CenterCrop(224), ToTensor()])")
+    return given[0].elts
 
 
 def _preset(node: ast.AST) -> list[Step] | None:
