@@ -263,6 +263,59 @@ def test_what_cannot_be_served_as_written_is_refused_with_what_to_write(text, me
 
 
 @pytest.mark.parametrize(
+    ("text", "theirs"),
+    [
+        (
+            "Grayscale(), Resize(40), CenterCrop(32), ToTensor(), Lambda(lambda x: x.repeat(3, 1, 1)), "
+            "Normalize([0.5], [0.5])",
+            T.Compose(
+                [
+                    T.Grayscale(),
+                    T.Resize(40),
+                    T.CenterCrop(32),
+                    T.ToTensor(),
+                    T.Lambda(lambda x: x.repeat(3, 1, 1)),
+                    T.Normalize([0.5], [0.5]),
+                ]
+            ),
+        ),
+        (
+            "transforms.Resize((32, 32)), transforms.ToTensor(), transforms.Lambda(lambda t: t.expand(3, -1, -1))",
+            T.Compose([T.Resize((32, 32)), T.ToTensor(), T.Lambda(lambda t: t.expand(3, -1, -1))]),
+        ),
+        (
+            "Resize((32, 32)), ToTensor(), Lambda(lambda x: torch.cat([x, x, x], dim=0))",
+            T.Compose([T.Resize((32, 32)), T.ToTensor(), T.Lambda(lambda x: torch.cat([x, x, x], dim=0))]),
+        ),
+        (
+            "Lambda(lambda img: img.convert('RGB')), Resize((32, 32)), ToTensor()",
+            T.Compose([T.Lambda(lambda img: img.convert("RGB")), T.Resize((32, 32)), T.ToTensor()]),
+        ),
+        (
+            "Resize((32, 32)), ToTensor(), Lambda(lambda x: x.repeat(3, 1, 1) if x.shape[0] == 1 else x)",
+            T.Compose(
+                [T.Resize((32, 32)), T.ToTensor(), T.Lambda(lambda x: x.repeat(3, 1, 1) if x.shape[0] == 1 else x)]
+            ),
+        ),
+    ],
+    ids=["Grayscale() and repeat", "expand", "torch.cat", "convert('RGB')", "repeat a gray one only"],
+)
+def test_a_lambda_making_gray_photos_rgb_is_refused_with_the_list_that_gives_the_same(text, theirs):
+    """Gray datasets (MNIST, X-rays) fed to an RGB model: the Lambda that makes 3 channels is code, but the
+    refusal's list gives their model the same input, from the gray photos their code read and from colour ones."""
+    with pytest.raises(TransformsRefused, match=r"the server runs no code|which the server does to every") as e:
+        prep_of(text)
+    instead = str(e.value).split("write ")[-1]
+    served = faithful.reference_transform(parse(instead))
+    gray = Image.open(DATA / "cat.jpg").convert("L")
+    assert torch.allclose(served(gray.convert("RGB")), theirs(gray), atol=1e-6)  # the server opens photos as RGB
+    assert prep_of(instead).channels == 3
+    if "convert" in text or "else x" in text:  # RGB photos stay colour, as in their code
+        photo = Image.open(DATA / "cat.jpg").convert("RGB")
+        assert torch.allclose(served(photo), theirs(photo), atol=1e-6)
+
+
+@pytest.mark.parametrize(
     ("text", "invert"),
     [
         ("RandomInvert(p=1.0), Resize(28), CenterCrop(28), ToTensor(), Normalize((0.1307,), (0.3081,))", None),

@@ -279,6 +279,8 @@ def to_preprocessing(steps: list[Step], model_channels: int | None) -> Preproces
     for step in steps:
         if _inverts(step):
             raise TransformsRefused(_invert_instead(steps, step))
+        if step.name == "Lambda" and (rgb := _to_rgb(step)):
+            raise TransformsRefused(_to_rgb_instead(steps, step, rgb))
         if step.name == "Pad":
             raise TransformsRefused(_pad_instead(step, resize, crop, mean is not None))
         args = _bind(step)
@@ -505,6 +507,69 @@ def _inverts(step: Step) -> bool:
         and body.left.value in (1, 255)
         and isinstance(body.right, ast.Name)
         and body.right.id in params
+    )
+
+
+def _to_rgb(step: Step) -> str | None:
+    """How a Lambda makes a photo RGB, as code for gray images fed to an RGB model writes it: "repeat" its
+    one channel 3 times (`x.repeat(3, 1, 1)`, `x.expand(3, -1, -1)`, `torch.cat([x, x, x])`), "convert" it
+    (`img.convert('RGB')`, or a repeat only of a 1-channel tensor). None for any other code."""
+    try:
+        code = ast.parse(str(step.args[0]), mode="eval").body if step.args else None
+    except SyntaxError:
+        return None
+    if not isinstance(code, ast.Lambda) or len(code.args.args) != 1:
+        return None
+    param = code.args.args[0].arg
+
+    def kind(body: ast.expr) -> str | None:
+        if isinstance(body, ast.IfExp):  # x.repeat(3, 1, 1) if x.shape[0] == 1 else x: gray ones only
+            branches = {kind(body.body), kind(body.orelse)}
+            return "convert" if branches & {"repeat", "convert"} and branches <= {"repeat", "convert", "same"} else None
+        if isinstance(body, ast.Name):
+            return "same" if body.id == param else None
+        if not isinstance(body, ast.Call):
+            return None
+        numbers = [a.value if isinstance(a, ast.Constant) else _literal_or_none(a) for a in body.args]
+        func = body.func
+        method = func.attr if isinstance(func, ast.Attribute) and ast.unparse(func.value) == param else None
+        if method in ("repeat", "expand") and numbers[:1] == [3] and len(numbers) == 3:
+            return "repeat"
+        if method == "convert" and numbers == ["RGB"]:
+            return "convert"
+        if _name(body) in ("cat", "concat", "concatenate") and body.args and isinstance(body.args[0], ast.List):
+            parts = body.args[0].elts
+            return "repeat" if len(parts) == 3 and all(ast.unparse(e) == param for e in parts) else None
+        return None
+
+    found = kind(code.body)
+    return found if found in ("repeat", "convert") else None
+
+
+def _literal_or_none(node: ast.AST) -> object:
+    try:
+        return _literal(node, "Lambda")
+    except TransformsRefused:
+        return None
+
+
+def _to_rgb_instead(steps: list[Step], lam: Step, how: str) -> str:
+    """The refusal of a Lambda making photos RGB, with the list that does it: the server makes every
+    photo RGB itself (a gray one as 3 equal channels), and Grayscale(num_output_channels=3) every one gray."""
+    said = f"Lambda({lam.args[0]})"
+    gray = next((s for s in steps if s.name == "Grayscale"), None)
+    if how == "convert" and gray is None:
+        rest = [str(s) for s in steps if s is not lam]
+        return (
+            f"{said} makes a photo RGB, which the server does to every photo itself (a gray one as 3 equal "
+            f"channels); it runs no code: leave it out, write {', '.join(rest)}"
+        )
+    three = Step("Grayscale", (), {"num_output_channels": 3})
+    rest = [str(three if s is gray else s) for s in steps if s is not lam]
+    return (
+        f"{said} repeats a gray photo's one channel 3 times (a colour photo it would make 9 channels: your "
+        "photos are gray); the server runs no code, but Grayscale(num_output_channels=3) gives every photo "
+        f"so: write {', '.join(rest if gray else [str(three), *rest])}"
     )
 
 
