@@ -262,6 +262,28 @@ def test_what_cannot_be_served_as_written_is_refused_with_what_to_write(text, me
     assert message in str(e.value)
 
 
+def test_a_gaussian_blur_of_fixed_sigma_is_not_called_augmentation_and_the_blur_in_the_model_is_the_same():
+    """GaussianBlur(5, sigma=1.0) in an eval list blurs every photo alike: leaving it out, as the refusal of a
+    random augmentation says, would serve another input. The refusal's blur, run in the model, is the same."""
+    text = (
+        "Resize(40), CenterCrop(32), GaussianBlur(5, sigma=1.0), ToTensor(), "
+        "Normalize([0.5, 0.4, 0.3], [0.2, 0.2, 0.2])"
+    )
+    with pytest.raises(TransformsRefused) as e:
+        prep_of(text)
+    message = str(e.value)
+    assert "GaussianBlur(5, sigma=1.0) blurs every photo alike" in message and "leave it out" not in message
+    blur = message.split("starts with x = ")[1].split(" (your weights")[0]
+    assert blur == "torchvision.transforms.functional.gaussian_blur(x, 5, 1.0)"
+    photo = Image.open(DATA / "cat.jpg").convert("RGB")
+    theirs = faithful.reference_transform(parse(text))(photo)
+    rest = parse(text.replace("GaussianBlur(5, sigma=1.0), ", ""))
+    ours = T.functional.gaussian_blur(faithful.reference_transform(rest)(photo), 5, 1.0)
+    assert (ours - theirs).abs().max() <= 1 / 255 / 0.2  # within a grey level: theirs is rounded to 8 bits
+    with pytest.raises(TransformsRefused, match="GaussianBlur is training-time augmentation"):
+        prep_of("Resize(40), CenterCrop(32), GaussianBlur(5, sigma=(0.1, 2.0)), ToTensor()")
+
+
 @pytest.mark.parametrize(
     ("text", "theirs"),
     [

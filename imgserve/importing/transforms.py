@@ -617,6 +617,15 @@ def _unsupported(step: Step) -> str:
         side = size if isinstance(size, int) else 224
         instead = INSTEAD[step.name].format(size=size, resize=resize or round(side / config.DEFAULT_CROP_RATIO))
         return f"{step.name} is training-time augmentation (random); at inference use {instead}"
+    if step.name == "GaussianBlur" and (sigma := _fixed_sigma(step)) is not None:
+        size = step.kwargs.get("kernel_size", step.args[0] if step.args else 3)
+        return (
+            f"{step} blurs every photo alike (sigma {sigma} is fixed: no augmentation), which the server cannot, and "
+            "leaving it out would change what the model sees: blur in the model instead, a subclass whose forward "
+            f"starts with x = torchvision.transforms.functional.gaussian_blur(x, {size}, {sigma}) (your weights, "
+            "--arch yourfile.py:Blurred), and leave GaussianBlur out of --transforms: where your list blurs after "
+            "Resize and CenterCrop, the model gets the same input (the blur commutes with Normalize)"
+        )
     if step.name.startswith("Random") or step.name in AUGMENTATIONS:
         return f"{step.name} is training-time augmentation (random): leave it out of the inference transforms"
     if step.name in MULTI_CROP:
@@ -626,6 +635,14 @@ def _unsupported(step: Step) -> str:
     if step.name == "Lambda":
         return "Lambda runs code the server cannot store; write the transforms it does as transform names"
     return f"{step.name} is not a transform the server can apply; supported: {', '.join(SUPPORTED)}"
+
+
+def _fixed_sigma(step: Step) -> float | None:
+    """GaussianBlur's sigma when it is one value, not a range drawn from (its default (0.1, 2.0) is a range)."""
+    sigma = step.kwargs.get("sigma", step.args[1] if len(step.args) > 1 else None)
+    if isinstance(sigma, list | tuple) and len(sigma) == 2 and sigma[0] == sigma[1]:
+        sigma = sigma[0]
+    return float(sigma) if isinstance(sigma, int | float) and not isinstance(sigma, bool) else None
 
 
 def _size(value: object, where: str) -> int | tuple[int, int]:
