@@ -176,6 +176,22 @@ def test_unscaled_floats_and_normalize_fold_into_the_same_arithmetic_as_torchvis
     assert torch.allclose((pixels / 255 - mean) / std, expected, atol=1e-4)
 
 
+@pytest.mark.parametrize("after", ["x.float() / 255", "x.float()"])
+def test_uint8_pixels_are_refused_with_the_step_that_gives_what_the_code_after_the_list_does(after):
+    """PILToTensor() gives 0..255 and the code that runs the list (or the model's forward) makes them floats,
+    divided by 255 or not: ToTensor() for both, as was said, would serve the second 255 times too dark."""
+    text = "Resize((32, 32)), PILToTensor()"
+    with pytest.raises(TransformsRefused) as e:
+        prep_of(text)
+    told = str(e.value).split(f"({after}), add ")[1].split(" ")[0]
+    photo = Image.open(DATA / "cat.jpg").convert("RGB")
+    theirs = eval(after, {"x": faithful.reference_transform(parse(text))(photo)})  # the test's own text
+    served = faithful.reference_transform(parse(f"{text}, {told}"))(photo)
+    assert served.dtype == torch.float32 and torch.equal(served, theirs)
+    prep = prep_of(f"{text}, {told}")
+    assert prep.mean == (0.0,) * 3 and prep.std == ((1.0,) if "/" in after else (1 / 255,)) * 3
+
+
 def test_the_stored_recipe_reads_back_as_itself():
     for prep in [
         Preprocessing(),
@@ -209,7 +225,11 @@ def test_the_stored_recipe_reads_back_as_itself():
         ("CenterCrop(224), ToTensor()", "the server needs a fixed input size, and this list has no Resize"),
         ("ToTensor(), Normalize([0.5], [0.5])", "this list has no Resize"),
         ("Resize(256), CenterCrop(224)", "add ToTensor()"),
-        ("Resize(256), CenterCrop(224), PILToTensor()", "add ToTensor()"),
+        (
+            "Resize(256), CenterCrop(224), PILToTensor()",
+            "if it divides by 255 (x.float() / 255), add ConvertImageDtype(torch.float) at the end (it scales so); "
+            "if it only makes them floats (x.float()), add ToDtype(torch.float32) (0..255 as floats)",
+        ),
         ("Resize(256), CenterCrop(224), Normalize([0.5], [0.5]), ToTensor()", "put ToTensor() before it"),
         ("Resize(256), CenterCrop(224), ToTensor(), Normalize([0.5, 0.5], [0.5])", "2 mean values but 1 std values"),
         ("Resize(256, max_size=512), CenterCrop(224), ToTensor()", "drop max_size"),

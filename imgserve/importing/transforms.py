@@ -337,6 +337,13 @@ def to_preprocessing(steps: list[Step], model_channels: int | None) -> Preproces
                     raise TransformsRefused(f"Normalize: {len(mean)} mean values but {len(std)} std values")
             case _:
                 raise TransformsRefused(_unsupported(step))
+    if not floats and tensor_by:  # uint8 pixels: the code after the list, or the model, makes them floats
+        raise TransformsRefused(
+            f"the list ends in {tensor_by}'s uint8 pixels (0..255), and what the model gets depends on what your "
+            "code or model does to them next: if it divides by 255 (x.float() / 255), add "
+            "ConvertImageDtype(torch.float) at the end (it scales so); if it only makes them floats (x.float()), add "
+            "ToDtype(torch.float32) (0..255 as floats)"
+        )
     if not floats:
         raise TransformsRefused("the list never makes a float tensor: add ToTensor() (after Resize/CenterCrop)")
     if resize is None:
