@@ -194,3 +194,19 @@ class RedAbove(Redness):
         with torch.no_grad():
             self.fc.weight.copy_(torch.tensor([[4.0, 0.0, 0.0]]))
             self.fc.bias.fill_(-4.0 * threshold)
+
+
+class MapsAndScores(Net):
+    """Returns (feature maps, class scores): the scores second, as code that visualises its features writes it."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        maps = self.features[:4](x)
+        return maps, self.head(self.features[4:](maps))
+
+
+class OutAndAux(Net):
+    """Returns {"out": scores, "aux": feature maps}, torchvision's segmentation models' keys: no 'logits'."""
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        maps = self.features[:4](x)
+        return {"aux": maps, "out": self.head(self.features[4:](maps))}

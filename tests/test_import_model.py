@@ -485,6 +485,25 @@ def test_a_model_returning_scores_and_features_is_told_the_subclass_to_write_and
     assert stored(tag).info.metadata["num_classes"] == 10
 
 
+@pytest.mark.parametrize(("model_class", "pick"), [("MapsAndScores", "[1]"), ("OutAndAux", "['out']")])
+def test_the_subclass_told_for_several_outputs_takes_the_class_scores_out_of_them(tmp_path, model_class, pick):
+    """The scores are not always first, and a dict's need not be called 'logits': the subclass the refusal
+    shows must take the one row of scores per image, or it is refused again (or serves feature maps)."""
+    import tests.researcher_code as code
+
+    model = getattr(code, model_class)(num_classes=5).eval()
+    refusal = probing.probe(model, 3, (64, 64))
+    assert refusal is not None and refusal.ran
+    assert "shape [1, 5]" in refusal.message and "shape [1, 32, 14, 14]" in refusal.message
+    shown = refusal.message.split("e.g.\n")[1].split("\nand pass")[0]
+    assert f"return super().forward(x){pick}  # the class scores, shape [1, 5]" in shown
+    namespace: dict = {model_class: type(model)}
+    exec(textwrap.dedent(shown), namespace)  # the refusal's own code, as the researcher pastes it
+    scores = namespace["Scores"](num_classes=5)
+    scores.load_state_dict(model.state_dict())
+    assert probing.probe(scores.eval(), 3, (64, 64)) is None
+
+
 def test_a_model_returning_its_logits_among_other_outputs_is_served_its_logits(tmp_path, labels3):
     """torchvision's GoogLeNet, scripted, returns GoogLeNetOutputs(logits, aux_logits2, aux_logits1) even in eval
     mode; a class of the researcher's returns {"logits", "features"}: the logits are served, as `model(x).logits`
@@ -512,7 +531,8 @@ def test_a_model_returning_its_logits_among_other_outputs_is_served_its_logits(t
     torch.save(WithFeatures(num_classes=3).eval(), path)
     refused(
         run_import(path, "--trust-pickle", "--labels", labels3, "--crop", "64"),
-        "return super().forward(x)[0]  # the class scores\nthen save the model's weights, "
+        "return super().forward(x)[0]  # the class scores, shape [1, 3]; [1] too: pick the one your code reads\n"
+        "then save the model's weights, "
         "torch.save(model.state_dict(), 'weights.pth'), and import those with --arch yourfile.py:Scores",
     )
 

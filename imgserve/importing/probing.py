@@ -5,6 +5,7 @@ them."""
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -179,9 +180,11 @@ def _not_one_row(out: object, model_class: str, form: str) -> str:
         "            return super().forward(x){pick}\n" + USE_SUBCLASS.get(form, USE_SUBCLASS["state_dict"])
     )
     if isinstance(out, tuple | list):
-        what, fix = f"a {type(out).__name__} of {len(out)} values", subclass.format(pick="[0]  # the class scores")
+        what = f"a {type(out).__name__} of {len(out)} values ({_shapes(enumerate(out))})"
+        fix = subclass.format(pick=_scores_pick(enumerate(out)))
     elif isinstance(out, dict):
-        what, fix = f"a dict with keys {sorted(map(str, out))[:SHOWN_KEYS]}", subclass.format(pick='["logits"]')
+        what = f"a dict with keys {sorted(map(str, out))[:SHOWN_KEYS]} ({_shapes(out.items())})"
+        fix = subclass.format(pick=_scores_pick(out.items()))
     elif isinstance(out, torch.Tensor) and out.ndim == 1:
         what, fix = f"a tensor of shape {list(out.shape)}", "keep the batch dimension: x.flatten(1), not x.squeeze()"
     elif isinstance(out, torch.Tensor):
@@ -192,6 +195,28 @@ def _not_one_row(out: object, model_class: str, form: str) -> str:
         f"for one image the model returns {what}; the server needs one row of class scores per image, a "
         f"tensor of shape (1, classes). To serve it, {fix}"
     )
+
+
+def _is_row(value: object) -> bool:
+    """One row of scores for one image: a float tensor of shape (1, n)."""
+    return isinstance(value, torch.Tensor) and value.ndim == 2 and value.shape[0] == 1 and value.is_floating_point()
+
+
+def _shapes(items: Iterable[tuple[object, object]]) -> str:
+    return ", ".join(
+        f"[{k!r}]: " + (f"shape {list(v.shape)}" if isinstance(v, torch.Tensor) else type(v).__name__) for k, v in items
+    )
+
+
+def _scores_pick(items: Iterable[tuple[object, object]]) -> str:
+    """The subscript that takes the class scores out of what the model returned: the element that is one
+    row per image, the first of several (each named, to choose the one the code reads)."""
+    rows = [(k, v) for k, v in items if isinstance(v, torch.Tensor) and _is_row(v)]
+    if not rows:
+        return "[0]  # the class scores: the element your code reads them from"
+    (key, value), others = rows[0], rows[1:]
+    also = f"; {', '.join(f'[{k!r}]' for k, _ in others)} too: pick the one your code reads" if others else ""
+    return f"[{key!r}]  # the class scores, shape {list(value.shape)}{also}"
 
 
 def fixed_batch(module: nn.Module, channels: int, size: tuple[int, int], error: str) -> int | None:
