@@ -210,3 +210,14 @@ class OutAndAux(Net):
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         maps = self.features[:4](x)
         return {"aux": maps, "out": self.head(self.features[4:](maps))}
+
+
+class Decides(Net):
+    """Returns the class number, argmax of its scores, as a forward written for a demo app does."""
+
+    def __init__(self, num_classes: int = 10, keepdim: bool = False) -> None:
+        super().__init__(num_classes)
+        self.keepdim = keepdim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x).argmax(1, keepdim=self.keepdim)

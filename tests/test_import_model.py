@@ -34,6 +34,7 @@ from tests.helpers import (
 )
 from tests.researcher_code import (
     At128,
+    Decides,
     DropsAtInference,
     HeadFirst,
     LogitsAndFeatures,
@@ -502,6 +503,20 @@ def test_the_subclass_told_for_several_outputs_takes_the_class_scores_out_of_the
     scores = namespace["Scores"](num_classes=5)
     scores.load_state_dict(model.state_dict())
     assert probing.probe(scores.eval(), 3, (64, 64)) is None
+
+
+@pytest.mark.parametrize("keepdim", [False, True], ids=["shape (batch,)", "shape (batch, 1)"])
+def test_a_model_returning_class_numbers_is_refused_not_served_as_a_binary_classifier(keepdim):
+    """forward ending in argmax gives one number per image, which was taken for a binary classifier's one
+    score: the export then failed as an unexpected error (a sigmoid of int64), or its 5 labels were refused
+    as too many for a binary classifier. The refusal names what it returns and what to return instead."""
+    model = Decides(num_classes=5, keepdim=keepdim).eval()
+    module, note = probing.with_class_scores(model, 3, (64, 64))  # as the import reads what it returns
+    assert module is model and note is None
+    refusal = probing.probe(module, 3, (64, 64))
+    assert refusal is not None and refusal.ran
+    assert "torch.int64 values of shape" in refusal.message and "class numbers or decisions" in refusal.message
+    assert "return the class scores that come before them (the logits, before argmax" in refusal.message
 
 
 def test_a_model_returning_its_logits_among_other_outputs_is_served_its_logits(tmp_path, labels3):

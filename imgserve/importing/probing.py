@@ -84,7 +84,9 @@ def with_class_scores(module: nn.Module, channels: int, size: tuple[int, int]) -
     try:
         with torch.inference_mode(), quiet_torch():
             out = module(torch.zeros(1, channels, *size))
-            if isinstance(out, torch.Tensor) and out.numel() == 1 and out.ndim <= 1:  # (batch,) or (classes,)?
+            # Scores only: class numbers (argmax) of these shapes are refused by probe(), with what to return.
+            scores = isinstance(out, torch.Tensor) and out.is_floating_point()
+            if scores and out.numel() == 1 and out.ndim <= 1:  # (batch,) or (classes,)?
                 pair = module(torch.zeros(2, channels, *size))
                 if isinstance(pair, torch.Tensor) and pair.shape == (2,):
                     return PerImageScore(module), (
@@ -167,7 +169,7 @@ def probe(module: nn.Module, channels: int, size: tuple[int, int], form: str = "
             out = module(torch.zeros(1, channels, *size))
     except Exception as e:  # any failure in the model's own code means: not this input
         return Refusal(error_line(e))
-    if isinstance(out, torch.Tensor) and out.ndim == 2 and out.shape[0] == 1:
+    if _is_row(out):
         return None
     name = getattr(module, "original_name", type(module).__name__)  # a TorchScript model: its class, as written
     return Refusal(_not_one_row(out, name, form), ran=True)
@@ -185,6 +187,14 @@ def _not_one_row(out: object, model_class: str, form: str) -> str:
     elif isinstance(out, dict):
         what = f"a dict with keys {sorted(map(str, out))[:SHOWN_KEYS]} ({_shapes(out.items())})"
         fix = subclass.format(pick=_scores_pick(out.items()))
+    elif isinstance(out, torch.Tensor) and not out.is_floating_point():
+        what = (
+            f"{out.dtype} values of shape {list(out.shape)}, class numbers or decisions (as argmax gives), not scores"
+        )
+        fix = (
+            "return the class scores that come before them (the logits, before argmax: the server adds the softmax "
+            "and answers with every class's probability)"
+        )
     elif isinstance(out, torch.Tensor) and out.ndim == 1:
         what, fix = f"a tensor of shape {list(out.shape)}", "keep the batch dimension: x.flatten(1), not x.squeeze()"
     elif isinstance(out, torch.Tensor):
