@@ -221,3 +221,15 @@ class Decides(Net):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(x).argmax(1, keepdim=self.keepdim)
+
+
+class ConvHead(nn.Module):
+    """All-convolutional: a 1 x 1 convolution to the classes, pooled, no flatten: scores of shape (N, C, 1, 1)."""
+
+    def __init__(self, num_classes: int = 4) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2), nn.ReLU())
+        self.classifier = nn.Sequential(nn.Conv2d(8, num_classes, 1), nn.AdaptiveAvgPool2d(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))

@@ -34,6 +34,7 @@ from tests.helpers import (
 )
 from tests.researcher_code import (
     At128,
+    ConvHead,
     Decides,
     DropsAtInference,
     HeadFirst,
@@ -517,6 +518,21 @@ def test_a_model_returning_class_numbers_is_refused_not_served_as_a_binary_class
     assert refusal is not None and refusal.ran
     assert "torch.int64 values of shape" in refusal.message and "class numbers or decisions" in refusal.message
     assert "return the class scores that come before them (the logits, before argmax" in refusal.message
+
+
+def test_a_convolutional_head_s_scores_of_shape_n_c_1_1_are_served_as_rows(tmp_path):
+    """An all-convolutional classifier without a flatten (SqueezeNet's head, written out) returns (N, C, 1, 1):
+    one reading only, its rows. It was refused, and told a change a pickle or TorchScript file cannot make."""
+    torch.manual_seed(3)
+    model = ConvHead(num_classes=4).eval()
+    path = tmp_path / "convhead.pt"
+    with messages.quiet_torch():
+        torch.jit.script(model).save(str(path))
+    result = run_import(path, "--resize", "32", "--crop", "32", "--mean", "0.5", "--std", "0.5")
+    tag = imported_tag(result)
+    assert "note: it returns shape (batch, 4, 1, 1), a convolution's class scores: served as the rows" in result.stderr
+    assert stored(tag).info.metadata["num_classes"] == 4
+    assert_served_as_torch(tag, probing.FlatScores(model))
 
 
 def test_a_model_returning_its_logits_among_other_outputs_is_served_its_logits(tmp_path, labels3):

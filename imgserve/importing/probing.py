@@ -69,6 +69,14 @@ class KeyedLogits(NamedLogits):
         return self.model(x)["logits"]
 
 
+class FlatScores(NamedLogits):
+    """Class scores of shape (batch, classes, 1, 1), as a convolution for a head gives them (SqueezeNet's
+    layout without its flatten), as the rows they are."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x).flatten(1)
+
+
 class PerImageScore(NamedLogits):
     """A binary classifier's one score per image, its class dimension squeezed away (`.squeeze(1)` or
     `.squeeze()` at the end of forward, as BCE training writes it), as a column: one output per image."""
@@ -80,12 +88,18 @@ class PerImageScore(NamedLogits):
 def with_class_scores(module: nn.Module, channels: int, size: tuple[int, int]) -> tuple[nn.Module, str | None]:
     """The model, or, when it returns its class scores named `logits` among other outputs, the model
     answering with those, as the researcher's code reads them (`model(x).logits`), and a note saying so;
-    likewise a binary classifier's one score per image, squeezed to shape (batch,)."""
+    likewise a binary classifier's one score per image, squeezed to shape (batch,), and a convolution's
+    scores of shape (batch, classes, 1, 1)."""
     try:
         with torch.inference_mode(), quiet_torch():
             out = module(torch.zeros(1, channels, *size))
             # Scores only: class numbers (argmax) of these shapes are refused by probe(), with what to return.
             scores = isinstance(out, torch.Tensor) and out.is_floating_point()
+            if scores and out.ndim == 4 and out.shape[0] == 1 and out.shape[2:] == (1, 1):
+                return FlatScores(module), (
+                    f"it returns shape (batch, {out.shape[1]}, 1, 1), a convolution's class scores: served as the "
+                    f"rows (batch, {out.shape[1]}) they are"
+                )
             if scores and out.numel() == 1 and out.ndim <= 1:  # (batch,) or (classes,)?
                 pair = module(torch.zeros(2, channels, *size))
                 if isinstance(pair, torch.Tensor) and pair.shape == (2,):
