@@ -47,6 +47,7 @@ from tests.researcher_code import (
     Redness,
     RednessSqueezed,
     SmallDenseNet,
+    Standardized,
     TrainingConfig,
     WithFeatures,
 )
@@ -566,6 +567,22 @@ def test_a_model_returning_its_logits_among_other_outputs_is_served_its_logits(t
         "then save the model's weights, "
         "torch.save(model.state_dict(), 'weights.pth'), and import those with --arch yourfile.py:Scores",
     )
+
+
+def test_a_model_answering_nan_for_a_photo_of_one_colour_is_refused_with_the_cause(tmp_path):
+    """Per-photo standardisation divides by 0 on a black photo: the model was stored and the server answered
+    such an upload with NaN probabilities. Refused, with the epsilon to add; with it, the model imports."""
+    path = tmp_path / "standardized.pth"
+    torch.save(Standardized(num_classes=3).state_dict(), path)
+    arch = ["--arch", f"{CODE}:Standardized", "--arch-kwargs", '{"num_classes": 3}', "--crop", "64"]
+    refused(
+        run_import(path, *arch),
+        "the model's answer is not a number (NaN or infinite) for all black, all white, all mid-grey: your code "
+        "gets that too",
+    )
+    with_eps = Standardized(num_classes=3, eps=1e-6).eval()
+    packaged = convert.Packaged(with_eps, Preprocessing(resize=64, crop=64), convert.Outputs.LOGITS)
+    probing.check_finite(packaged, 3, (64, 64), {})  # the refusal's fix: nothing raised
 
 
 def test_a_model_random_in_eval_mode_is_told_why_not_blamed_on_the_export(tmp_path):

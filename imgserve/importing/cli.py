@@ -442,6 +442,9 @@ def import_model(args: argparse.Namespace) -> str:
     with messages.quiet_torch():
         outputs = convert.read_outputs(loaded.module, floats, args.multi_label)
     packaged = convert.Packaged(loaded.module, prep, outputs)
+    shown = sorted(config.DATA_DIR.glob("*.jpg"))  # parity_inputs' photos, first in `inputs`
+    photos = {f"the photo {p.name}": torch.from_numpy(x[None]) for p, x in zip(shown, inputs, strict=False)}
+    probing.check_finite(packaged, prep.channels, prep.input_size, photos)
     with torch.inference_mode(), messages.quiet_torch():
         num_classes = int(packaged(torch.from_numpy(inputs[:1])).shape[1])
 

@@ -133,6 +133,29 @@ def check_deterministic(module: nn.Module, inputs: torch.Tensor) -> None:
         raise ImportRefused(RANDOM_AT_INFERENCE.format(diff=diff))
 
 
+# Photos of one colour, as uploads have them (a dark frame, an overexposed one, a blank scan), in uint8.
+UNIFORM_PHOTOS = {"all black": 0, "all white": 255, "all mid-grey": 128}
+
+
+def check_finite(packaged: nn.Module, channels: int, size: tuple[int, int], photos: dict[str, torch.Tensor]) -> None:
+    """Refuse a model whose probabilities are not numbers (NaN, infinite) on a photo: the server would
+    answer that photo with no probabilities at all. `packaged` takes uint8 pixels; `photos`, the
+    parity check's, are tried beside photos of one colour, where dividing by the photo's own spread
+    (x / x.std()) or a log of 0 gives NaN."""
+    tried = dict(photos)
+    tried.update({name: torch.full((1, channels, *size), v, dtype=torch.uint8) for name, v in UNIFORM_PHOTOS.items()})
+    with torch.inference_mode(), quiet_torch():
+        bad = [name for name, pixels in tried.items() if not bool(torch.isfinite(packaged(pixels)).all())]
+    if bad:
+        raise ImportRefused(
+            f"the model's answer is not a number (NaN or infinite) for {', '.join(bad[:SHOWN_KEYS])}: your code "
+            "gets that too, and the server would answer such a photo with no probabilities. Usually the forward "
+            "divides by the photo's own spread, x / x.std() (0 for a photo of one colour), or takes a log of 0: "
+            "add a small epsilon, x / (x.std() + 1e-6), torch.log(x + 1e-6), and import again (a TorchScript or "
+            ".pt2 file saved again after that change)"
+        )
+
+
 def is_scripted(module: nn.Module) -> bool:
     """A TorchScript model, alone or inside the wrapper that takes its logits: scripted, not traced, on export."""
     return isinstance(module.model if isinstance(module, NamedLogits) else module, torch.jit.ScriptModule)
