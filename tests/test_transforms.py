@@ -138,6 +138,30 @@ def prep_of(text: str, channels: int | None = 3) -> Preprocessing:
             3,
             Preprocessing(),
         ),
+        (
+            """
+            normalize = transforms.Normalize(mean=[0.485, 0.456, 0.406],
+                                             std=[0.229, 0.224, 0.225])
+            val_transforms = transforms.Compose([
+                transforms.Resize(256),
+                transforms.CenterCrop(224),
+                transforms.ToTensor(),
+                normalize,
+            ])
+            """,
+            3,
+            Preprocessing(),
+        ),
+        (
+            """from torchvision import transforms as T
+            IMG_SIZE = 28
+            mean, std = (0.1307,), (0.3081,)
+            train_tf = T.Compose([T.RandomRotation(10), T.Resize(IMG_SIZE), T.ToTensor(), T.Normalize(mean, std)])
+            test_tf = T.Compose([T.Resize(IMG_SIZE), T.CenterCrop(IMG_SIZE), T.ToTensor(), T.Normalize(mean, std)])
+            """,
+            1,
+            Preprocessing(resize=28, crop=28, mean=(0.1307,), std=(0.3081,), channels=1),
+        ),
     ],
     ids=[
         "imagenet",
@@ -159,6 +183,8 @@ def prep_of(text: str, channels: int | None = 3) -> Preprocessing:
         "a dict's entry with a comment, copied with a Windows line end",
         "a dataset's transform= argument, its list a keyword of Compose",
         "nn.Sequential, as torchvision's docs write scriptable transforms",
+        "pytorch/examples' ImageNet lines: normalize named on a line of its own",
+        "a script's lines: sizes and statistics named, a train list and a test list",
     ],
 )
 def test_a_transform_list_reads_into_the_preprocessing_it_means(text, channels, expected):
@@ -251,6 +277,10 @@ def test_the_stored_recipe_reads_back_as_itself():
         ("transform = None", "is not a transform call"),
         ("{'a': Compose([ToTensor()]), 'b': Compose([ToTensor()])}", "a dict of transform lists ('a', 'b'): give"),
         ("", "expected transforms such as"),
+        (
+            "a_tf = Compose([Resize((8, 8)), ToTensor()])\nb_tf = Compose([Resize((9, 9)), ToTensor()])",
+            "--transforms holds several transform lists (a_tf, b_tf): give the one your app or validation set uses",
+        ),
         ("Resize(256), CenterCrop(224), RandomHorizontalFlip(p=0), ToTensor()", "applies to no photo (p=0): leave"),
         ("Resize(256), CenterCrop(224), RandomHorizontalFlip(1.0), ToTensor()", "applies to every photo (p=1)"),
         ("Resize(256), CenterCrop(224), RandomGrayscale(p=1), ToTensor()", "write Grayscale(num_output_channels=3)"),

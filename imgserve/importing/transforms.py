@@ -14,6 +14,7 @@ with the researcher's own transforms (imgserve/importing/faithful.py). Import si
 from __future__ import annotations
 
 import ast
+import copy
 import textwrap
 from dataclasses import dataclass, field
 
@@ -175,17 +176,89 @@ def _elements(text: str) -> list[ast.expr]:
         tree = ast.parse(f"[{text.strip()}\n]", mode="eval").body
     except SyntaxError as e:
         try:
-            [statement] = ast.parse(textwrap.dedent(text).strip()).body
-        except (SyntaxError, ValueError):
+            statements = _statements(text)
+        except SyntaxError:
             try:  # one entry of a dict of lists: 'val': transforms.Compose([...]),
                 return [ast.parse(f"{{{text.strip()}\n}}", mode="eval").body]
             except SyntaxError:
                 raise TransformsRefused(f"--transforms is not a transform list ({e.msg}): {text!r}") from None
-        if not (isinstance(statement, ast.Assign | ast.AnnAssign) and statement.value is not None):
+        value = _assigned_list(statements)
+        if value is None:
             raise TransformsRefused(f"--transforms is not a transform list ({e.msg}): {text!r}") from None
-        return [statement.value]
+        return [value]
     assert isinstance(tree, ast.List)
     return tree.elts
+
+
+def _statements(text: str) -> list[ast.stmt]:
+    """Lines of code, indented as in a function or not; the first line copied without its indentation (a
+    selection starting at its first letter) and the rest with theirs, too."""
+    try:
+        return ast.parse(textwrap.dedent(text).strip()).body
+    except SyntaxError:
+        first, _, rest = text.strip("\n").partition("\n")
+        return ast.parse(f"{first.strip()}\n{textwrap.dedent(rest)}".strip()).body
+
+
+def _assigned_list(statements: list[ast.stmt]) -> ast.expr | None:
+    """The transform list of lines pasted from the app's code, their names read as the lines assign them:
+    `normalize = transforms.Normalize(...)` then `transforms.Compose([..., normalize])`, as PyTorch's
+    ImageNet example writes it, or `mean, std = [...], [...]`. The list is the value no later line uses
+    (of several, the inference one by its name: val_transform, not train_transform). Imports are passed
+    over; nothing is run.
+    None when the lines are anything else."""
+    names: dict[str, ast.expr] = {}
+    used: set[str] = set()
+    made: list[tuple[list[str], ast.expr]] = []
+    for statement in statements:
+        if isinstance(statement, ast.Import | ast.ImportFrom):
+            continue
+        if isinstance(statement, ast.Assign | ast.AnnAssign) and statement.value is not None:
+            targets = statement.targets if isinstance(statement, ast.Assign) else [statement.target]
+            source = statement.value
+        elif isinstance(statement, ast.Expr):
+            targets, source = [], statement.value
+        else:
+            return None
+        value = _Substitute(names, used).visit(source)
+        bound: list[str] = []
+        for target in targets:
+            pairs = [(target, value)]
+            if isinstance(target, ast.Tuple) and isinstance(value, ast.Tuple) and len(target.elts) == len(value.elts):
+                pairs = list(zip(target.elts, value.elts, strict=True))  # mean, std = [...], [...]
+            for name, part in pairs:
+                if not isinstance(name, ast.Name):
+                    return None
+                names[name.id] = part
+                bound.append(name.id)
+        made.append((bound, value))
+    if not made:
+        return None
+    lists = [(b, v) for b, v in made if not set(b) & used and any(isinstance(n, ast.Call) for n in ast.walk(v))]
+    if len(lists) > 1:
+        inference = [(b, v) for b, v in lists if any(s in n.lower() for n in b for s in INFERENCE_SPLITS)]
+        if len(inference) != 1:  # train_transform and one other: the other
+            inference = [(b, v) for b, v in lists if not any("train" in n.lower() for n in b)]
+        if len(inference) != 1:
+            said = ", ".join(" = ".join(b) or ast.unparse(v)[:40] for b, v in lists)
+            raise TransformsRefused(
+                f"--transforms holds several transform lists ({said}): give the one your app or validation set uses"
+            )
+        lists = inference
+    return (lists or made)[-1][1]
+
+
+class _Substitute(ast.NodeTransformer):
+    """A pasted line's names replaced by the values earlier lines gave them (copies), each name noted as used."""
+
+    def __init__(self, names: dict[str, ast.expr], used: set[str]) -> None:
+        self.names, self.used = names, used
+
+    def visit_Name(self, node: ast.Name) -> ast.expr:
+        if isinstance(node.ctx, ast.Load) and node.id in self.names:
+            self.used.add(node.id)
+            return copy.deepcopy(self.names[node.id])
+        return node
 
 
 def _inference_entry(node: ast.Dict) -> ast.expr:
