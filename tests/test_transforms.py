@@ -258,7 +258,17 @@ def test_the_stored_recipe_reads_back_as_itself():
         ),
         ("Resize(256), CenterCrop(224), Normalize([0.5], [0.5]), ToTensor()", "put ToTensor() before it"),
         ("Resize(256), CenterCrop(224), ToTensor(), Normalize([0.5, 0.5], [0.5])", "2 mean values but 1 std values"),
-        ("Resize(256, max_size=512), CenterCrop(224), ToTensor()", "drop max_size"),
+        (
+            "Resize(256, max_size=320), CenterCrop(224), ToTensor()",
+            "Resize(256, max_size=320) shrinks a photo whose longer side would pass 320 (one longer than 1.25:1) to "
+            "320, which the server cannot: drop max_size only if your photos are never that long",
+        ),
+        (
+            "v2.Resize(size=None, max_size=224), v2.CenterCrop(224), v2.ToImage(), "
+            "v2.ToDtype(torch.float32, scale=True)",
+            "Resize(size=None, max_size=224) makes the longer side 224, so the size the model gets depends on the "
+            "photo's shape",
+        ),
         ("Resize(size=-3), CenterCrop(224), ToTensor()", "size must be a positive whole number"),
         ("Resize(256), CenterCrop(224), ToTensor(), Pad(4)", "Pad(4) is not a transform the server can apply; a black"),
         ("Resize((28, 28)), Pad(2, fill=255), ToTensor()", "is not a transform the server can apply"),

@@ -367,7 +367,7 @@ def to_preprocessing(steps: list[Step], model_channels: int | None) -> Preproces
                         "write Resize first, then CenterCrop"
                     )
                 if args.get("max_size") is not None:
-                    raise TransformsRefused("Resize(max_size=...) makes the size depend on the photo; drop max_size")
+                    raise TransformsRefused(_max_size_instead(step, args.get("size"), args["max_size"]))
                 resize = _size(args["size"], "Resize")
                 interpolation = str(args.get("interpolation") or "bilinear")
                 if tensor_by:
@@ -469,6 +469,24 @@ def to_preprocessing(steps: list[Step], model_channels: int | None) -> Preproces
         interpolation=interpolation,
         channels=channels,
         grayscale=gray_out is not None or channels == 1,
+    )
+
+
+def _max_size_instead(step: Step, size: object, max_size: object) -> str:
+    """Resize's max_size caps the longer side: the photos it changes, which its refusal names, are those
+    longer than max_size / size; dropping it serves those otherwise (the import's check, on the list without
+    it, would not see that)."""
+    side = size[0] if isinstance(size, list | tuple) and len(size) == 1 else size
+    if not isinstance(side, int) or not isinstance(max_size, int) or max_size <= side:
+        return (
+            f"{step} makes the longer side {max_size}, so the size the model gets depends on the photo's shape; the "
+            f"server needs a fixed size: Resize(({max_size}, {max_size})) to squeeze the photo, or Resize(N), "
+            "CenterCrop(N) to crop it, as your model was trained"
+        )
+    return (
+        f"{step} shrinks a photo whose longer side would pass {max_size} (one longer than {max_size / side:.3g}:1) "
+        f"to {max_size}, which the server cannot: drop max_size only if your photos are never that long (then it "
+        "does nothing); on longer ones the answers would differ from your code's"
     )
 
 
