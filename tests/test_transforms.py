@@ -162,6 +162,17 @@ def prep_of(text: str, channels: int | None = 3) -> Preprocessing:
             1,
             Preprocessing(resize=28, crop=28, mean=(0.1307,), std=(0.3081,), channels=1),
         ),
+        (
+            "v2.RGB(), v2.Resize(256), v2.CenterCrop(224), v2.ToImage(), v2.ToDtype(torch.float32, scale=True), "
+            "v2.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])",
+            3,
+            Preprocessing(),
+        ),
+        (
+            "v2.Grayscale(), v2.RGB(), v2.Resize((32, 32)), v2.ToImage(), v2.ToDtype(torch.float32, scale=True)",
+            3,
+            Preprocessing(resize=(32, 32), crop=(32, 32), mean=(0, 0, 0), std=(1, 1, 1), grayscale=True),
+        ),
     ],
     ids=[
         "imagenet",
@@ -185,6 +196,8 @@ def prep_of(text: str, channels: int | None = 3) -> Preprocessing:
         "nn.Sequential, as torchvision's docs write scriptable transforms",
         "pytorch/examples' ImageNet lines: normalize named on a line of its own",
         "a script's lines: sizes and statistics named, a train list and a test list",
+        "v2's RGB(): what the server makes of every photo",
+        "v2's RGB() after Grayscale(): three grey channels",
     ],
 )
 def test_a_transform_list_reads_into_the_preprocessing_it_means(text, channels, expected):
@@ -504,6 +517,7 @@ def test_channels_the_list_gives_must_be_what_the_model_takes():
         "ToTensor(), Resize(64), CenterCrop(64)",  # a tensor resize: torch's antialiased interpolate
         "Resize(28), CenterCrop(28), ToTensor(), Normalize((0.8693,), (-0.3081,))",  # MNIST's, on inverted photos
         "ToImage(), Resize(32, interpolation=InterpolationMode.NEAREST_EXACT), CenterCrop(32), ToDtype(torch.float32)",
+        "v2.Grayscale(), v2.RGB(), v2.Resize(40), v2.CenterCrop(32), v2.ToImage(), v2.ToDtype(torch.float32)",
     ],
 )
 def test_the_served_pixels_are_torchvisions_on_a_real_photo(text):

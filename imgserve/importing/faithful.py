@@ -94,7 +94,7 @@ def reference_transform(steps: list[Step]) -> Callable[[Image.Image], torch.Tens
         return v
 
     # A list with v2's own steps is v2 code: its Resize too (v1's refuses a tensor's LANCZOS, v2's runs it).
-    module = v2 if any(step.name in ("ToImage", "ToDtype") for step in steps) else v1
+    module = v2 if any(step.name in ("ToImage", "ToDtype", "RGB") for step in steps) else v1
     built = [
         getattr(module, step.name)(*map(value, step.args), **{k: value(v) for k, v in step.kwargs.items()})
         for step in steps

@@ -44,8 +44,8 @@ APPLIED_WITH_P = {"RandomHorizontalFlip", "RandomVerticalFlip", "RandomInvert", 
                   "RandomAutocontrast"}  # fmt: skip
 # The keys a dict of transform lists gives its inference list under, in the order looked for.
 INFERENCE_SPLITS = ("val", "valid", "validation", "test", "eval", "inference")
-SUPPORTED = ("Resize", "CenterCrop", "Grayscale", "ToTensor", "PILToTensor", "ConvertImageDtype", "ToImage", "ToDtype",
-             "Normalize")  # fmt: skip
+SUPPORTED = ("Resize", "CenterCrop", "Grayscale", "RGB", "ToTensor", "PILToTensor", "ConvertImageDtype", "ToImage",
+             "ToDtype", "Normalize")  # fmt: skip
 FLOAT_DTYPES = {"float", "float32", "float16", "float64", "double", "half"}
 # PIL's numbers for its filters, which torchvision's Resize still reads (PIL.Image.Resampling).
 PIL_FILTERS = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
@@ -382,6 +382,12 @@ def to_preprocessing(steps: list[Step], model_channels: int | None) -> Preproces
                 gray_out = int(args.get("num_output_channels", 1))
                 if gray_out not in (1, 3):
                     raise TransformsRefused("Grayscale(num_output_channels=...) takes 1 or 3")
+            case "RGB":  # v2's: 3 channels, what the server makes of every photo; after Grayscale(), 3 grey ones
+                if model_channels == 1:
+                    raise TransformsRefused(
+                        f"{step} makes 3 channels, but the model's first layer takes 1: leave it out"
+                    )
+                gray_out = 3 if gray_out else None
             case "ToTensor":
                 floats, scale = True, 1.0
                 tensor_by = tensor_by or f"{step.name}()"
