@@ -1159,6 +1159,14 @@ def test_a_pickled_model_that_names_its_gpu_or_was_compiled_is_served_from_the_m
         (["--arch-kwargs", "{num_classes: 4}"], "--arch-kwargs is not JSON"),
         (["--transforms", "RandomResizedCrop(224), ToTensor()"], "at inference use Resize(256), CenterCrop(224)"),
         (["--transforms", "Resize(256), ToTensor()", "--crop", "224"], "--transforms replaces --crop"),
+        (
+            ["--transforms", "Resize((32, 32)), ToTensor(), ToTensor()"],
+            "torchvision cannot run this list as written (Resize((32, 32)), ToTensor(), ToTensor()): pic should be",
+        ),
+        (
+            ["--transforms", "ToTensor(), Resize(64, interpolation=InterpolationMode.LANCZOS), CenterCrop(64)"],
+            "torchvision cannot run this list as written",
+        ),
         (["--mean", "0.5", "0.5", "0.5", "--std", "0.5"], "--mean has 3 values but --std 1"),
         (["--crop", "0"], "argument --crop: '0' is not a size in pixels (a whole number above 0)"),
         (["--resize", "200", "--crop", "224"], "--crop 224 is larger than --resize 200: the photo would be padded"),

@@ -189,6 +189,7 @@ def check_args(args: argparse.Namespace) -> Plan:
         try:
             steps = transforms.parse(args.transforms)
             transforms.to_preprocessing(steps, None)  # all but the channels' fit, before the model is loaded
+            faithful.check_runs(steps)
         except (transforms.TransformsRefused, ValueError) as e:
             raise ImportRefused(str(e)) from None
     if args.resize and args.crop and args.crop > args.resize:
