@@ -730,6 +730,27 @@ def test_torchscript_model_gives_exact_answers(colour_model):
     assert best["score"] == pytest.approx(math.exp(10) / (math.exp(10) + 2), abs=1e-6)
 
 
+@pytest.mark.parametrize(
+    ("classes", "wrong", "right", "outputs"),
+    [
+        (3, nn.Softmax(dim=0), nn.Softmax(dim=1), convert.Outputs.PROBABILITIES),
+        (1, nn.Softmax(dim=1), nn.Sigmoid(), convert.Outputs.ONE_PROBABILITY),
+    ],
+    ids=["softmax over the batch", "softmax over one output"],
+)
+def test_a_softmax_over_the_wrong_dimension_is_refused_not_served_as_one_answer_for_every_image(
+    classes, wrong, right, outputs
+):
+    """nn.Softmax(dim=0) is 1 everywhere for one image (the import and the server run one a call): stored,
+    every photo was answered 1/3 each, and the check passed, the model's own code saying the same."""
+    photos = torch.rand(4, 3, 32, 32)
+    model = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, classes), wrong).eval()
+    with pytest.raises(messages.ImportRefused, match="the model answers 1 for every output of every image"):
+        convert.read_outputs(model, photos)
+    model[3] = right  # the refusal's fix
+    assert convert.read_outputs(model, photos) is outputs
+
+
 def test_model_ending_in_softmax_is_not_softmaxed_twice(tmp_path, labels3):
     path = tmp_path / "probs.pt"
     torch.jit.script(nn.Sequential(colour_module(), nn.Softmax(dim=1))).save(str(path))
