@@ -535,6 +535,11 @@ def test_a_convolutional_head_s_scores_of_shape_n_c_1_1_are_served_as_rows(tmp_p
     assert stored(tag).info.metadata["num_classes"] == 4
     assert_served_as_torch(tag, probing.FlatScores(model))
 
+    model.classifier = model.classifier[:1]  # no pooling: (N, C, 15, 15), a score at each position
+    refusal = probing.probe(model, 3, (32, 32))
+    assert refusal is not None and "a tensor of shape [1, 4, 15, 15], scores at each position" in refusal.message
+    assert "x.mean((2, 3)) to average over the positions" in refusal.message  # not flatten(1): 900 'classes'
+
 
 def test_a_model_returning_its_logits_among_other_outputs_is_served_its_logits(tmp_path, labels3):
     """torchvision's GoogLeNet, scripted, returns GoogLeNetOutputs(logits, aux_logits2, aux_logits1) even in eval

@@ -234,6 +234,12 @@ def _not_one_row(out: object, model_class: str, form: str) -> str:
         )
     elif isinstance(out, torch.Tensor) and out.ndim == 1:
         what, fix = f"a tensor of shape {list(out.shape)}", "keep the batch dimension: x.flatten(1), not x.squeeze()"
+    elif isinstance(out, torch.Tensor) and out.ndim >= 3:  # a score per class and position (a map)
+        what = f"a tensor of shape {list(out.shape)}, scores at each position of the image, not one row"
+        fix = (
+            "return (batch, classes) as your code makes them of this, e.g. x.mean((2, 3)) to average over the "
+            "positions (x.flatten(1) would make each position's score a class of its own)"
+        )
     elif isinstance(out, torch.Tensor):
         what, fix = f"a tensor of shape {list(out.shape)}", "return (batch, classes): e.g. x.flatten(1) at the end"
     else:
