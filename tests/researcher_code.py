@@ -194,3 +194,55 @@ class RedAbove(Redness):
         with torch.no_grad():
             self.fc.weight.copy_(torch.tensor([[4.0, 0.0, 0.0]]))
             self.fc.bias.fill_(-4.0 * threshold)
+
+
+class MapsAndScores(Net):
+    """Returns (feature maps, class scores): the scores second, as code that visualises its features writes it."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        maps = self.features[:4](x)
+        return maps, self.head(self.features[4:](maps))
+
+
+class OutAndAux(Net):
+    """Returns {"out": scores, "aux": feature maps}, torchvision's segmentation models' keys: no 'logits'."""
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        maps = self.features[:4](x)
+        return {"aux": maps, "out": self.head(self.features[4:](maps))}
+
+
+class Decides(Net):
+    """Returns the class number, argmax of its scores, as a forward written for a demo app does."""
+
+    def __init__(self, num_classes: int = 10, keepdim: bool = False) -> None:
+        super().__init__(num_classes)
+        self.keepdim = keepdim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x).argmax(1, keepdim=self.keepdim)
+
+
+class ConvHead(nn.Module):
+    """All-convolutional: a 1 x 1 convolution to the classes, pooled, no flatten: scores of shape (N, C, 1, 1)."""
+
+    def __init__(self, num_classes: int = 4) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2), nn.ReLU())
+        self.classifier = nn.Sequential(nn.Conv2d(8, num_classes, 1), nn.AdaptiveAvgPool2d(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+class Standardized(Net):
+    """Standardises each photo by its own mean and spread per channel first: NaN for a photo of one colour,
+    without the epsilon (`eps`) that keeps it a number."""
+
+    def __init__(self, num_classes: int = 10, eps: float = 0.0) -> None:
+        super().__init__(num_classes)
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        spread = x.std((2, 3), keepdim=True) + self.eps
+        return super().forward((x - x.mean((2, 3), keepdim=True)) / spread)

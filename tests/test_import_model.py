@@ -34,6 +34,8 @@ from tests.helpers import (
 )
 from tests.researcher_code import (
     At128,
+    ConvHead,
+    Decides,
     DropsAtInference,
     HeadFirst,
     LogitsAndFeatures,
@@ -45,6 +47,7 @@ from tests.researcher_code import (
     Redness,
     RednessSqueezed,
     SmallDenseNet,
+    Standardized,
     TrainingConfig,
     WithFeatures,
 )
@@ -485,6 +488,59 @@ def test_a_model_returning_scores_and_features_is_told_the_subclass_to_write_and
     assert stored(tag).info.metadata["num_classes"] == 10
 
 
+@pytest.mark.parametrize(("model_class", "pick"), [("MapsAndScores", "[1]"), ("OutAndAux", "['out']")])
+def test_the_subclass_told_for_several_outputs_takes_the_class_scores_out_of_them(tmp_path, model_class, pick):
+    """The scores are not always first, and a dict's need not be called 'logits': the subclass the refusal
+    shows must take the one row of scores per image, or it is refused again (or serves feature maps)."""
+    import tests.researcher_code as code
+
+    model = getattr(code, model_class)(num_classes=5).eval()
+    refusal = probing.probe(model, 3, (64, 64))
+    assert refusal is not None and refusal.ran
+    assert "shape [1, 5]" in refusal.message and "shape [1, 32, 14, 14]" in refusal.message
+    shown = refusal.message.split("e.g.\n")[1].split("\nand pass")[0]
+    assert f"return super().forward(x){pick}  # the class scores, shape [1, 5]" in shown
+    namespace: dict = {model_class: type(model)}
+    exec(textwrap.dedent(shown), namespace)  # the refusal's own code, as the researcher pastes it
+    scores = namespace["Scores"](num_classes=5)
+    scores.load_state_dict(model.state_dict())
+    assert probing.probe(scores.eval(), 3, (64, 64)) is None
+
+
+@pytest.mark.parametrize("keepdim", [False, True], ids=["shape (batch,)", "shape (batch, 1)"])
+def test_a_model_returning_class_numbers_is_refused_not_served_as_a_binary_classifier(keepdim):
+    """forward ending in argmax gives one number per image, which was taken for a binary classifier's one
+    score: the export then failed as an unexpected error (a sigmoid of int64), or its 5 labels were refused
+    as too many for a binary classifier. The refusal names what it returns and what to return instead."""
+    model = Decides(num_classes=5, keepdim=keepdim).eval()
+    module, note = probing.with_class_scores(model, 3, (64, 64))  # as the import reads what it returns
+    assert module is model and note is None
+    refusal = probing.probe(module, 3, (64, 64))
+    assert refusal is not None and refusal.ran
+    assert "torch.int64 values of shape" in refusal.message and "class numbers or decisions" in refusal.message
+    assert "return the class scores that come before them (the logits, before argmax" in refusal.message
+
+
+def test_a_convolutional_head_s_scores_of_shape_n_c_1_1_are_served_as_rows(tmp_path):
+    """An all-convolutional classifier without a flatten (SqueezeNet's head, written out) returns (N, C, 1, 1):
+    one reading only, its rows. It was refused, and told a change a pickle or TorchScript file cannot make."""
+    torch.manual_seed(3)
+    model = ConvHead(num_classes=4).eval()
+    path = tmp_path / "convhead.pt"
+    with messages.quiet_torch():
+        torch.jit.script(model).save(str(path))
+    result = run_import(path, "--resize", "32", "--crop", "32", "--mean", "0.5", "--std", "0.5")
+    tag = imported_tag(result)
+    assert "note: it returns shape (batch, 4, 1, 1), a convolution's class scores: served as the rows" in result.stderr
+    assert stored(tag).info.metadata["num_classes"] == 4
+    assert_served_as_torch(tag, probing.FlatScores(model))
+
+    model.classifier = model.classifier[:1]  # no pooling: (N, C, 15, 15), a score at each position
+    refusal = probing.probe(model, 3, (32, 32))
+    assert refusal is not None and "a tensor of shape [1, 4, 15, 15], scores at each position" in refusal.message
+    assert "x.mean((2, 3)) to average over the positions" in refusal.message  # not flatten(1): 900 'classes'
+
+
 def test_a_model_returning_its_logits_among_other_outputs_is_served_its_logits(tmp_path, labels3):
     """torchvision's GoogLeNet, scripted, returns GoogLeNetOutputs(logits, aux_logits2, aux_logits1) even in eval
     mode; a class of the researcher's returns {"logits", "features"}: the logits are served, as `model(x).logits`
@@ -512,9 +568,26 @@ def test_a_model_returning_its_logits_among_other_outputs_is_served_its_logits(t
     torch.save(WithFeatures(num_classes=3).eval(), path)
     refused(
         run_import(path, "--trust-pickle", "--labels", labels3, "--crop", "64"),
-        "return super().forward(x)[0]  # the class scores\nthen save the model's weights, "
+        "return super().forward(x)[0]  # the class scores, shape [1, 3]; [1] too: pick the one your code reads\n"
+        "then save the model's weights, "
         "torch.save(model.state_dict(), 'weights.pth'), and import those with --arch yourfile.py:Scores",
     )
+
+
+def test_a_model_answering_nan_for_a_photo_of_one_colour_is_refused_with_the_cause(tmp_path):
+    """Per-photo standardisation divides by 0 on a black photo: the model was stored and the server answered
+    such an upload with NaN probabilities. Refused, with the epsilon to add; with it, the model imports."""
+    path = tmp_path / "standardized.pth"
+    torch.save(Standardized(num_classes=3).state_dict(), path)
+    arch = ["--arch", f"{CODE}:Standardized", "--arch-kwargs", '{"num_classes": 3}', "--crop", "64"]
+    refused(
+        run_import(path, *arch),
+        "the model's answer is not a number (NaN or infinite) for all black, all white, all mid-grey: your code "
+        "gets that too",
+    )
+    with_eps = Standardized(num_classes=3, eps=1e-6).eval()
+    packaged = convert.Packaged(with_eps, Preprocessing(resize=64, crop=64), convert.Outputs.LOGITS)
+    probing.check_finite(packaged, 3, (64, 64), {})  # the refusal's fix: nothing raised
 
 
 def test_a_model_random_in_eval_mode_is_told_why_not_blamed_on_the_export(tmp_path):
@@ -660,6 +733,27 @@ def test_torchscript_model_gives_exact_answers(colour_model):
     # Mean colour (1, 0, 0) -> logits (10, 0, 0) -> softmax.
     assert best["label"] == "red"
     assert best["score"] == pytest.approx(math.exp(10) / (math.exp(10) + 2), abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("classes", "wrong", "right", "outputs"),
+    [
+        (3, nn.Softmax(dim=0), nn.Softmax(dim=1), convert.Outputs.PROBABILITIES),
+        (1, nn.Softmax(dim=1), nn.Sigmoid(), convert.Outputs.ONE_PROBABILITY),
+    ],
+    ids=["softmax over the batch", "softmax over one output"],
+)
+def test_a_softmax_over_the_wrong_dimension_is_refused_not_served_as_one_answer_for_every_image(
+    classes, wrong, right, outputs
+):
+    """nn.Softmax(dim=0) is 1 everywhere for one image (the import and the server run one a call): stored,
+    every photo was answered 1/3 each, and the check passed, the model's own code saying the same."""
+    photos = torch.rand(4, 3, 32, 32)
+    model = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, classes), wrong).eval()
+    with pytest.raises(messages.ImportRefused, match="the model answers 1 for every output of every image"):
+        convert.read_outputs(model, photos)
+    model[3] = right  # the refusal's fix
+    assert convert.read_outputs(model, photos) is outputs
 
 
 def test_model_ending_in_softmax_is_not_softmaxed_twice(tmp_path, labels3):
@@ -1091,6 +1185,14 @@ def test_a_pickled_model_that_names_its_gpu_or_was_compiled_is_served_from_the_m
         (["--arch-kwargs", "{num_classes: 4}"], "--arch-kwargs is not JSON"),
         (["--transforms", "RandomResizedCrop(224), ToTensor()"], "at inference use Resize(256), CenterCrop(224)"),
         (["--transforms", "Resize(256), ToTensor()", "--crop", "224"], "--transforms replaces --crop"),
+        (
+            ["--transforms", "Resize((32, 32)), ToTensor(), ToTensor()"],
+            "torchvision cannot run this list as written (Resize((32, 32)), ToTensor(), ToTensor()): pic should be",
+        ),
+        (
+            ["--transforms", "ToTensor(), Resize(64, interpolation=InterpolationMode.LANCZOS), CenterCrop(64)"],
+            "torchvision cannot run this list as written",
+        ),
         (["--mean", "0.5", "0.5", "0.5", "--std", "0.5"], "--mean has 3 values but --std 1"),
         (["--crop", "0"], "argument --crop: '0' is not a size in pixels (a whole number above 0)"),
         (["--resize", "200", "--crop", "224"], "--crop 224 is larger than --resize 200: the photo would be padded"),

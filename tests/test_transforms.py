@@ -113,6 +113,66 @@ def prep_of(text: str, channels: int | None = 3) -> Preprocessing:
             3,
             Preprocessing(resize=32, crop=32, mean=(0, 0, 0), std=(1, 1, 1), interpolation="nearest"),
         ),
+        (
+            """transforms.Compose([
+                transforms.Resize(256),
+                transforms.CenterCrop(224),
+                transforms.ToTensor(),
+            ])  # the validation transforms, as in train.py""",
+            3,
+            Preprocessing(mean=(0, 0, 0), std=(1, 1, 1)),
+        ),
+        (
+            "'val': transforms.Compose([transforms.Resize((32, 32)), transforms.ToTensor()]),  # eval\r\n",
+            3,
+            Preprocessing(resize=(32, 32), crop=(32, 32), mean=(0, 0, 0), std=(1, 1, 1)),
+        ),
+        (
+            "transform=transforms.Compose(transforms=[transforms.Resize((32, 32)), transforms.ToTensor()]),",
+            3,
+            Preprocessing(resize=(32, 32), crop=(32, 32), mean=(0, 0, 0), std=(1, 1, 1)),
+        ),
+        (
+            "torch.nn.Sequential(T.Resize(256), T.CenterCrop(224), T.ToTensor(), "
+            "T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)))",
+            3,
+            Preprocessing(),
+        ),
+        (
+            """
+            normalize = transforms.Normalize(mean=[0.485, 0.456, 0.406],
+                                             std=[0.229, 0.224, 0.225])
+            val_transforms = transforms.Compose([
+                transforms.Resize(256),
+                transforms.CenterCrop(224),
+                transforms.ToTensor(),
+                normalize,
+            ])
+            """,
+            3,
+            Preprocessing(),
+        ),
+        (
+            """from torchvision import transforms as T
+            IMG_SIZE = 28
+            mean, std = (0.1307,), (0.3081,)
+            train_tf = T.Compose([T.RandomRotation(10), T.Resize(IMG_SIZE), T.ToTensor(), T.Normalize(mean, std)])
+            test_tf = T.Compose([T.Resize(IMG_SIZE), T.CenterCrop(IMG_SIZE), T.ToTensor(), T.Normalize(mean, std)])
+            """,
+            1,
+            Preprocessing(resize=28, crop=28, mean=(0.1307,), std=(0.3081,), channels=1),
+        ),
+        (
+            "v2.RGB(), v2.Resize(256), v2.CenterCrop(224), v2.ToImage(), v2.ToDtype(torch.float32, scale=True), "
+            "v2.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])",
+            3,
+            Preprocessing(),
+        ),
+        (
+            "v2.Grayscale(), v2.RGB(), v2.Resize((32, 32)), v2.ToImage(), v2.ToDtype(torch.float32, scale=True)",
+            3,
+            Preprocessing(resize=(32, 32), crop=(32, 32), mean=(0, 0, 0), std=(1, 1, 1), grayscale=True),
+        ),
     ],
     ids=[
         "imagenet",
@@ -130,6 +190,14 @@ def prep_of(text: str, channels: int | None = 3) -> Preprocessing:
         "timm's named constants",
         "timm's constants under their module",
         "nearest-exact: Pillow's nearest on a PIL image",
+        "a comment after the list, on its last line",
+        "a dict's entry with a comment, copied with a Windows line end",
+        "a dataset's transform= argument, its list a keyword of Compose",
+        "nn.Sequential, as torchvision's docs write scriptable transforms",
+        "pytorch/examples' ImageNet lines: normalize named on a line of its own",
+        "a script's lines: sizes and statistics named, a train list and a test list",
+        "v2's RGB(): what the server makes of every photo",
+        "v2's RGB() after Grayscale(): three grey channels",
     ],
 )
 def test_a_transform_list_reads_into_the_preprocessing_it_means(text, channels, expected):
@@ -145,6 +213,22 @@ def test_unscaled_floats_and_normalize_fold_into_the_same_arithmetic_as_torchvis
     pixels = torch.from_numpy(T.PILToTensor()(T.Resize((32, 32))(photo)).numpy()).float()
     mean, std = torch.tensor(prep.mean).view(3, 1, 1), torch.tensor(prep.std).view(3, 1, 1)
     assert torch.allclose((pixels / 255 - mean) / std, expected, atol=1e-4)
+
+
+@pytest.mark.parametrize("after", ["x.float() / 255", "x.float()"])
+def test_uint8_pixels_are_refused_with_the_step_that_gives_what_the_code_after_the_list_does(after):
+    """PILToTensor() gives 0..255 and the code that runs the list (or the model's forward) makes them floats,
+    divided by 255 or not: ToTensor() for both, as was said, would serve the second 255 times too dark."""
+    text = "Resize((32, 32)), PILToTensor()"
+    with pytest.raises(TransformsRefused) as e:
+        prep_of(text)
+    told = str(e.value).split(f"({after}), add ")[1].split(" ")[0]
+    photo = Image.open(DATA / "cat.jpg").convert("RGB")
+    theirs = eval(after, {"x": faithful.reference_transform(parse(text))(photo)})  # the test's own text
+    served = faithful.reference_transform(parse(f"{text}, {told}"))(photo)
+    assert served.dtype == torch.float32 and torch.equal(served, theirs)
+    prep = prep_of(f"{text}, {told}")
+    assert prep.mean == (0.0,) * 3 and prep.std == ((1.0,) if "/" in after else (1 / 255,)) * 3
 
 
 def test_the_stored_recipe_reads_back_as_itself():
@@ -180,10 +264,24 @@ def test_the_stored_recipe_reads_back_as_itself():
         ("CenterCrop(224), ToTensor()", "the server needs a fixed input size, and this list has no Resize"),
         ("ToTensor(), Normalize([0.5], [0.5])", "this list has no Resize"),
         ("Resize(256), CenterCrop(224)", "add ToTensor()"),
-        ("Resize(256), CenterCrop(224), PILToTensor()", "add ToTensor()"),
+        (
+            "Resize(256), CenterCrop(224), PILToTensor()",
+            "if it divides by 255 (x.float() / 255), add ConvertImageDtype(torch.float) at the end (it scales so); "
+            "if it only makes them floats (x.float()), add ToDtype(torch.float32) (0..255 as floats)",
+        ),
         ("Resize(256), CenterCrop(224), Normalize([0.5], [0.5]), ToTensor()", "put ToTensor() before it"),
         ("Resize(256), CenterCrop(224), ToTensor(), Normalize([0.5, 0.5], [0.5])", "2 mean values but 1 std values"),
-        ("Resize(256, max_size=512), CenterCrop(224), ToTensor()", "drop max_size"),
+        (
+            "Resize(256, max_size=320), CenterCrop(224), ToTensor()",
+            "Resize(256, max_size=320) shrinks a photo whose longer side would pass 320 (one longer than 1.25:1) to "
+            "320, which the server cannot: drop max_size only if your photos are never that long",
+        ),
+        (
+            "v2.Resize(size=None, max_size=224), v2.CenterCrop(224), v2.ToImage(), "
+            "v2.ToDtype(torch.float32, scale=True)",
+            "Resize(size=None, max_size=224) makes the longer side 224, so the size the model gets depends on the "
+            "photo's shape",
+        ),
         ("Resize(size=-3), CenterCrop(224), ToTensor()", "size must be a positive whole number"),
         ("Resize(256), CenterCrop(224), ToTensor(), Pad(4)", "Pad(4) is not a transform the server can apply; a black"),
         ("Resize((28, 28)), Pad(2, fill=255), ToTensor()", "is not a transform the server can apply"),
@@ -202,6 +300,10 @@ def test_the_stored_recipe_reads_back_as_itself():
         ("transform = None", "is not a transform call"),
         ("{'a': Compose([ToTensor()]), 'b': Compose([ToTensor()])}", "a dict of transform lists ('a', 'b'): give"),
         ("", "expected transforms such as"),
+        (
+            "a_tf = Compose([Resize((8, 8)), ToTensor()])\nb_tf = Compose([Resize((9, 9)), ToTensor()])",
+            "--transforms holds several transform lists (a_tf, b_tf): give the one your app or validation set uses",
+        ),
         ("Resize(256), CenterCrop(224), RandomHorizontalFlip(p=0), ToTensor()", "applies to no photo (p=0): leave"),
         ("Resize(256), CenterCrop(224), RandomHorizontalFlip(1.0), ToTensor()", "applies to every photo (p=1)"),
         ("Resize(256), CenterCrop(224), RandomGrayscale(p=1), ToTensor()", "write Grayscale(num_output_channels=3)"),
@@ -231,6 +333,81 @@ def test_what_cannot_be_served_as_written_is_refused_with_what_to_write(text, me
     with pytest.raises(TransformsRefused, match=None) as e:
         prep_of(text)
     assert message in str(e.value)
+
+
+def test_a_gaussian_blur_of_fixed_sigma_is_not_called_augmentation_and_the_blur_in_the_model_is_the_same():
+    """GaussianBlur(5, sigma=1.0) in an eval list blurs every photo alike: leaving it out, as the refusal of a
+    random augmentation says, would serve another input. The refusal's blur, run in the model, is the same."""
+    text = (
+        "Resize(40), CenterCrop(32), GaussianBlur(5, sigma=1.0), ToTensor(), "
+        "Normalize([0.5, 0.4, 0.3], [0.2, 0.2, 0.2])"
+    )
+    with pytest.raises(TransformsRefused) as e:
+        prep_of(text)
+    message = str(e.value)
+    assert "GaussianBlur(5, sigma=1.0) blurs every photo alike" in message and "leave it out" not in message
+    blur = message.split("starts with x = ")[1].split(" (your weights")[0]
+    assert blur == "torchvision.transforms.functional.gaussian_blur(x, 5, 1.0)"
+    photo = Image.open(DATA / "cat.jpg").convert("RGB")
+    theirs = faithful.reference_transform(parse(text))(photo)
+    rest = parse(text.replace("GaussianBlur(5, sigma=1.0), ", ""))
+    ours = T.functional.gaussian_blur(faithful.reference_transform(rest)(photo), 5, 1.0)
+    assert (ours - theirs).abs().max() <= 1 / 255 / 0.2  # within a grey level: theirs is rounded to 8 bits
+    with pytest.raises(TransformsRefused, match="GaussianBlur is training-time augmentation"):
+        prep_of("Resize(40), CenterCrop(32), GaussianBlur(5, sigma=(0.1, 2.0)), ToTensor()")
+
+
+@pytest.mark.parametrize(
+    ("text", "theirs"),
+    [
+        (
+            "Grayscale(), Resize(40), CenterCrop(32), ToTensor(), Lambda(lambda x: x.repeat(3, 1, 1)), "
+            "Normalize([0.5], [0.5])",
+            T.Compose(
+                [
+                    T.Grayscale(),
+                    T.Resize(40),
+                    T.CenterCrop(32),
+                    T.ToTensor(),
+                    T.Lambda(lambda x: x.repeat(3, 1, 1)),
+                    T.Normalize([0.5], [0.5]),
+                ]
+            ),
+        ),
+        (
+            "transforms.Resize((32, 32)), transforms.ToTensor(), transforms.Lambda(lambda t: t.expand(3, -1, -1))",
+            T.Compose([T.Resize((32, 32)), T.ToTensor(), T.Lambda(lambda t: t.expand(3, -1, -1))]),
+        ),
+        (
+            "Resize((32, 32)), ToTensor(), Lambda(lambda x: torch.cat([x, x, x], dim=0))",
+            T.Compose([T.Resize((32, 32)), T.ToTensor(), T.Lambda(lambda x: torch.cat([x, x, x], dim=0))]),
+        ),
+        (
+            "Lambda(lambda img: img.convert('RGB')), Resize((32, 32)), ToTensor()",
+            T.Compose([T.Lambda(lambda img: img.convert("RGB")), T.Resize((32, 32)), T.ToTensor()]),
+        ),
+        (
+            "Resize((32, 32)), ToTensor(), Lambda(lambda x: x.repeat(3, 1, 1) if x.shape[0] == 1 else x)",
+            T.Compose(
+                [T.Resize((32, 32)), T.ToTensor(), T.Lambda(lambda x: x.repeat(3, 1, 1) if x.shape[0] == 1 else x)]
+            ),
+        ),
+    ],
+    ids=["Grayscale() and repeat", "expand", "torch.cat", "convert('RGB')", "repeat a gray one only"],
+)
+def test_a_lambda_making_gray_photos_rgb_is_refused_with_the_list_that_gives_the_same(text, theirs):
+    """Gray datasets (MNIST, X-rays) fed to an RGB model: the Lambda that makes 3 channels is code, but the
+    refusal's list gives their model the same input, from the gray photos their code read and from colour ones."""
+    with pytest.raises(TransformsRefused, match=r"the server runs no code|which the server does to every") as e:
+        prep_of(text)
+    instead = str(e.value).split("write ")[-1]
+    served = faithful.reference_transform(parse(instead))
+    gray = Image.open(DATA / "cat.jpg").convert("L")
+    assert torch.allclose(served(gray.convert("RGB")), theirs(gray), atol=1e-6)  # the server opens photos as RGB
+    assert prep_of(instead).channels == 3
+    if "convert" in text or "else x" in text:  # RGB photos stay colour, as in their code
+        photo = Image.open(DATA / "cat.jpg").convert("RGB")
+        assert torch.allclose(served(photo), theirs(photo), atol=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -340,6 +517,7 @@ def test_channels_the_list_gives_must_be_what_the_model_takes():
         "ToTensor(), Resize(64), CenterCrop(64)",  # a tensor resize: torch's antialiased interpolate
         "Resize(28), CenterCrop(28), ToTensor(), Normalize((0.8693,), (-0.3081,))",  # MNIST's, on inverted photos
         "ToImage(), Resize(32, interpolation=InterpolationMode.NEAREST_EXACT), CenterCrop(32), ToDtype(torch.float32)",
+        "v2.Grayscale(), v2.RGB(), v2.Resize(40), v2.CenterCrop(32), v2.ToImage(), v2.ToDtype(torch.float32)",
     ],
 )
 def test_the_served_pixels_are_torchvisions_on_a_real_photo(text):

@@ -189,6 +189,7 @@ def check_args(args: argparse.Namespace) -> Plan:
         try:
             steps = transforms.parse(args.transforms)
             transforms.to_preprocessing(steps, None)  # all but the channels' fit, before the model is loaded
+            faithful.check_runs(steps)
         except (transforms.TransformsRefused, ValueError) as e:
             raise ImportRefused(str(e)) from None
     if args.resize and args.crop and args.crop > args.resize:
@@ -442,6 +443,9 @@ def import_model(args: argparse.Namespace) -> str:
     with messages.quiet_torch():
         outputs = convert.read_outputs(loaded.module, floats, args.multi_label)
     packaged = convert.Packaged(loaded.module, prep, outputs)
+    shown = sorted(config.DATA_DIR.glob("*.jpg"))  # parity_inputs' photos, first in `inputs`
+    photos = {f"the photo {p.name}": torch.from_numpy(x[None]) for p, x in zip(shown, inputs, strict=False)}
+    probing.check_finite(packaged, prep.channels, prep.input_size, photos)
     with torch.inference_mode(), messages.quiet_torch():
         num_classes = int(packaged(torch.from_numpy(inputs[:1])).shape[1])
 

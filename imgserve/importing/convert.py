@@ -113,6 +113,13 @@ def read_outputs(model: nn.Module, samples: torch.Tensor, multi_label: bool = Fa
             s.numel() == out.numel() and torch.equal(s.reshape(out.shape), out) for s in sigmoids.results
         )
     out = torch.cat(rows)
+    if bool((out == 1).all()) and not ends_in_sigmoid:  # one image a call: a softmax over the batch is 1 everywhere
+        raise ImportRefused(
+            "the model answers 1 for every output of every image: a softmax over the wrong dimension, the batch "
+            "(nn.Softmax(dim=0), F.softmax(x, dim=0): 1 for one image), or over a single output. Its answers say "
+            "nothing of the image: softmax over the classes, dim=1 (for one output, a sigmoid, or nothing with "
+            "BCEWithLogitsLoss), and import again (a TorchScript or .pt2 file saved again after that change)"
+        )
     if out.shape[1] == 1:
         return Outputs.ONE_PROBABILITY if ends_in_sigmoid else Outputs.ONE_LOGIT
     if ends_in_sigmoid:

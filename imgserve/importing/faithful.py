@@ -21,7 +21,7 @@ from torch import nn
 
 from imgserve import config
 from imgserve.importing import convert
-from imgserve.importing.messages import quiet_torch
+from imgserve.importing.messages import ImportRefused, error_line, quiet_torch
 from imgserve.importing.transforms import Step
 from imgserve.serving.predict import open_session, run
 from imgserve.serving.preprocess import ALPHA_MODES, DEEP_MODES, ImageRejected, Preprocessing, preprocess
@@ -94,12 +94,26 @@ def reference_transform(steps: list[Step]) -> Callable[[Image.Image], torch.Tens
         return v
 
     # A list with v2's own steps is v2 code: its Resize too (v1's refuses a tensor's LANCZOS, v2's runs it).
-    module = v2 if any(step.name in ("ToImage", "ToDtype") for step in steps) else v1
+    module = v2 if any(step.name in ("ToImage", "ToDtype", "RGB") for step in steps) else v1
     built = [
         getattr(module, step.name)(*map(value, step.args), **{k: value(v) for k, v in step.kwargs.items()})
         for step in steps
     ]
     return v1.Compose(built)
+
+
+def check_runs(steps: list[Step]) -> None:
+    """Refuse a list that torchvision itself cannot run (two ToTensor(), LANCZOS on v1's tensor Resize):
+    your code cannot run it either, and the check against it would fail late, as an unforeseen error."""
+    photo = Image.new("RGB", (96, 72), (120, 60, 200))
+    try:
+        with quiet_torch():
+            reference_transform(steps)(photo)
+    except Exception as e:  # torchvision's errors have no common base class
+        raise ImportRefused(
+            f"torchvision cannot run this list as written ({', '.join(map(str, steps))}): {error_line(e)}. Write "
+            "the list your code runs"
+        ) from None
 
 
 def measure(

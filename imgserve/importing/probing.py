@@ -5,6 +5,7 @@ them."""
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -68,6 +69,14 @@ class KeyedLogits(NamedLogits):
         return self.model(x)["logits"]
 
 
+class FlatScores(NamedLogits):
+    """Class scores of shape (batch, classes, 1, 1), as a convolution for a head gives them (SqueezeNet's
+    layout without its flatten), as the rows they are."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x).flatten(1)
+
+
 class PerImageScore(NamedLogits):
     """A binary classifier's one score per image, its class dimension squeezed away (`.squeeze(1)` or
     `.squeeze()` at the end of forward, as BCE training writes it), as a column: one output per image."""
@@ -79,11 +88,19 @@ class PerImageScore(NamedLogits):
 def with_class_scores(module: nn.Module, channels: int, size: tuple[int, int]) -> tuple[nn.Module, str | None]:
     """The model, or, when it returns its class scores named `logits` among other outputs, the model
     answering with those, as the researcher's code reads them (`model(x).logits`), and a note saying so;
-    likewise a binary classifier's one score per image, squeezed to shape (batch,)."""
+    likewise a binary classifier's one score per image, squeezed to shape (batch,), and a convolution's
+    scores of shape (batch, classes, 1, 1)."""
     try:
         with torch.inference_mode(), quiet_torch():
             out = module(torch.zeros(1, channels, *size))
-            if isinstance(out, torch.Tensor) and out.numel() == 1 and out.ndim <= 1:  # (batch,) or (classes,)?
+            # Scores only: class numbers (argmax) of these shapes are refused by probe(), with what to return.
+            scores = isinstance(out, torch.Tensor) and out.is_floating_point()
+            if scores and out.ndim == 4 and out.shape[0] == 1 and out.shape[2:] == (1, 1):
+                return FlatScores(module), (
+                    f"it returns shape (batch, {out.shape[1]}, 1, 1), a convolution's class scores: served as the "
+                    f"rows (batch, {out.shape[1]}) they are"
+                )
+            if scores and out.numel() == 1 and out.ndim <= 1:  # (batch,) or (classes,)?
                 pair = module(torch.zeros(2, channels, *size))
                 if isinstance(pair, torch.Tensor) and pair.shape == (2,):
                     return PerImageScore(module), (
@@ -114,6 +131,29 @@ def check_deterministic(module: nn.Module, inputs: torch.Tensor) -> None:
     diff = float((first - second).abs().max())
     if diff > 1e-5:
         raise ImportRefused(RANDOM_AT_INFERENCE.format(diff=diff))
+
+
+# Photos of one colour, as uploads have them (a dark frame, an overexposed one, a blank scan), in uint8.
+UNIFORM_PHOTOS = {"all black": 0, "all white": 255, "all mid-grey": 128}
+
+
+def check_finite(packaged: nn.Module, channels: int, size: tuple[int, int], photos: dict[str, torch.Tensor]) -> None:
+    """Refuse a model whose probabilities are not numbers (NaN, infinite) on a photo: the server would
+    answer that photo with no probabilities at all. `packaged` takes uint8 pixels; `photos`, the
+    parity check's, are tried beside photos of one colour, where dividing by the photo's own spread
+    (x / x.std()) or a log of 0 gives NaN."""
+    tried = dict(photos)
+    tried.update({name: torch.full((1, channels, *size), v, dtype=torch.uint8) for name, v in UNIFORM_PHOTOS.items()})
+    with torch.inference_mode(), quiet_torch():
+        bad = [name for name, pixels in tried.items() if not bool(torch.isfinite(packaged(pixels)).all())]
+    if bad:
+        raise ImportRefused(
+            f"the model's answer is not a number (NaN or infinite) for {', '.join(bad[:SHOWN_KEYS])}: your code "
+            "gets that too, and the server would answer such a photo with no probabilities. Usually the forward "
+            "divides by the photo's own spread, x / x.std() (0 for a photo of one colour), or takes a log of 0: "
+            "add a small epsilon, x / (x.std() + 1e-6), torch.log(x + 1e-6), and import again (a TorchScript or "
+            ".pt2 file saved again after that change)"
+        )
 
 
 def is_scripted(module: nn.Module) -> bool:
@@ -166,7 +206,7 @@ def probe(module: nn.Module, channels: int, size: tuple[int, int], form: str = "
             out = module(torch.zeros(1, channels, *size))
     except Exception as e:  # any failure in the model's own code means: not this input
         return Refusal(error_line(e))
-    if isinstance(out, torch.Tensor) and out.ndim == 2 and out.shape[0] == 1:
+    if _is_row(out):
         return None
     name = getattr(module, "original_name", type(module).__name__)  # a TorchScript model: its class, as written
     return Refusal(_not_one_row(out, name, form), ran=True)
@@ -179,11 +219,27 @@ def _not_one_row(out: object, model_class: str, form: str) -> str:
         "            return super().forward(x){pick}\n" + USE_SUBCLASS.get(form, USE_SUBCLASS["state_dict"])
     )
     if isinstance(out, tuple | list):
-        what, fix = f"a {type(out).__name__} of {len(out)} values", subclass.format(pick="[0]  # the class scores")
+        what = f"a {type(out).__name__} of {len(out)} values ({_shapes(enumerate(out))})"
+        fix = subclass.format(pick=_scores_pick(enumerate(out)))
     elif isinstance(out, dict):
-        what, fix = f"a dict with keys {sorted(map(str, out))[:SHOWN_KEYS]}", subclass.format(pick='["logits"]')
+        what = f"a dict with keys {sorted(map(str, out))[:SHOWN_KEYS]} ({_shapes(out.items())})"
+        fix = subclass.format(pick=_scores_pick(out.items()))
+    elif isinstance(out, torch.Tensor) and not out.is_floating_point():
+        what = (
+            f"{out.dtype} values of shape {list(out.shape)}, class numbers or decisions (as argmax gives), not scores"
+        )
+        fix = (
+            "return the class scores that come before them (the logits, before argmax: the server adds the softmax "
+            "and answers with every class's probability)"
+        )
     elif isinstance(out, torch.Tensor) and out.ndim == 1:
         what, fix = f"a tensor of shape {list(out.shape)}", "keep the batch dimension: x.flatten(1), not x.squeeze()"
+    elif isinstance(out, torch.Tensor) and out.ndim >= 3:  # a score per class and position (a map)
+        what = f"a tensor of shape {list(out.shape)}, scores at each position of the image, not one row"
+        fix = (
+            "return (batch, classes) as your code makes them of this, e.g. x.mean((2, 3)) to average over the "
+            "positions (x.flatten(1) would make each position's score a class of its own)"
+        )
     elif isinstance(out, torch.Tensor):
         what, fix = f"a tensor of shape {list(out.shape)}", "return (batch, classes): e.g. x.flatten(1) at the end"
     else:
@@ -192,6 +248,28 @@ def _not_one_row(out: object, model_class: str, form: str) -> str:
         f"for one image the model returns {what}; the server needs one row of class scores per image, a "
         f"tensor of shape (1, classes). To serve it, {fix}"
     )
+
+
+def _is_row(value: object) -> bool:
+    """One row of scores for one image: a float tensor of shape (1, n)."""
+    return isinstance(value, torch.Tensor) and value.ndim == 2 and value.shape[0] == 1 and value.is_floating_point()
+
+
+def _shapes(items: Iterable[tuple[object, object]]) -> str:
+    return ", ".join(
+        f"[{k!r}]: " + (f"shape {list(v.shape)}" if isinstance(v, torch.Tensor) else type(v).__name__) for k, v in items
+    )
+
+
+def _scores_pick(items: Iterable[tuple[object, object]]) -> str:
+    """The subscript that takes the class scores out of what the model returned: the element that is one
+    row per image, the first of several (each named, to choose the one the code reads)."""
+    rows = [(k, v) for k, v in items if isinstance(v, torch.Tensor) and _is_row(v)]
+    if not rows:
+        return "[0]  # the class scores: the element your code reads them from"
+    (key, value), others = rows[0], rows[1:]
+    also = f"; {', '.join(f'[{k!r}]' for k, _ in others)} too: pick the one your code reads" if others else ""
+    return f"[{key!r}]  # the class scores, shape {list(value.shape)}{also}"
 
 
 def fixed_batch(module: nn.Module, channels: int, size: tuple[int, int], error: str) -> int | None:

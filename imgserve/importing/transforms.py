@@ -14,6 +14,7 @@ with the researcher's own transforms (imgserve/importing/faithful.py). Import si
 from __future__ import annotations
 
 import ast
+import copy
 import textwrap
 from dataclasses import dataclass, field
 
@@ -43,8 +44,8 @@ APPLIED_WITH_P = {"RandomHorizontalFlip", "RandomVerticalFlip", "RandomInvert", 
                   "RandomAutocontrast"}  # fmt: skip
 # The keys a dict of transform lists gives its inference list under, in the order looked for.
 INFERENCE_SPLITS = ("val", "valid", "validation", "test", "eval", "inference")
-SUPPORTED = ("Resize", "CenterCrop", "Grayscale", "ToTensor", "PILToTensor", "ConvertImageDtype", "ToImage", "ToDtype",
-             "Normalize")  # fmt: skip
+SUPPORTED = ("Resize", "CenterCrop", "Grayscale", "RGB", "ToTensor", "PILToTensor", "ConvertImageDtype", "ToImage",
+             "ToDtype", "Normalize")  # fmt: skip
 FLOAT_DTYPES = {"float", "float32", "float16", "float64", "double", "half"}
 # PIL's numbers for its filters, which torchvision's Resize still reads (PIL.Image.Resampling).
 PIL_FILTERS = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
@@ -86,18 +87,32 @@ class Step:
 def parse(text: str) -> list[Step]:
     """The calls of a transform list, in order; refuses anything that is not a plain call of literals."""
     elements = _elements(text)
-    if len(elements) == 1 and isinstance(elements[0], ast.Dict):
-        elements = [_inference_entry(elements[0])]
-    if len(elements) == 1 and isinstance(elements[0], ast.List | ast.Tuple):
-        elements = elements[0].elts  # written as a list: [Resize(256), ...]
-    elif len(elements) == 1 and _name(elements[0]) == "Compose":
-        call = elements[0]
-        if not (isinstance(call, ast.Call) and len(call.args) == 1 and isinstance(call.args[0], ast.List | ast.Tuple)):
-            raise TransformsRefused("Compose(...) takes a list: Compose([Resize(256), CenterCrop(224), ToTensor()])")
-        elements = call.args[0].elts
+    while len(elements) == 1 and (inner := _inner(elements[0])) is not None:
+        elements = inner
     if not elements:
         raise TransformsRefused(f"--transforms: expected transforms such as 'Resize(256), ToTensor()', got {text!r}")
     return [step for node in elements for step in (_preset(node) or [_step(node)])]
+
+
+def _inner(node: ast.expr) -> list[ast.expr] | None:
+    """What one element holds when it is a container of the list, not a transform: a dict of lists by
+    split, a list or tuple (`transform=Compose([...]),` copied with its comma is a tuple), Compose([...])
+    (also `Compose(transforms=[...])`), or the `nn.Sequential(Resize(256), ...)` torchvision's docs
+    write for scriptable transforms. None for a transform."""
+    if isinstance(node, ast.Dict):
+        return [_inference_entry(node)]
+    if isinstance(node, ast.List | ast.Tuple):
+        return node.elts
+    if not isinstance(node, ast.Call):
+        return None
+    if _name(node) == "Sequential":
+        return list(node.args)
+    if _name(node) != "Compose":
+        return None
+    given = [*node.args, *(k.value for k in node.keywords if k.arg == "transforms")]
+    if len(given) != 1 or not isinstance(given[0], ast.List | ast.Tuple):
+        raise TransformsRefused("Compose(...) takes a list: Compose([Resize(256), CenterCrop(224), ToTensor()])")
+    return given[0].elts
 
 
 def _preset(node: ast.AST) -> list[Step] | None:
@@ -157,21 +172,93 @@ def _preset_steps(
 def _elements(text: str) -> list[ast.expr]:
     """The list's elements as written; the line it is assigned on (`transform = transforms.Compose([...])`,
     copied from the app's code) gives its right-hand side."""
-    try:
-        tree = ast.parse(f"[{text.strip()}]", mode="eval").body
+    try:  # the closing bracket on a line of its own: a comment at the end of the text ends before it
+        tree = ast.parse(f"[{text.strip()}\n]", mode="eval").body
     except SyntaxError as e:
         try:
-            [statement] = ast.parse(textwrap.dedent(text).strip()).body
-        except (SyntaxError, ValueError):
+            statements = _statements(text)
+        except SyntaxError:
             try:  # one entry of a dict of lists: 'val': transforms.Compose([...]),
-                return [ast.parse(f"{{{text.strip()}}}", mode="eval").body]
+                return [ast.parse(f"{{{text.strip()}\n}}", mode="eval").body]
             except SyntaxError:
                 raise TransformsRefused(f"--transforms is not a transform list ({e.msg}): {text!r}") from None
-        if not (isinstance(statement, ast.Assign | ast.AnnAssign) and statement.value is not None):
+        value = _assigned_list(statements)
+        if value is None:
             raise TransformsRefused(f"--transforms is not a transform list ({e.msg}): {text!r}") from None
-        return [statement.value]
+        return [value]
     assert isinstance(tree, ast.List)
     return tree.elts
+
+
+def _statements(text: str) -> list[ast.stmt]:
+    """Lines of code, indented as in a function or not; the first line copied without its indentation (a
+    selection starting at its first letter) and the rest with theirs, too."""
+    try:
+        return ast.parse(textwrap.dedent(text).strip()).body
+    except SyntaxError:
+        first, _, rest = text.strip("\n").partition("\n")
+        return ast.parse(f"{first.strip()}\n{textwrap.dedent(rest)}".strip()).body
+
+
+def _assigned_list(statements: list[ast.stmt]) -> ast.expr | None:
+    """The transform list of lines pasted from the app's code, their names read as the lines assign them:
+    `normalize = transforms.Normalize(...)` then `transforms.Compose([..., normalize])`, as PyTorch's
+    ImageNet example writes it, or `mean, std = [...], [...]`. The list is the value no later line uses
+    (of several, the inference one by its name: val_transform, not train_transform). Imports are passed
+    over; nothing is run.
+    None when the lines are anything else."""
+    names: dict[str, ast.expr] = {}
+    used: set[str] = set()
+    made: list[tuple[list[str], ast.expr]] = []
+    for statement in statements:
+        if isinstance(statement, ast.Import | ast.ImportFrom):
+            continue
+        if isinstance(statement, ast.Assign | ast.AnnAssign) and statement.value is not None:
+            targets = statement.targets if isinstance(statement, ast.Assign) else [statement.target]
+            source = statement.value
+        elif isinstance(statement, ast.Expr):
+            targets, source = [], statement.value
+        else:
+            return None
+        value = _Substitute(names, used).visit(source)
+        bound: list[str] = []
+        for target in targets:
+            pairs = [(target, value)]
+            if isinstance(target, ast.Tuple) and isinstance(value, ast.Tuple) and len(target.elts) == len(value.elts):
+                pairs = list(zip(target.elts, value.elts, strict=True))  # mean, std = [...], [...]
+            for name, part in pairs:
+                if not isinstance(name, ast.Name):
+                    return None
+                names[name.id] = part
+                bound.append(name.id)
+        made.append((bound, value))
+    if not made:
+        return None
+    lists = [(b, v) for b, v in made if not set(b) & used and any(isinstance(n, ast.Call) for n in ast.walk(v))]
+    if len(lists) > 1:
+        inference = [(b, v) for b, v in lists if any(s in n.lower() for n in b for s in INFERENCE_SPLITS)]
+        if len(inference) != 1:  # train_transform and one other: the other
+            inference = [(b, v) for b, v in lists if not any("train" in n.lower() for n in b)]
+        if len(inference) != 1:
+            said = ", ".join(" = ".join(b) or ast.unparse(v)[:40] for b, v in lists)
+            raise TransformsRefused(
+                f"--transforms holds several transform lists ({said}): give the one your app or validation set uses"
+            )
+        lists = inference
+    return (lists or made)[-1][1]
+
+
+class _Substitute(ast.NodeTransformer):
+    """A pasted line's names replaced by the values earlier lines gave them (copies), each name noted as used."""
+
+    def __init__(self, names: dict[str, ast.expr], used: set[str]) -> None:
+        self.names, self.used = names, used
+
+    def visit_Name(self, node: ast.Name) -> ast.expr:
+        if isinstance(node.ctx, ast.Load) and node.id in self.names:
+            self.used.add(node.id)
+            return copy.deepcopy(self.names[node.id])
+        return node
 
 
 def _inference_entry(node: ast.Dict) -> ast.expr:
@@ -265,6 +352,8 @@ def to_preprocessing(steps: list[Step], model_channels: int | None) -> Preproces
     for step in steps:
         if _inverts(step):
             raise TransformsRefused(_invert_instead(steps, step))
+        if step.name == "Lambda" and (rgb := _to_rgb(step)):
+            raise TransformsRefused(_to_rgb_instead(steps, step, rgb))
         if step.name == "Pad":
             raise TransformsRefused(_pad_instead(step, resize, crop, mean is not None))
         args = _bind(step)
@@ -278,7 +367,7 @@ def to_preprocessing(steps: list[Step], model_channels: int | None) -> Preproces
                         "write Resize first, then CenterCrop"
                     )
                 if args.get("max_size") is not None:
-                    raise TransformsRefused("Resize(max_size=...) makes the size depend on the photo; drop max_size")
+                    raise TransformsRefused(_max_size_instead(step, args.get("size"), args["max_size"]))
                 resize = _size(args["size"], "Resize")
                 interpolation = str(args.get("interpolation") or "bilinear")
                 if tensor_by:
@@ -293,6 +382,12 @@ def to_preprocessing(steps: list[Step], model_channels: int | None) -> Preproces
                 gray_out = int(args.get("num_output_channels", 1))
                 if gray_out not in (1, 3):
                     raise TransformsRefused("Grayscale(num_output_channels=...) takes 1 or 3")
+            case "RGB":  # v2's: 3 channels, what the server makes of every photo; after Grayscale(), 3 grey ones
+                if model_channels == 1:
+                    raise TransformsRefused(
+                        f"{step} makes 3 channels, but the model's first layer takes 1: leave it out"
+                    )
+                gray_out = 3 if gray_out else None
             case "ToTensor":
                 floats, scale = True, 1.0
                 tensor_by = tensor_by or f"{step.name}()"
@@ -321,6 +416,13 @@ def to_preprocessing(steps: list[Step], model_channels: int | None) -> Preproces
                     raise TransformsRefused(f"Normalize: {len(mean)} mean values but {len(std)} std values")
             case _:
                 raise TransformsRefused(_unsupported(step))
+    if not floats and tensor_by:  # uint8 pixels: the code after the list, or the model, makes them floats
+        raise TransformsRefused(
+            f"the list ends in {tensor_by}'s uint8 pixels (0..255), and what the model gets depends on what your "
+            "code or model does to them next: if it divides by 255 (x.float() / 255), add "
+            "ConvertImageDtype(torch.float) at the end (it scales so); if it only makes them floats (x.float()), add "
+            "ToDtype(torch.float32) (0..255 as floats)"
+        )
     if not floats:
         raise TransformsRefused("the list never makes a float tensor: add ToTensor() (after Resize/CenterCrop)")
     if resize is None:
@@ -373,6 +475,24 @@ def to_preprocessing(steps: list[Step], model_channels: int | None) -> Preproces
         interpolation=interpolation,
         channels=channels,
         grayscale=gray_out is not None or channels == 1,
+    )
+
+
+def _max_size_instead(step: Step, size: object, max_size: object) -> str:
+    """Resize's max_size caps the longer side: the photos it changes, which its refusal names, are those
+    longer than max_size / size; dropping it serves those otherwise (the import's check, on the list without
+    it, would not see that)."""
+    side = size[0] if isinstance(size, list | tuple) and len(size) == 1 else size
+    if not isinstance(side, int) or not isinstance(max_size, int) or max_size <= side:
+        return (
+            f"{step} makes the longer side {max_size}, so the size the model gets depends on the photo's shape; the "
+            f"server needs a fixed size: Resize(({max_size}, {max_size})) to squeeze the photo, or Resize(N), "
+            "CenterCrop(N) to crop it, as your model was trained"
+        )
+    return (
+        f"{step} shrinks a photo whose longer side would pass {max_size} (one longer than {max_size / side:.3g}:1) "
+        f"to {max_size}, which the server cannot: drop max_size only if your photos are never that long (then it "
+        "does nothing); on longer ones the answers would differ from your code's"
     )
 
 
@@ -494,6 +614,69 @@ def _inverts(step: Step) -> bool:
     )
 
 
+def _to_rgb(step: Step) -> str | None:
+    """How a Lambda makes a photo RGB, as code for gray images fed to an RGB model writes it: "repeat" its
+    one channel 3 times (`x.repeat(3, 1, 1)`, `x.expand(3, -1, -1)`, `torch.cat([x, x, x])`), "convert" it
+    (`img.convert('RGB')`, or a repeat only of a 1-channel tensor). None for any other code."""
+    try:
+        code = ast.parse(str(step.args[0]), mode="eval").body if step.args else None
+    except SyntaxError:
+        return None
+    if not isinstance(code, ast.Lambda) or len(code.args.args) != 1:
+        return None
+    param = code.args.args[0].arg
+
+    def kind(body: ast.expr) -> str | None:
+        if isinstance(body, ast.IfExp):  # x.repeat(3, 1, 1) if x.shape[0] == 1 else x: gray ones only
+            branches = {kind(body.body), kind(body.orelse)}
+            return "convert" if branches & {"repeat", "convert"} and branches <= {"repeat", "convert", "same"} else None
+        if isinstance(body, ast.Name):
+            return "same" if body.id == param else None
+        if not isinstance(body, ast.Call):
+            return None
+        numbers = [a.value if isinstance(a, ast.Constant) else _literal_or_none(a) for a in body.args]
+        func = body.func
+        method = func.attr if isinstance(func, ast.Attribute) and ast.unparse(func.value) == param else None
+        if method in ("repeat", "expand") and numbers[:1] == [3] and len(numbers) == 3:
+            return "repeat"
+        if method == "convert" and numbers == ["RGB"]:
+            return "convert"
+        if _name(body) in ("cat", "concat", "concatenate") and body.args and isinstance(body.args[0], ast.List):
+            parts = body.args[0].elts
+            return "repeat" if len(parts) == 3 and all(ast.unparse(e) == param for e in parts) else None
+        return None
+
+    found = kind(code.body)
+    return found if found in ("repeat", "convert") else None
+
+
+def _literal_or_none(node: ast.AST) -> object:
+    try:
+        return _literal(node, "Lambda")
+    except TransformsRefused:
+        return None
+
+
+def _to_rgb_instead(steps: list[Step], lam: Step, how: str) -> str:
+    """The refusal of a Lambda making photos RGB, with the list that does it: the server makes every
+    photo RGB itself (a gray one as 3 equal channels), and Grayscale(num_output_channels=3) every one gray."""
+    said = f"Lambda({lam.args[0]})"
+    gray = next((s for s in steps if s.name == "Grayscale"), None)
+    if how == "convert" and gray is None:
+        rest = [str(s) for s in steps if s is not lam]
+        return (
+            f"{said} makes a photo RGB, which the server does to every photo itself (a gray one as 3 equal "
+            f"channels); it runs no code: leave it out, write {', '.join(rest)}"
+        )
+    three = Step("Grayscale", (), {"num_output_channels": 3})
+    rest = [str(three if s is gray else s) for s in steps if s is not lam]
+    return (
+        f"{said} repeats a gray photo's one channel 3 times (a colour photo it would make 9 channels: your "
+        "photos are gray); the server runs no code, but Grayscale(num_output_channels=3) gives every photo "
+        f"so: write {', '.join(rest if gray else [str(three), *rest])}"
+    )
+
+
 def _invert_instead(steps: list[Step], invert: Step) -> str:
     """The refusal of an inversion, with the list that does the same arithmetic: for pixels u in [0, 1],
     Normalize(m, s) of 1 - u is (u - (1 - m)) / -s, which Normalize(1 - m, -s) computes."""
@@ -538,6 +721,15 @@ def _unsupported(step: Step) -> str:
         side = size if isinstance(size, int) else 224
         instead = INSTEAD[step.name].format(size=size, resize=resize or round(side / config.DEFAULT_CROP_RATIO))
         return f"{step.name} is training-time augmentation (random); at inference use {instead}"
+    if step.name == "GaussianBlur" and (sigma := _fixed_sigma(step)) is not None:
+        size = step.kwargs.get("kernel_size", step.args[0] if step.args else 3)
+        return (
+            f"{step} blurs every photo alike (sigma {sigma} is fixed: no augmentation), which the server cannot, and "
+            "leaving it out would change what the model sees: blur in the model instead, a subclass whose forward "
+            f"starts with x = torchvision.transforms.functional.gaussian_blur(x, {size}, {sigma}) (your weights, "
+            "--arch yourfile.py:Blurred), and leave GaussianBlur out of --transforms: where your list blurs after "
+            "Resize and CenterCrop, the model gets the same input (the blur commutes with Normalize)"
+        )
     if step.name.startswith("Random") or step.name in AUGMENTATIONS:
         return f"{step.name} is training-time augmentation (random): leave it out of the inference transforms"
     if step.name in MULTI_CROP:
@@ -547,6 +739,14 @@ def _unsupported(step: Step) -> str:
     if step.name == "Lambda":
         return "Lambda runs code the server cannot store; write the transforms it does as transform names"
     return f"{step.name} is not a transform the server can apply; supported: {', '.join(SUPPORTED)}"
+
+
+def _fixed_sigma(step: Step) -> float | None:
+    """GaussianBlur's sigma when it is one value, not a range drawn from (its default (0.1, 2.0) is a range)."""
+    sigma = step.kwargs.get("sigma", step.args[1] if len(step.args) > 1 else None)
+    if isinstance(sigma, list | tuple) and len(sigma) == 2 and sigma[0] == sigma[1]:
+        sigma = sigma[0]
+    return float(sigma) if isinstance(sigma, int | float) and not isinstance(sigma, bool) else None
 
 
 def _size(value: object, where: str) -> int | tuple[int, int]:
