@@ -236,8 +236,6 @@ class Sender:
         there = retry_if_exception(lambda e: retryable(e) and not isinstance(e, wrong))
         try:
             r: httpx.Response = await self.policy.copy(retry=there, retry_error_callback=None)(self._schema_once)
-        except httpx.UnsupportedProtocol:
-            raise Fatal(f"--url {self.url}: give the scheme too, e.g. http://localhost:3000") from None
         except (httpx.HTTPError, ServerError, RetryError) as e:
             cause = e.last_attempt.exception() if isinstance(e, RetryError) else e
             raise Fatal(f"cannot reach {self.url} ({problem(cause)}): is the server running? (make serve)") from None

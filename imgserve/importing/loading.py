@@ -73,10 +73,18 @@ RECORDED_MODE = {"aten::dropout": 2, "aten::dropout_": 2, "aten::feature_dropout
                  "aten::alpha_dropout": 2, "aten::feature_alpha_dropout": 2, "aten::native_dropout": 2,
                  "aten::batch_norm": 5, "aten::native_batch_norm": 5, "aten::_native_batch_norm_legit": 5,
                  "aten::_native_batch_norm_legit_functional": 5}  # fmt: skip
-RECORDED_IN_TRAINING = (
-    "{path} was {done} in training mode: its {layers} as in training (dropout at random, batch norm on each "
-    "batch's own statistics), and {kept} keeps that whatever .eval() says later. {again}"
-)
+# How each form records a training-mode layer, and how to save it again in eval mode.
+RECORDED = {
+    "traced": (
+        "a trace",
+        "Trace it again after model.eval(): model.eval(), then torch.jit.trace(model, example).save(...)",
+    ),
+    "exported": (
+        "an exported program",
+        "Export it again after model.eval(): model.eval(), then "
+        "torch.export.save(torch.export.export(model, (example,)), ...)",
+    ),
+}
 
 
 @dataclass
@@ -221,16 +229,7 @@ def _load_model(path: Path, arch: str | None, trust_pickle: bool, arch_kwargs: d
                     ) from None
                 raise ImportRefused(f"{path.name} is a damaged TorchScript archive ({e})") from None
             if training := traced_in_training(module.inlined_graph):
-                raise ImportRefused(
-                    RECORDED_IN_TRAINING.format(
-                        path=path.name,
-                        done="traced",
-                        layers=in_training_said(training),
-                        kept="a trace",
-                        again="Trace it again after model.eval(): model.eval(), then "
-                        "torch.jit.trace(model, example).save(...)",
-                    )
-                )
+                raise recorded_in_training(path, "traced", training)
             return LoadedModel(module.eval(), "torchscript", arch or "torchscript")
         if kind == "exported":
             return _load_exported(path, trust_pickle)
@@ -290,9 +289,14 @@ def exported_in_training(program: torch.export.ExportedProgram) -> list[str]:
     return sorted(layer for layer in found if layer)
 
 
-def in_training_said(layers: list[str]) -> str:
-    """'batch norm runs', 'batch norm and dropout run'."""
-    return " and ".join(layers) + (" run" if len(layers) > 1 else " runs")
+def recorded_in_training(path: Path, done: str, layers: list[str]) -> ImportRefused:
+    """The refusal of a trace or an exported program that recorded `layers` in training mode."""
+    kept, again = RECORDED[done]
+    run = " and ".join(layers) + (" run" if len(layers) > 1 else " runs")
+    return ImportRefused(
+        f"{path.name} was {done} in training mode: its {run} as in training (dropout at random, batch norm on "
+        f"each batch's own statistics), and {kept} keeps that whatever .eval() says later. {again}"
+    )
 
 
 def _in_training(op: str, args: list[object]) -> str | None:
@@ -484,16 +488,7 @@ def _load_exported(path: Path, trust_pickle: bool) -> LoadedModel:
     fixed = [d for d in shape[1:] if isinstance(d, int)]  # a dynamic dimension is a symbol, not an int
     input_shape = (fixed[0], fixed[1], fixed[2]) if len(fixed) == 3 else None
     if training := exported_in_training(program):
-        raise ImportRefused(
-            RECORDED_IN_TRAINING.format(
-                path=path.name,
-                done="exported",
-                layers=in_training_said(training),
-                kept="an exported program",
-                again="Export it again after model.eval(): model.eval(), then "
-                "torch.export.save(torch.export.export(model, (example,)), ...)",
-            )
-        )
+        raise recorded_in_training(path, "exported", training)
     module = program.module()
     loaded = LoadedModel(module, "exported", "torch.export", input_shape, one_image_per_call=isinstance(shape[0], int))
     if loaded.one_image_per_call and shape[0] != 1:
